@@ -1,0 +1,3 @@
+"""nmt: LSTM encoder-decoder with Luong attention, trained with SGD and gradient-norm clipping."""
+
+__version__ = "0.1.0"

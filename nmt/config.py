@@ -1,0 +1,264 @@
+"""Typed run configuration: dataclasses loaded from YAML, with `--set a.b=value` overrides.
+
+Every key is documented here, once, next to its default. The defaults are the
+packaged default run (`configs/multi30k_en_de.yaml`): Multi30k en->de from the
+hub with a GPU-sized model, so `nmt train` with no arguments trains it.
+Unknown keys and wrong types are rejected with the nearest valid key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from nmt.errors import NMTError
+
+
+@dataclass
+class DataConfig:
+    #: hub dataset name (`bentrevett/multi30k`), a local folder in a hub dataset's layout,
+    #: or a local folder of plain-text files `{split}.{lang}`, one sentence a line.
+    dataset: str = "bentrevett/multi30k"
+    #: hub configuration name, e.g. `de-en` for `wmt/wmt14`, `en-ko` for `Helsinki-NLP/opus-100`.
+    dataset_config: str | None = None
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    train_split: str = "train"
+    #: `validation`, `valid`, `val` and `dev` stand in for one another when the named one is missing.
+    valid_split: str = "validation"
+    #: null = no test split (the run then ends without a test score).
+    test_split: str | None = "test"
+    #: drop training pairs with more subword pieces than this on either side.
+    max_len: int = 100
+    #: drop training pairs whose longer side has more than this many times the pieces of the shorter.
+    max_len_ratio: float = 3.0
+    #: use at most this many training pairs (the first ones); null = all. For very large corpora.
+    max_train_pairs: int | None = None
+
+
+@dataclass
+class TokenizerConfig:
+    #: sentencepiece vocabulary size (per side when `joint` is false).
+    vocab_size: int = 8000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    #: one sentencepiece model for both languages (true) or one per side (false).
+    joint: bool = True
+    character_coverage: float = 1.0
+    #: sentences sampled to train sentencepiece (0 = all); bounds memory on large corpora.
+    max_sentences: int = 2_000_000
+
+
+@dataclass
+class ModelConfig:
+    emb_dim: int = 512
+    #: decoder hidden size; the bidirectional encoder has `hidden_size / 2` per direction.
+    hidden_size: int = 1024
+    #: LSTM layers in the encoder and in the decoder.
+    layers: int = 2
+    attention: Literal["dot", "general", "concat"] = "general"
+    #: feed the previous attentional vector into the decoder's next input (Luong et al. 2015).
+    input_feed: bool = True
+    dropout: float = 0.3
+    #: share the target embedding matrix with the output projection (needs emb_dim == hidden_size).
+    tie_embeddings: bool = False
+    #: parameters start uniform in [-init_range, init_range].
+    init_range: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 1.0
+    #: clip the global L2 gradient norm to this; null = no clipping (the norm is still logged).
+    max_grad_norm: float | None = 5.0
+    #: divide the summed token NLL by the number of `sentences` (Luong et al.) or of `tokens`.
+    loss_norm: Literal["sentences", "tokens"] = "sentences"
+    label_smoothing: float = 0.0
+    #: target tokens (padding included) per batch; ignored when `batch_sentences` is set.
+    batch_tokens: int = 4096
+    #: sentences per batch (the peers' 64); null = batch by `batch_tokens`.
+    batch_sentences: int | None = None
+    max_epochs: int = 20
+    max_steps: int | None = None
+    #: wall-clock training budget; training stops cleanly and still evaluates the test split.
+    max_minutes: float | None = None
+    #: validate every this many steps (and always at each epoch end); null = epoch ends only.
+    valid_every: int | None = None
+    #: `plateau`: multiply lr by `lr_decay` when validation perplexity stops improving;
+    #: `epoch`: multiply it every epoch from `decay_start_epoch` on; `none`: constant.
+    lr_schedule: Literal["plateau", "epoch", "none"] = "plateau"
+    lr_decay: float = 0.5
+    decay_start_epoch: int = 8
+    min_lr: float = 1e-4
+    #: stop after this many validations without a better BLEU; null = never.
+    patience: int | None = 5
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: `auto`: bf16 on a GPU that supports it, else fp32. fp16 uses a gradient scaler.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: CPU threads for torch; null = torch's default.
+    threads: int | None = None
+    #: `torch.compile` the decoder step (GPU; may pay off on long runs only).
+    compile: bool = False
+    log_every: int = 50
+    #: stop after this many consecutive steps with a non-finite loss or gradient norm.
+    max_bad_steps: int = 10
+    #: stop after this many consecutive batches that ran out of GPU memory.
+    max_oom_batches: int = 5
+
+
+@dataclass
+class DecodeConfig:
+    """How validation, the final test evaluation and `nmt translate` decode by default."""
+
+    beam_size: int = 5
+    #: GNMT length penalty alpha: scores are divided by ((5 + len) / 6) ** alpha; 0 = raw log-prob.
+    length_penalty: float = 1.0
+    #: hypotheses stop at `max_len_ratio * source pieces + 5` pieces.
+    max_len_ratio: float = 2.0
+    #: source pieces per decoding batch (sentences are sorted by length inside).
+    batch_tokens: int = 6000
+    #: input lines longer than this many pieces are truncated (with a warning), never dropped.
+    max_src_len: int = 250
+    #: validation BLEU is computed with greedy search (fast) or with `beam_size`.
+    valid_beam_size: int = 1
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _nearest(name: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"did you mean '{match[0]}'?" if match else f"valid keys: {', '.join(valid)}"
+
+
+def _coerce(value, hint, where: str):
+    """Check `value` against a field's type hint; ints pass as floats, nothing else is converted."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except NMTError as error:
+                errors.append(str(error))
+        raise NMTError(errors[0] if errors else f"{where}: must not be null")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise NMTError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise NMTError(f"{where}: expected true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise NMTError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise NMTError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, prefix: str, source: str):
+    if not isinstance(values, dict):
+        raise NMTError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise NMTError(f"{source}: unknown key '{prefix}{key}'; {_nearest(str(key), names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _coerce(value, hint, f"{source}: {prefix}{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict, source: str = "config") -> Config:
+    return _build(Config, values or {}, "", source)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`train.lr=0.5` -> (['train', 'lr'], 0.5); the value is read as YAML (`null`, `true`, `1e-3`)."""
+    if "=" not in text:
+        raise NMTError(f"--set {text}: expected KEY=VALUE, e.g. --set train.lr=0.5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_numeric(raw):  # YAML reads 1e-3 as a string
+        value = float(raw)
+    return key.strip().split("."), value
+
+
+def _looks_numeric(raw: str) -> bool:
+    try:
+        float(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve_relative_dataset(values: dict, folder: Path) -> None:
+    """A relative `data.dataset` in a YAML file means a folder beside that file, when there is one."""
+    data = values.get("data")
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    if isinstance(dataset, str) and not Path(dataset).is_absolute() and (folder / dataset).is_dir():
+        data["dataset"] = str((folder / dataset).resolve())
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The dataclass defaults, then the YAML file, then `--set` overrides, validated together."""
+    values: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise NMTError(f"{path}: config file not found; see configs/ for examples") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise NMTError(f"{path}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        if not isinstance(values, dict):
+            raise NMTError(f"{path}: expected a mapping of sections (data:, model:, train:, ...)")
+        _resolve_relative_dataset(values, path.parent)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise NMTError(f"--set {text}: '{key}' is not a section")
+        node[keys[-1]] = value
+    return config_from_dict(values, source)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

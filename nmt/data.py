@@ -1,0 +1,183 @@
+"""Parallel corpora from the hub, a local hub-layout folder, or plain-text files; and filtering.
+
+`data.dataset` names one of three sources, told apart by what it names:
+  * a folder holding `{split}.{lang}` text files (`train.en`, `train.de`, ...): plain text;
+  * any other existing folder: a dataset in the hub's layout, read by `datasets.load_dataset`;
+  * anything else: a hub dataset name, read by `datasets.load_dataset(name, config)`.
+Rows may be flat (`{"en": ..., "de": ...}`) or carry a `translation` dict column.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from nmt.config import DataConfig
+from nmt.errors import NMTError
+
+log = logging.getLogger(__name__)
+
+VALID_ALIASES = ("validation", "valid", "val", "dev")
+
+
+@dataclass
+class Corpus:
+    """One split: line i of `src` translates line i of `tgt`."""
+
+    src: list[str]
+    tgt: list[str]
+    name: str  # where it came from, for messages
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def _split_candidates(split: str) -> list[str]:
+    return [split] + [a for a in VALID_ALIASES if a != split] if split in VALID_ALIASES else [split]
+
+
+def _resolve_split(split: str, available: list[str], where: str) -> str:
+    for candidate in _split_candidates(split):
+        if candidate in available:
+            return candidate
+    raise NMTError(
+        f"{where}: no split '{split}'; it has {', '.join(sorted(available)) or 'none'} "
+        f"(set data.train_split / data.valid_split / data.test_split)"
+    )
+
+
+# ---------------------------------------------------------------- plain text
+
+def is_text_folder(path: Path, src_lang: str, tgt_lang: str) -> bool:
+    return path.is_dir() and any(path.glob(f"*.{src_lang}")) and any(path.glob(f"*.{tgt_lang}"))
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 file, without newlines; invalid UTF-8 is an error naming the line."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NMTError(f"{path}: file not found") from None
+    except OSError as error:
+        raise NMTError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise NMTError(
+            f"{path}:{line}: invalid UTF-8 (byte {data[error.start]:#04x}); "
+            f"convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8"
+        ) from None
+    if text.endswith("\n"):
+        text = text[:-1]
+    return [line.rstrip("\r") for line in text.split("\n")] if text else []
+
+
+def _text_splits(folder: Path, src_lang: str, tgt_lang: str) -> list[str]:
+    return sorted(
+        p.name[: -len(src_lang) - 1] for p in folder.glob(f"*.{src_lang}") if (folder / f"{p.stem}.{tgt_lang}").exists()
+    )
+
+
+def _load_text_split(folder: Path, split: str, src_lang: str, tgt_lang: str) -> Corpus:
+    split = _resolve_split(split, _text_splits(folder, src_lang, tgt_lang), str(folder))
+    src_path, tgt_path = folder / f"{split}.{src_lang}", folder / f"{split}.{tgt_lang}"
+    src, tgt = read_text_lines(src_path), read_text_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise NMTError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
+            f"line N of one side must translate line N of the other"
+        )
+    return Corpus(src, tgt, f"{folder}/{split}.{{{src_lang},{tgt_lang}}}")
+
+
+# ---------------------------------------------------------------- hub layout
+
+def _offline_hint() -> str:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        return "this machine cannot reach huggingface.co (offline?); use a local folder instead"
+    return "check the name on huggingface.co/datasets"
+
+
+def _load_hub(name: str, config_name: str | None):
+    import datasets  # imported here: slow to import, and not needed for plain text
+
+    datasets.logging.set_verbosity_error()
+    try:
+        return datasets.load_dataset(name, config_name)
+    except ValueError as error:
+        if "Config name is missing" in str(error) or "BuilderConfig" in str(error):
+            raise NMTError(f"dataset '{name}': {str(error).splitlines()[0]} (set data.dataset_config)") from None
+        raise NMTError(f"dataset '{name}': {str(error).splitlines()[0]}") from None
+    except (FileNotFoundError, ConnectionError, OSError) as error:
+        raise NMTError(
+            f"dataset '{name}' is not a local folder and could not be loaded from the hub "
+            f"({type(error).__name__}); {_offline_hint()}"
+        ) from None
+    except Exception as error:  # datasets raises its own DatasetNotFoundError and friends
+        if "NotFound" in type(error).__name__ or "offline" in str(error).lower():
+            raise NMTError(
+                f"dataset '{name}' is not a local folder and was not found on the hub; {_offline_hint()}"
+            ) from None
+        raise
+
+
+def _column(table, lang: str, name: str) -> list[str]:
+    columns = table.column_names
+    if lang in columns:
+        return [text or "" for text in table[lang]]
+    if "translation" in columns:
+        rows = table["translation"]
+        if rows and lang not in rows[0]:
+            raise NMTError(f"dataset '{name}' has no language '{lang}'; it has {', '.join(sorted(rows[0]))}")
+        return [row.get(lang) or "" for row in rows]
+    raise NMTError(f"dataset '{name}' has no language '{lang}'; its columns are {', '.join(columns)}")
+
+
+# ---------------------------------------------------------------- entry points
+
+def load_splits(cfg: DataConfig, splits: list[str]) -> list[Corpus]:
+    """Load the named splits of `cfg.dataset`, in order; the hub is read once for all of them."""
+    path = Path(cfg.dataset).expanduser()
+    if is_text_folder(path, cfg.src_lang, cfg.tgt_lang):
+        return [_load_text_split(path, split, cfg.src_lang, cfg.tgt_lang) for split in splits]
+    if path.is_dir() or path.exists():
+        if not path.is_dir():
+            raise NMTError(f"{path}: data.dataset must be a folder or a hub dataset name, not a file")
+        name = str(path)
+    else:
+        name = cfg.dataset
+    dataset = _load_hub(name, cfg.dataset_config)
+    corpora = []
+    for split in splits:
+        split = _resolve_split(split, list(dataset.keys()), f"dataset '{name}'")
+        table = dataset[split]
+        src, tgt = _column(table, cfg.src_lang, name), _column(table, cfg.tgt_lang, name)
+        corpora.append(Corpus(src, tgt, f"{name}[{split}]"))
+    return corpora
+
+
+def drop_empty(corpus: Corpus) -> tuple[Corpus, int]:
+    """Strip whitespace and drop pairs with an empty side."""
+    kept = [(s.strip(), t.strip()) for s, t in zip(corpus.src, corpus.tgt) if s.strip() and t.strip()]
+    return Corpus([s for s, _ in kept], [t for _, t in kept], corpus.name), len(corpus) - len(kept)
+
+
+def filter_by_length(
+    src_lengths: list[int], tgt_lengths: list[int], *, max_len: int, max_ratio: float
+) -> tuple[list[int], Counter]:
+    """Indices of pairs to keep, and how many were dropped for each reason (lengths in pieces)."""
+    keep, dropped = [], Counter()
+    for i, (s, t) in enumerate(zip(src_lengths, tgt_lengths)):
+        if s > max_len or t > max_len:
+            dropped[f"longer than data.max_len={max_len} pieces"] += 1
+        elif max(s, t) > max_ratio * max(1, min(s, t)):
+            dropped[f"length ratio above data.max_len_ratio={max_ratio}"] += 1
+        else:
+            keep.append(i)
+    return keep, dropped

@@ -1,0 +1,99 @@
+"""LSTM decoder with Luong attention and input feeding, one time step at a time.
+
+Input feeding makes step t depend on the attentional vector of step t-1, so
+the decoder cannot run as one fused LSTM over the sequence. What does not
+depend on the previous step is hoisted out of the loop: the embedding part of
+the first layer's input projection is computed for all steps at once and
+enters each step as that step's bias, and the attention keys are computed once
+per batch (`Attention.keys`). The output projection runs after the loop, over
+all steps at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt.model.attention import Attention
+from nmt.tokenizer import PAD
+
+
+@dataclass
+class Memory:
+    """What the decoder reads from the encoder, one row per hypothesis."""
+
+    outputs: torch.Tensor  # (N, S, H)
+    keys: torch.Tensor  # (N, S, H) attention keys, precomputed
+    mask: torch.Tensor  # (N, S) True at real source positions
+
+    def index_select(self, rows: torch.Tensor) -> Memory:
+        return Memory(self.outputs[rows], self.keys[rows], self.mask[rows])
+
+
+@dataclass
+class DecoderState:
+    h: list[torch.Tensor]  # per layer (N, H)
+    c: list[torch.Tensor]  # per layer (N, H)
+    feed: torch.Tensor  # (N, H) previous attentional vector, or (N, 0) without input feeding
+
+    def index_select(self, rows: torch.Tensor) -> DecoderState:
+        return DecoderState([h[rows] for h in self.h], [c[rows] for c in self.c], self.feed[rows])
+
+
+class Decoder(nn.Module):
+    def __init__(self, vocab_size: int, emb_dim: int, hidden_size: int, layers: int, attention: str,
+                 input_feed: bool, dropout: float):
+        super().__init__()
+        self.emb_dim, self.hidden_size, self.input_feed = emb_dim, hidden_size, input_feed
+        self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
+        first_input = emb_dim + (hidden_size if input_feed else 0)
+        self.cells = nn.ModuleList(
+            [nn.LSTMCell(first_input if i == 0 else hidden_size, hidden_size) for i in range(layers)]
+        )
+        self.attention = Attention(attention, hidden_size)
+        self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)  # W_c [context; h]
+        self.dropout = nn.Dropout(dropout)
+        self.generator = nn.Linear(hidden_size, vocab_size)
+
+    def init_state(self, encoder_final: tuple[torch.Tensor, torch.Tensor]) -> DecoderState:
+        h, c = encoder_final  # (layers, N, H) each
+        feed_size = self.hidden_size if self.input_feed else 0
+        return DecoderState(list(h.unbind(0)), list(c.unbind(0)), h.new_zeros(h.size(1), feed_size))
+
+    def _embedding_gates(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (...,) -> (..., 4H): the first layer's input projection of the embeddings, biases included."""
+        cell = self.cells[0]
+        w_emb = cell.weight_ih[:, : self.emb_dim]
+        return F.linear(self.dropout(self.embed(tokens)), w_emb, cell.bias_ih + cell.bias_hh)
+
+    def _advance(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState):
+        """One step from the first layer's embedding gates (N, 4H); returns (attentional vector, state, weights)."""
+        first = self.cells[0]
+        h, c = torch.lstm_cell(state.feed, (state.h[0], state.c[0]), first.weight_ih[:, self.emb_dim:],
+                               first.weight_hh, emb_gates, None)
+        hs, cs = [h], [c]
+        for cell, h_prev, c_prev in zip(self.cells[1:], state.h[1:], state.c[1:]):
+            h, c = cell(self.dropout(h), (h_prev, c_prev))
+            hs.append(h)
+            cs.append(c)
+        context, weights = self.attention(h, memory.keys, memory.outputs, memory.mask)
+        attentional = self.dropout(torch.tanh(self.combine(torch.cat([context, h], dim=1))))  # (N, H)
+        feed = attentional if self.input_feed else state.feed
+        return attentional, DecoderState(hs, cs, feed), weights
+
+    def forward(self, tgt_in: torch.Tensor, memory: Memory, state: DecoderState) -> torch.Tensor:
+        """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V)."""
+        emb_gates = self._embedding_gates(tgt_in)  # (B, T, 4H), all steps at once
+        outputs = []
+        for t in range(tgt_in.size(1)):
+            attentional, state, _ = self._advance(emb_gates[:, t], memory, state)
+            outputs.append(attentional)
+        return self.generator(torch.stack(outputs, dim=1))
+
+    def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
+        """tokens (N,) -> log-probabilities (N, V) in float32, the new state, attention weights (N, S)."""
+        attentional, state, weights = self._advance(self._embedding_gates(tokens), memory, state)
+        return torch.log_softmax(self.generator(attentional).float(), dim=-1), state, weights

@@ -1,0 +1,86 @@
+"""Pictures: a run's training curves, and attention heatmaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nmt.config import load_config  # noqa: E402
+from nmt.errors import NMTError  # noqa: E402
+from nmt.metrics_log import read_metrics  # noqa: E402
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Loss, validation BLEU, learning rate and pre-clip gradient norm against steps, in one PNG."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise NMTError(f"{path}: not found; is {run_dir} a run directory?")
+    records = read_metrics(path)
+    steps = [r for r in records if "loss" in r and r.get("event") is None and r["loss"] is not None]
+    valid = [r for r in records if "valid_loss" in r]
+    if not steps and not valid:
+        raise NMTError(f"{path}: no logged steps yet")
+    threshold = None
+    if (run_dir / "config.yaml").exists():
+        threshold = load_config(run_dir / "config.yaml").train.max_grad_norm
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig.suptitle(f"Training curves: {run_dir.name}")
+
+    ax = axes[0, 0]
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (per token)", lw=1)
+    if valid:
+        ax.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="validation (per token)")
+    ax.set(title="Loss", xlabel="step", ylabel="cross-entropy (nats per target token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+    ax = axes[0, 1]
+    if valid:
+        ax.plot([r["step"] for r in valid], [r["valid_bleu"] for r in valid], "o-", color="tab:green")
+    ax.set(title="Validation BLEU (greedy)", xlabel="step", ylabel="BLEU")
+    ax.grid(alpha=0.3)
+
+    ax = axes[1, 0]
+    ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], color="tab:purple")
+    ax.set(title="Learning rate", xlabel="step", ylabel="learning rate")
+    ax.grid(alpha=0.3)
+
+    ax = axes[1, 1]
+    norms = [(r["step"], r["grad_norm"], r.get("clipped")) for r in steps if r.get("grad_norm")]
+    if norms:
+        ax.plot([s for s, _, _ in norms], [n for _, n, _ in norms], lw=1, label="pre-clip norm")
+        clipped = [(s, n) for s, n, c in norms if c]
+        if clipped:
+            ax.scatter(*zip(*clipped), s=10, color="tab:red", zorder=3, label="clipped step")
+    if threshold is not None:
+        ax.axhline(threshold, color="black", ls="--", label=f"threshold {threshold:g}")
+    ax.set_yscale("log")
+    ax.set(title="Gradient norm before clipping", xlabel="step", ylabel="L2 norm (log scale)")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+
+    fig.tight_layout()
+    out = out or run_dir / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_attention(weights, src_pieces: list[str], tgt_pieces: list[str], out: Path, title: str = "") -> None:
+    """weights: (target steps, source positions); source along x, target down y."""
+    weights = weights[: len(tgt_pieces), : len(src_pieces)].float().numpy()
+    width = max(5.0, 0.42 * len(src_pieces) + 2.5)
+    height = max(4.0, 0.36 * len(tgt_pieces) + 2.0)
+    fig, ax = plt.subplots(figsize=(width, height))
+    image = ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(src_pieces)), src_pieces, rotation=60, ha="right", fontsize=10)
+    ax.set_yticks(range(len(tgt_pieces)), tgt_pieces, fontsize=10)
+    ax.set(xlabel="source pieces", ylabel="target pieces", title=f"Attention weights {title}".strip())
+    fig.colorbar(image, ax=ax, fraction=0.03, label="weight")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,145 @@
+"""Greedy and beam search, batched over sentences and beams in one tensor program.
+
+Beam search keeps K live hypotheses per sentence in rows `sentence * K + beam`.
+Each step takes the 2K best extensions of each sentence: those among the first
+K that end in EOS are set aside as finished, and the best K that do not end
+in EOS live on. A sentence is done when its best extension ends in EOS (no
+live hypothesis can then beat it in raw log-probability) and it has at least
+`nbest` finished ones; done sentences leave the batch. Greedy is the same
+search with K = 1, run through a leaner loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nmt.tokenizer import BOS, EOS
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # target model ids, EOS excluded
+    score: float  # log_prob / length penalty: what hypotheses are ranked by
+    log_prob: float  # sum of the log-probabilities, EOS included
+    attention: torch.Tensor | None = None  # (len(tokens) + 1, S) when asked for
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha; alpha 0 leaves raw log-probabilities."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_output_lengths(src_lengths: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Output steps allowed per sentence (EOS included): ratio x source pieces + 5."""
+    return (src_lengths.float() * ratio).long() + 5
+
+
+def _force_eos(logp: torch.Tensor, at_limit: torch.Tensor) -> None:
+    """Where a row has reached its length limit, only EOS may follow."""
+    not_eos = torch.ones(logp.size(1), dtype=torch.bool, device=logp.device)
+    not_eos[EOS] = False
+    logp.masked_fill_(at_limit.unsqueeze(1) & not_eos.unsqueeze(0), float("-inf"))
+
+
+@torch.inference_mode()
+def greedy(model, src: torch.Tensor, src_lengths: torch.Tensor, *, max_len_ratio: float = 2.0,
+           alpha: float = 0.0) -> list[Hypothesis]:
+    """Best next token at every step; finished sentences leave the batch."""
+    memory, state = model.encode(src, src_lengths)
+    n = src.size(0)
+    limits = max_output_lengths(src_lengths, max_len_ratio).to(src.device)
+    tokens = torch.full((n,), BOS, dtype=torch.long, device=src.device)
+    active = torch.arange(n, device=src.device)  # sentence of each live row
+    outputs = torch.zeros(n, int(limits.max()), dtype=torch.long, device=src.device)
+    log_probs = torch.zeros(n, device=src.device)
+    lengths = limits.clone()
+    for t in range(int(limits.max())):
+        logp, state, _ = model.decode_step(tokens, memory, state)
+        _force_eos(logp, limits[active] <= t + 1)
+        best, tokens = logp.max(dim=1)
+        outputs[active, t] = tokens
+        log_probs[active] += best
+        finished = tokens == EOS
+        if bool(finished.any()):
+            lengths[active[finished]] = t
+            live = (~finished).nonzero().squeeze(1)
+            if live.numel() == 0:
+                break
+            active, tokens = active[live], tokens[live]
+            memory, state = memory.index_select(live), state.index_select(live)
+    outputs, log_probs, lengths = outputs.tolist(), log_probs.tolist(), lengths.tolist()
+    return [
+        Hypothesis(outputs[i][: lengths[i]], log_probs[i] / length_penalty(lengths[i] + 1, alpha), log_probs[i])
+        for i in range(n)
+    ]
+
+
+@torch.inference_mode()
+def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int = 5,
+                alpha: float = 1.0, max_len_ratio: float = 2.0, nbest: int = 1,
+                keep_attention: bool = False) -> list[list[Hypothesis]]:
+    """The `nbest` best hypotheses per sentence, best first."""
+    if not 1 <= nbest <= beam_size:
+        raise ValueError("nbest must be between 1 and the beam size")
+    k, device = beam_size, src.device
+    memory, state = model.encode(src, src_lengths)
+    n = src.size(0)
+    rows = torch.arange(n, device=device).repeat_interleave(k)
+    memory, state = memory.index_select(rows), state.index_select(rows)
+    limits = max_output_lengths(src_lengths, max_len_ratio).to(device)
+    active = torch.arange(n, device=device)  # sentence of each live block of k rows
+    scores = torch.full((n, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: only the first may extend at step 0
+    tokens = torch.full((n * k,), BOS, dtype=torch.long, device=device)
+    history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
+    attention = torch.zeros(n * k, 0, src.size(1), device=device) if keep_attention else None
+    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    for t in range(int(limits.max())):
+        logp, state, weights = model.decode_step(tokens, memory, state)  # (m * k, V)
+        vocab = logp.size(1)
+        m = active.numel()
+        at_limit = limits[active] <= t + 1  # (m,)
+        _force_eos(logp, at_limit.repeat_interleave(k))
+        if keep_attention:
+            attention = torch.cat([attention, weights.float().unsqueeze(1)], dim=1)
+        candidates = (scores.unsqueeze(2) + logp.view(m, k, vocab)).view(m, k * vocab)
+        top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (m, 2k), best first
+        origin, token = top_ids // vocab, top_ids % vocab
+        ends = (token == EOS) & (top_scores > float("-inf"))
+        new_finished = ends[:, :k].nonzero().tolist()
+        for i, rank in new_finished:
+            row = i * k + int(origin[i, rank])
+            log_prob = float(top_scores[i, rank])
+            words = history[row].tolist()
+            finished[int(active[i])].append(Hypothesis(
+                words, log_prob / length_penalty(len(words) + 1, alpha), log_prob,
+                attention[row].cpu() if keep_attention else None,
+            ))
+        counts = torch.tensor([len(finished[int(s)]) for s in active.tolist()], device=device)
+        done = (ends[:, 0] & (counts >= nbest)) | at_limit
+        # the k best extensions that do not end here live on
+        live_scores, live_rank = top_scores.masked_fill(token == EOS, float("-inf")).topk(k, dim=1)
+        keep = (~done).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            break
+        beam_rows = (keep.unsqueeze(1) * k + origin.gather(1, live_rank)[keep]).view(-1)
+        state = state.index_select(beam_rows)
+        if keep.numel() < m:  # memory is the same for every beam of a sentence: reselect only on drops
+            memory = memory.index_select((keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1))
+        tokens = token.gather(1, live_rank)[keep].view(-1)
+        history = torch.cat([history[beam_rows], tokens.unsqueeze(1)], dim=1)
+        if keep_attention:
+            attention = attention[beam_rows]
+        scores, active = live_scores[keep], active[keep]
+    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]
+
+
+def search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int, alpha: float,
+           max_len_ratio: float, nbest: int = 1, keep_attention: bool = False) -> list[list[Hypothesis]]:
+    """Greedy's fast path for beam 1 (unless attention is wanted), beam search otherwise."""
+    if beam_size == 1 and nbest == 1 and not keep_attention:
+        return [[h] for h in greedy(model, src, src_lengths, max_len_ratio=max_len_ratio, alpha=alpha)]
+    return beam_search(model, src, src_lengths, beam_size=beam_size, alpha=alpha,
+                       max_len_ratio=max_len_ratio, nbest=nbest, keep_attention=keep_attention)

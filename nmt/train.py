@@ -1,0 +1,451 @@
+"""Training: SGD with gradient-norm clipping, validation, checkpoints, exact resume.
+
+One step: forward (under autocast for bf16/fp16) -> NLL summed over target
+tokens and divided by the batch's sentences -> backward -> (fp16: unscale) ->
+`clip_grad_norm_` on the float32 gradients, whose return value is the pre-clip
+norm we log -> step, unless the loss or the norm is not finite. The one host
+sync per step reads the loss and the norm together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nmt import checkpoint
+from nmt.batching import collate, plan_batches, shard
+from nmt.config import Config, config_from_dict, load_config, save_config
+from nmt.device import autocast, resolve_device, resolve_precision, set_threads
+from nmt.distributed import World, any_rank, barrier, init_world, shutdown
+from nmt.errors import NMTError
+from nmt.evaluate import bleu
+from nmt.metrics_log import MetricsLog
+from nmt.model import Seq2Seq
+from nmt.prepare import PreparedData, prepare
+from nmt.schedule import LRSchedule
+from nmt.tokenizer import PAD, Tokenizer
+from nmt.translate import translate_lines
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; last.pt holds the run and `--resume` continues it."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class Progress:
+    """Counters that a checkpoint carries so that a resumed run continues the same run."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    elapsed: float = 0.0  # seconds of training wall clock, summed over resumes
+    best_bleu: float = -1.0
+    validations_without_improvement: int = 0
+    validated_step: int = -1
+    consecutive_bad_steps: int = 0
+    bad_steps: int = 0
+    oom_batches: int = 0
+    clipped_in_epoch: int = 0
+    steps_in_epoch: int = 0
+
+
+class StopSignals:
+    """First SIGINT/SIGTERM: finish the current step, save, exit. During validation: abandon it."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.abandon_now = False
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        first = self.signum is None
+        self.signum = signum
+        if not first or self.abandon_now:
+            raise Interrupted(signum, "")
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, world: World, payload: dict | None):
+        self.cfg, self.run_dir, self.world = cfg, run_dir, world
+        set_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(self.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        tokenizer = Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None
+        self.data: PreparedData = prepare(cfg, tokenizer)
+        self.tokenizer = self.data.tokenizer
+        torch.manual_seed(cfg.train.seed)
+        self.model = Seq2Seq(cfg.model, len(self.tokenizer.src), len(self.tokenizer.tgt)).to(self.device)
+        self.train_model = self.model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.train.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.params, lr=cfg.train.lr)
+        else:
+            self.optimizer = torch.optim.Adam(self.params, lr=cfg.train.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.schedule = LRSchedule(cfg.train, self.optimizer)
+        self.progress = Progress()
+        if payload:
+            self._restore(payload)
+        self.metrics = MetricsLog(run_dir, enabled=world.is_main, truncate_after_step=self.progress.step)
+        self.signals = StopSignals()
+        log.info("model: %s parameters; device %s, precision %s, %d thread(s), world size %d",
+                 f"{self.model.num_parameters():,}", self.device, self.precision, torch.get_num_threads(), world.size)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _payload(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "progress": asdict(self.progress),
+            "rng": rng,
+            "config": self.cfg.to_dict(),
+            "tokenizer": self.tokenizer.state_dict(),
+        }
+
+    def _restore(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        if self.scaler and payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        self.progress = Progress(**payload["progress"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
+        log.info("resuming at step %d (epoch %d, batch %d)", self.progress.step, self.progress.epoch,
+                 self.progress.batch_in_epoch)
+
+    def save(self, *names: str) -> None:
+        if self.world.is_main:
+            payload = self._payload()
+            for name in names:
+                checkpoint.save(payload, self.run_dir / "checkpoints" / name)
+
+    # ------------------------------------------------------------ one step
+
+    def train_step(self, batch):
+        """Returns (summed NLL, pre-clip gradient norm, whether the update was applied)."""
+        cfg = self.cfg.train
+        with autocast(self.device, self.precision):
+            logits = self.train_model(batch.src, batch.src_lengths, batch.tgt_in)  # (B, T, V)
+        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD,
+                                   reduction="sum", label_smoothing=cfg.label_smoothing)
+        loss = loss_sum / (batch.n_sentences if cfg.loss_norm == "sentences" else batch.n_tokens)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)  # the threshold applies to the true gradient
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        loss_value, norm_value = torch.stack([loss_sum.detach().float(), norm.detach().float()]).tolist()
+        finite = math.isfinite(loss_value) and math.isfinite(norm_value)
+        if self.scaler:
+            self.scaler.step(self.optimizer)  # skips the update itself when a gradient is not finite
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value, finite
+
+    # ------------------------------------------------------------ validation
+
+    def validate(self) -> dict:
+        self.signals.abandon_now = True
+        self.model.eval()
+        total_nll, total_tokens = 0.0, 0
+        data = self.data
+        plan = plan_batches([len(s) for s in data.valid_src], [len(t) for t in data.valid_tgt],
+                            batch_tokens=self.cfg.train.batch_tokens, batch_sentences=None, seed=0, epoch=0,
+                            shuffle=False)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            for indices in plan:
+                batch = collate(data.valid_src, data.valid_tgt, indices).to(self.device)
+                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+                total_nll += F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(),
+                                             ignore_index=PAD, reduction="sum").item()
+                total_tokens += batch.n_tokens
+        decode = self.cfg.decode
+        hypotheses = translate_lines(
+            self.model, self.tokenizer, data.valid.src, max_len=decode.max_src_len, device=self.device,
+            beam_size=decode.valid_beam_size, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
+            batch_tokens=decode.batch_tokens, precision_context=lambda: autocast(self.device, self.precision),
+        )
+        self.model.train()
+        self.signals.abandon_now = False
+        valid_loss = total_nll / max(1, total_tokens)
+        return {"valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 100)),
+                "valid_bleu": bleu(hypotheses, data.valid.tgt)}
+
+    def _validate_and_checkpoint(self) -> bool:
+        """Validate (rank 0), save last.pt and maybe best.pt; True when early stopping says stop."""
+        progress = self.progress
+        if self.world.is_main:
+            result = self.validate()
+            self.schedule.after_validation(result["valid_ppl"])
+            improved = result["valid_bleu"] > progress.best_bleu
+            if improved:
+                progress.best_bleu = result["valid_bleu"]
+                progress.validations_without_improvement = 0
+            else:
+                progress.validations_without_improvement += 1
+            progress.validated_step = progress.step
+            self.metrics.write(step=progress.step, epoch=progress.epoch, lr=self.schedule.lr, **result)
+            log.info("validation at step %d: loss %.3f, ppl %.2f, BLEU %.2f%s", progress.step, result["valid_loss"],
+                     result["valid_ppl"], result["valid_bleu"], " (best)" if improved else "")
+            self.save("last.pt", *(["best.pt"] if improved else []))
+        self._sync_from_main()
+        patience = self.cfg.train.patience
+        return patience is not None and progress.validations_without_improvement >= patience
+
+    def _sync_from_main(self) -> None:
+        """After rank 0 validated: every rank takes its lr and counters."""
+        if not self.world.distributed:
+            return
+        from nmt.distributed import broadcast_object
+
+        lr, progress = broadcast_object((self.schedule.lr, asdict(self.progress)), self.world)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for key, value in progress.items():  # in place: the training loop holds a reference
+            setattr(self.progress, key, value)
+
+    # ------------------------------------------------------------ the loop
+
+    def _out_of_budget(self) -> str | None:
+        cfg, progress = self.cfg.train, self.progress
+        if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+            return f"train.max_steps={cfg.max_steps} reached"
+        if cfg.max_minutes is not None and progress.elapsed >= cfg.max_minutes * 60:
+            return f"train.max_minutes={cfg.max_minutes} reached"
+        return None
+
+    def _check_bad_step(self, loss: float, norm: float) -> None:
+        progress = self.progress
+        progress.bad_steps += 1
+        progress.consecutive_bad_steps += 1
+        self.metrics.write(step=progress.step, epoch=progress.epoch, event="non_finite", loss=loss, grad_norm=norm)
+        log.warning("step %d: non-finite loss or gradient norm (loss %s, norm %s); update skipped",
+                    progress.step, loss, norm)
+        if progress.consecutive_bad_steps >= self.cfg.train.max_bad_steps:
+            raise NMTError(
+                f"{progress.consecutive_bad_steps} consecutive steps had a non-finite loss or gradient norm "
+                f"(up to step {progress.step}); training stopped; the last good checkpoint in "
+                f"{self.run_dir / 'checkpoints'} is intact; lower train.lr or set train.max_grad_norm"
+            )
+
+    def _handle_oom(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        progress = self.progress
+        progress.oom_batches += 1
+        self.metrics.write(step=progress.step, epoch=progress.epoch, event="out_of_memory")
+        log.warning("step %d: out of GPU memory on a batch; skipped it", progress.step)
+        if progress.oom_batches >= self.cfg.train.max_oom_batches:
+            raise NMTError(f"{progress.oom_batches} consecutive batches ran out of GPU memory; "
+                           f"lower train.batch_tokens (now {self.cfg.train.batch_tokens})")
+
+    def run(self) -> str:
+        """Train until a budget, max_epochs or early stopping ends it; returns why it stopped."""
+        cfg, progress, data = self.cfg.train, self.progress, self.data
+        src_lengths, tgt_lengths = [len(s) for s in data.train_src], [len(t) for t in data.train_tgt]
+        interactive = self.world.is_main and sys.stderr.isatty()
+        window = {"nll": 0.0, "tokens": 0, "steps": 0, "clipped": 0, "time": time.perf_counter()}
+        reason = self._out_of_budget()
+        self.model.train()
+        with self.signals:
+            while reason is None and progress.epoch <= cfg.max_epochs:
+                plan = shard(plan_batches(src_lengths, tgt_lengths, batch_tokens=cfg.batch_tokens,
+                                          batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=progress.epoch),
+                             self.world.rank, self.world.size)
+                bar = tqdm(total=len(plan), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}",
+                           disable=not interactive, dynamic_ncols=True, unit="batch", mininterval=0.5)
+                while progress.batch_in_epoch < len(plan):
+                    if any_rank(self.signals.signum is not None, self.world):
+                        self._interrupt()
+                    started = time.perf_counter()
+                    batch = collate(data.train_src, data.train_tgt, plan[progress.batch_in_epoch]).to(self.device)
+                    try:
+                        nll, norm, applied = self.train_step(batch)
+                    except torch.OutOfMemoryError:
+                        del batch
+                        self._handle_oom()
+                        progress.batch_in_epoch += 1
+                        continue
+                    progress.oom_batches = 0
+                    progress.step += 1
+                    progress.batch_in_epoch += 1
+                    progress.elapsed += time.perf_counter() - started
+                    bar.update(1)
+                    if not applied:
+                        self._check_bad_step(nll, norm)
+                    else:
+                        progress.consecutive_bad_steps = 0
+                        clipped = cfg.max_grad_norm is not None and norm >= cfg.max_grad_norm
+                        progress.steps_in_epoch += 1
+                        progress.clipped_in_epoch += clipped
+                        window["nll"] += nll
+                        window["tokens"] += batch.n_tokens
+                        window["steps"] += 1
+                        window["clipped"] += clipped
+                        if progress.step % cfg.log_every == 0:
+                            self._log_window(window, norm, clipped, batch, bar)
+                    reason = self._out_of_budget()
+                    if cfg.valid_every and progress.step % cfg.valid_every == 0 and self._timed_validation():
+                        reason = "early stopping"
+                    if reason:
+                        break
+                bar.close()
+                if progress.batch_in_epoch >= len(plan):
+                    self._end_epoch()
+                    if progress.validated_step != progress.step and self._timed_validation():
+                        reason = reason or "early stopping"
+                    self.schedule.after_epoch(progress.epoch)
+                    progress.epoch += 1
+                    progress.batch_in_epoch = 0
+                    self.save("last.pt")
+                    reason = reason or self._out_of_budget()
+            reason = reason or f"train.max_epochs={cfg.max_epochs} reached"
+            if progress.validated_step != progress.step:
+                self._timed_validation()
+        barrier(self.world)
+        log.info("training stopped: %s (step %d, %.1f minutes)", reason, progress.step, progress.elapsed / 60)
+        return reason
+
+    def _timed_validation(self) -> bool:
+        """Validate and checkpoint, counting the time in the budget; True when early stopping says stop."""
+        started = time.perf_counter()
+        stop = self._validate_and_checkpoint()
+        self.progress.elapsed += time.perf_counter() - started
+        return stop
+
+    def _end_epoch(self) -> None:
+        progress = self.progress
+        fraction = progress.clipped_in_epoch / max(1, progress.steps_in_epoch)
+        log.info("epoch %d done: %d steps, %.1f%% of them clipped", progress.epoch, progress.steps_in_epoch,
+                 100 * fraction)
+        self.metrics.write(step=progress.step, epoch=progress.epoch, event="epoch_end", clip_fraction=fraction)
+        progress.clipped_in_epoch = progress.steps_in_epoch = 0
+
+    def _log_window(self, window: dict, norm: float, clipped: bool, batch, bar) -> None:
+        progress = self.progress
+        seconds = time.perf_counter() - window["time"]
+        loss = window["nll"] / max(1, window["tokens"])
+        tokens_per_sec = window["tokens"] * self.world.size / max(seconds, 1e-9)
+        record = dict(step=progress.step, epoch=progress.epoch, loss=loss, ppl=math.exp(min(loss, 100)),
+                      lr=self.schedule.lr, grad_norm=norm, clipped=clipped,
+                      clip_fraction=window["clipped"] / max(1, window["steps"]), tokens_per_sec=tokens_per_sec,
+                      batch_sentences=batch.n_sentences, batch_tokens=batch.n_tokens)
+        self.metrics.write(**record)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", gnorm=f"{norm:.2f}",
+                        lr=f"{self.schedule.lr:.3g}", refresh=False)
+        if bar.disable and self.world.is_main:
+            log.info("step %d | epoch %d | loss %.3f | ppl %.1f | lr %.3g | gnorm %.2f | clipped %.0f%% | %s tok/s",
+                     progress.step, progress.epoch, loss, record["ppl"], self.schedule.lr, norm,
+                     100 * record["clip_fraction"], f"{tokens_per_sec:,.0f}")
+        window.update(nll=0.0, tokens=0, steps=0, clipped=0, time=time.perf_counter())
+
+    def _interrupt(self) -> None:
+        signum = self.signals.signum
+        self.save("last.pt")
+        name = signal.Signals(signum).name
+        raise Interrupted(signum, f"{name} at step {self.progress.step}: saved {self.run_dir}/checkpoints/last.pt; "
+                                  f"continue with: nmt train --resume --run-dir {self.run_dir}")
+
+
+def open_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: bool):
+    """The run's config and directory, and the checkpoint payload to resume from (or None)."""
+    if resume:
+        if not run_dir:
+            raise NMTError("--resume needs --run-dir, the folder of the run to continue")
+        folder = Path(run_dir)
+        if not folder.is_dir():
+            raise NMTError(f"{folder}: no such run directory to resume")
+        path, payload = checkpoint.newest_intact(folder / "checkpoints")
+        log.info("resuming from %s", path)
+        cfg = config_from_dict(payload["config"], f"{path} (embedded config)")
+        if overrides:
+            cfg = load_config(None, [*_flatten(cfg.to_dict()), *overrides])
+        return cfg, folder, payload
+    cfg = load_config(config_path, overrides)
+    if run_dir is None:
+        stem = Path(config_path).stem if config_path else "multi30k_en_de"
+        run_dir = f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(run_dir)
+    if (folder / "metrics.jsonl").exists() or any((folder / "checkpoints").glob("*.pt")):
+        raise NMTError(f"{folder} already holds a run; continue it with --resume, or choose another --run-dir")
+    return cfg, folder, None
+
+
+def _flatten(values: dict, prefix: str = "") -> list[str]:
+    import json
+
+    items = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value)}")
+    return items
+
+
+def train(config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
+          resume: bool = False) -> dict:
+    """Train, then score the test split with the best checkpoint; returns results.json's content."""
+    from nmt.report import final_test_evaluation
+
+    cfg, folder, payload = open_run(config_path, list(overrides), run_dir, resume)
+    world = init_world(resolve_device(cfg.train.device).type)
+    try:
+        started = time.time()
+        trainer = Trainer(cfg, folder, world, payload)  # loads the data first: bad input fails before writing
+        if world.is_main:
+            (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_config(cfg, folder / "config.yaml")
+            trainer.tokenizer.save_models(folder)
+            log.info("run directory: %s", folder)
+        barrier(world)
+        reason = trainer.run()
+        results = final_test_evaluation(trainer, reason, time.time() - started) if world.is_main else {}
+        barrier(world)
+        return results
+    finally:
+        shutdown(world)
