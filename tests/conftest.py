@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_DATA = ROOT / "tests" / "data" / "tiny"
+TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
+
+# Sentencepiece models are cached by content hash; keep the tests' cache out of the user's home.
+os.environ.setdefault("NMT_CACHE", tempfile.mkdtemp(prefix="nmt-test-cache-"))
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+def run_nmt(*args: str, cwd: Path | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`nmt ARGS` in a fresh process, as a user would run it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "nmt", *args], cwd=cwd or ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A trained tiny run directory, shared by the tests that only read it."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from nmt.config import TokenizerConfig
+    from nmt.data import read_text_lines
+    from nmt.tokenizer import prune_to_training_data, train_tokenizer
+
+    src, tgt = read_text_lines(TINY_DATA / "train.en"), read_text_lines(TINY_DATA / "train.de")
+    tokenizer = train_tokenizer(TokenizerConfig(vocab_size=120), src, tgt)
+    prune_to_training_data(tokenizer, src, tgt)
+    return tokenizer

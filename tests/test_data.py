@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from nmt.config import DataConfig
+from nmt.data import drop_empty, filter_by_length, load_splits, read_text_lines
+from nmt.errors import NMTError
+
+
+def write_text_corpus(folder, split="train", src=("a b", "c"), tgt=("x y", "z")):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}.en").write_text("".join(s + "\n" for s in src), encoding="utf-8")
+    (folder / f"{split}.de").write_text("".join(t + "\n" for t in tgt), encoding="utf-8")
+
+
+def write_jsonl(folder, split, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_plain_text_folder(tmp_path):
+    write_text_corpus(tmp_path, "train")
+    write_text_corpus(tmp_path, "dev", ("d",), ("w",))
+    train, valid = load_splits(DataConfig(dataset=str(tmp_path)), ["train", "validation"])
+    assert (train.src, train.tgt) == (["a b", "c"], ["x y", "z"])
+    assert (valid.src, valid.tgt) == (["d"], ["w"])  # 'validation' found as 'dev'
+
+
+def test_hub_layout_folder_flat_columns(tmp_path):
+    write_jsonl(tmp_path, "train", [{"en": "Hello .", "de": "Hallo ."}, {"en": "Yes", "de": "Ja"}])
+    write_jsonl(tmp_path, "validation", [{"en": "No", "de": "Nein"}])
+    train, valid = load_splits(DataConfig(dataset=str(tmp_path)), ["train", "valid"])
+    assert train.src == ["Hello .", "Yes"] and train.tgt == ["Hallo .", "Ja"]
+    assert valid.tgt == ["Nein"]
+
+
+def test_hub_layout_folder_translation_column(tmp_path):
+    write_jsonl(tmp_path, "train", [{"translation": {"en": "cat", "ko": "고양이"}}])
+    (train,) = load_splits(DataConfig(dataset=str(tmp_path), tgt_lang="ko"), ["train"])
+    assert (train.src, train.tgt) == (["cat"], ["고양이"])
+
+
+def test_hub_name_goes_through_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config_name):
+        calls.append((name, config_name))
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+            {"translation": [{"de": "Haus", "en": "house"}]})})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    (train,) = load_splits(DataConfig(dataset="wmt/wmt14", dataset_config="de-en"), ["train"])
+    assert calls == [("wmt/wmt14", "de-en")]
+    assert (train.src, train.tgt) == (["house"], ["Haus"])
+
+
+def test_missing_language_lists_the_languages(tmp_path):
+    write_jsonl(tmp_path, "train", [{"en": "a", "fr": "b"}])
+    with pytest.raises(NMTError, match="no language 'de'; its columns are en, fr"):
+        load_splits(DataConfig(dataset=str(tmp_path)), ["train"])
+
+
+def test_missing_split_lists_the_splits(tmp_path):
+    write_text_corpus(tmp_path, "train")
+    with pytest.raises(NMTError, match="no split 'test'; it has train"):
+        load_splits(DataConfig(dataset=str(tmp_path)), ["test"])
+
+
+def test_line_count_mismatch_names_both_files(tmp_path):
+    write_text_corpus(tmp_path, "train", ("a", "b", "c"), ("x", "y"))
+    with pytest.raises(NMTError, match=r"train.en has 3 lines but .*train.de has 2"):
+        load_splits(DataConfig(dataset=str(tmp_path)), ["train"])
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "x.en"
+    path.write_bytes(b"ok\nfine\nbad \xe9 byte\n")
+    with pytest.raises(NMTError, match=r"x.en:3: invalid UTF-8"):
+        read_text_lines(path)
+
+
+def test_drop_empty_and_length_filters():
+    from nmt.data import Corpus
+
+    corpus, dropped = drop_empty(Corpus(["a", " ", "b", "c"], ["x", "y", "", "z"], "t"))
+    assert (corpus.src, corpus.tgt, dropped) == (["a", "c"], ["x", "z"], 2)
+    keep, reasons = filter_by_length([1, 5, 2, 1], [1, 1, 2, 9], max_len=8, max_ratio=3.0)
+    assert keep == [2]
+    assert sum(reasons.values()) == 3
+    assert reasons["longer than data.max_len=8 pieces"] == 1
+    assert reasons["length ratio above data.max_len_ratio=3.0"] == 2

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from nmt.config import ModelConfig
+from nmt.model import Seq2Seq
+from nmt.tokenizer import EOS, PAD
+
+
+def make_model(attention="general", input_feed=True, layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(emb_dim=16, hidden_size=24, layers=layers, attention=attention, input_feed=input_feed,
+                      dropout=0.0)
+    return Seq2Seq(cfg, 30, 40).eval()
+
+
+@pytest.mark.parametrize("attention", ["dot", "general", "concat"])
+@pytest.mark.parametrize("input_feed", [True, False])
+def test_padding_never_changes_a_sentences_output(attention, input_feed):
+    model = make_model(attention, input_feed)
+    short_src, long_src = [5, 6, 7, EOS], [8, 9, 10, 11, 12, 13, EOS]
+    tgt_short, tgt_long = [2, 14, 15], [2, 16, 17, 18, 19]
+    alone = model(torch.tensor([short_src]), torch.tensor([4]), torch.tensor([tgt_short]))
+    src = torch.tensor([short_src + [PAD] * 3, long_src])
+    tgt = torch.tensor([tgt_short + [PAD] * 2, tgt_long])
+    batched = model(src, torch.tensor([4, 7]), tgt)
+    torch.testing.assert_close(batched[0, :3], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["dot", "general", "concat"])
+def test_attention_weights_sum_to_one_and_skip_padding(attention):
+    model = make_model(attention)
+    src = torch.tensor([[5, 6, EOS, PAD, PAD], [5, 6, 7, 8, EOS]])
+    memory, state = model.encode(src, torch.tensor([3, 5]))
+    _, _, weights = model.decode_step(torch.tensor([2, 2]), memory, state)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2))
+    assert torch.all(weights[0, 3:] == 0)
+    assert torch.all(weights[0, :3] > 0)
+
+
+def test_first_layer_with_hoisted_embedding_projection_equals_a_plain_lstm_cell():
+    """The decoder feeds the embedding projection in as a per-row bias; it must equal LSTMCell on [emb; feed]."""
+    model = make_model()
+    decoder = model.decoder
+    tokens = torch.tensor([4, 9, 11])
+    feed, h, c = torch.randn(3, 24), torch.randn(3, 24), torch.randn(3, 24)
+    emb_gates = decoder._embedding_gates(tokens)
+    ours = torch.lstm_cell(feed, (h, c), decoder.cells[0].weight_ih[:, 16:], decoder.cells[0].weight_hh,
+                           emb_gates, None)
+    reference = decoder.cells[0](torch.cat([decoder.embed(tokens), feed], dim=1), (h, c))
+    torch.testing.assert_close(ours[0], reference[0])
+    torch.testing.assert_close(ours[1], reference[1])
+
+
+def test_matched_model_has_the_peers_parameter_count():
+    """configs/bench_matched.yaml: within 5% of the peers' 13.38 M with their 3,968 / 5,488 vocabularies."""
+    from nmt.config import load_config
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "configs" / "bench_matched.yaml")
+    count = Seq2Seq(cfg.model, 3968 + 4, 5488 + 4).num_parameters()
+    assert abs(count - 13_378_928) / 13_378_928 < 0.05
+
+
+def test_tied_embeddings_share_one_matrix():
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(emb_dim=16, hidden_size=16, layers=1, tie_embeddings=True), 30, 40)
+    assert model.decoder.generator.weight is model.decoder.embed.weight

@@ -1,0 +1,133 @@
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from nmt.config import ModelConfig
+from nmt.model import Seq2Seq
+from nmt.search import beam_search, greedy, length_penalty
+from nmt.tokenizer import BOS, EOS
+
+A, B, C = 4, 5, 6
+V = 7
+
+
+@dataclass
+class LastToken:
+    """Mock decoder state: the last token of each row."""
+
+    last: torch.Tensor
+
+    def index_select(self, rows):
+        return LastToken(self.last[rows])
+
+
+@dataclass
+class NoMemory:
+    rows: int
+
+    def index_select(self, rows):
+        return NoMemory(len(rows))
+
+
+class MarkovModel:
+    """Next-token distributions fixed by the previous token: no network at all."""
+
+    def __init__(self, table: dict[int, dict[int, float]]):
+        self.logp = torch.full((V, V), -1e9)
+        for prev, dist in table.items():
+            for token, p in dist.items():
+                self.logp[prev, token] = math.log(p)
+
+    def encode(self, src, src_lengths):
+        return NoMemory(src.size(0)), LastToken(torch.full((src.size(0),), BOS))
+
+    def decode_step(self, tokens, memory, state):
+        return self.logp[tokens].clone(), LastToken(tokens), torch.ones(tokens.size(0), 1)
+
+
+# Greedy takes A (0.55), then A's best is EOS (0.4): p = 0.22. Beam search finds B EOS: 0.45 * 0.9 = 0.405.
+TRAP = MarkovModel({BOS: {A: 0.55, B: 0.45}, A: {EOS: 0.4, C: 0.3, B: 0.3}, B: {EOS: 0.9, C: 0.1},
+                    C: {EOS: 1.0}})
+SRC = torch.tensor([[8, 8, 8, EOS]])
+LENGTHS = torch.tensor([4])
+
+
+def test_beam_search_finds_the_best_sequence_that_greedy_misses():
+    assert greedy(TRAP, SRC, LENGTHS)[0].tokens == [A]
+    best = beam_search(TRAP, SRC, LENGTHS, beam_size=2, alpha=0.0)[0][0]
+    assert best.tokens == [B]
+    assert best.log_prob == pytest.approx(math.log(0.45 * 0.9), abs=1e-5)
+
+
+def test_nbest_lists_are_sorted_and_scored():
+    hyps = beam_search(TRAP, SRC, LENGTHS, beam_size=3, alpha=0.0, nbest=3)[0]
+    assert [h.tokens for h in hyps] == [[B], [A], [A, C]]
+    assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    assert hyps[2].log_prob == pytest.approx(math.log(0.55 * 0.3 * 1.0), abs=1e-5)
+
+
+def test_length_penalty_normalises_scores():
+    hyp = beam_search(TRAP, SRC, LENGTHS, beam_size=2, alpha=1.0)[0][0]
+    assert hyp.score == pytest.approx(hyp.log_prob / length_penalty(len(hyp.tokens) + 1, 1.0))
+    assert length_penalty(1, 0.0) == 1.0 and length_penalty(7, 1.0) == 2.0
+
+
+def test_outputs_stop_at_the_length_limit():
+    loop = MarkovModel({BOS: {C: 0.9, EOS: 0.1}, C: {C: 0.9, EOS: 0.1}})
+    for hyp in (greedy(loop, SRC, LENGTHS, max_len_ratio=1.0)[0], beam_search(
+            loop, SRC, LENGTHS, beam_size=2, max_len_ratio=1.0)[0][0]):
+        assert len(hyp.tokens) <= 4 + 5 - 1  # ratio x 4 source pieces + 5 steps, the last one EOS
+
+
+def random_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(emb_dim=16, hidden_size=32, layers=2, dropout=0.0)
+    model = Seq2Seq(cfg, 40, 40).eval()
+    with torch.no_grad():  # make EOS likely enough that outputs end at varied lengths
+        model.decoder.generator.bias[EOS] += 2.5
+    return model
+
+
+def batch_of(sources):
+    from nmt.batching import source_tensor
+
+    return source_tensor(sources)
+
+
+SOURCES = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [17], [18, 19, 20, 21, 22, 23, 24, 25, 26], [27, 28, 29]]
+
+
+def test_beam_one_equals_greedy():
+    model = random_model()
+    src, lengths = batch_of(SOURCES)
+    greedy_hyps = greedy(model, src, lengths)
+    beam_hyps = beam_search(model, src, lengths, beam_size=1, alpha=0.0)
+    for g, (b,) in zip(greedy_hyps, beam_hyps):
+        assert g.tokens == b.tokens
+        assert g.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [2, 5])
+def test_batched_beam_search_equals_one_sentence_at_a_time(beam_size):
+    model = random_model(1)
+    src, lengths = batch_of(SOURCES)
+    batched = beam_search(model, src, lengths, beam_size=beam_size, nbest=2)
+    for source, hyps in zip(SOURCES, batched):
+        single_src, single_len = batch_of([source])
+        (alone,) = beam_search(model, single_src, single_len, beam_size=beam_size, nbest=2)
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        for h, a in zip(hyps, alone):
+            assert h.score == pytest.approx(a.score, abs=1e-4)
+
+
+def test_attention_is_kept_for_plots():
+    model = random_model()
+    src, lengths = batch_of(SOURCES[:2])
+    hyps = beam_search(model, src, lengths, beam_size=3, keep_attention=True)
+    for hyp_list, length in zip(hyps, lengths.tolist()):
+        attention = hyp_list[0].attention
+        assert attention.shape[0] == len(hyp_list[0].tokens) + 1
+        torch.testing.assert_close(attention.sum(dim=1), torch.ones(attention.shape[0]))
+        assert torch.all(attention[:, length:] == 0)

@@ -1,0 +1,112 @@
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from nmt.metrics_log import read_metrics
+from tests.conftest import ROOT, TINY_CONFIG, TINY_DATA, run_nmt
+
+
+def test_tiny_run_writes_everything(tiny_run):
+    for name in ("config.yaml", "spm.model", "metrics.jsonl", "results.json", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "test.hyp.de"):
+        assert (tiny_run / name).is_file(), name
+    records = read_metrics(tiny_run / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    valids = [r for r in records if "valid_bleu" in r]
+    assert steps and valids
+    for key in ("step", "epoch", "loss", "ppl", "lr", "grad_norm", "clipped", "tokens_per_sec"):
+        assert key in steps[0]
+    for key in ("valid_loss", "valid_ppl", "valid_bleu"):
+        assert key in valids[0]
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert results["test_bleu"] > 20  # the synthetic grammar is learnable in seconds
+    assert results["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    payload = torch.load(tiny_run / "checkpoints" / "best.pt", weights_only=True)
+    for key in ("model", "optimizer", "schedule", "progress", "rng", "config", "tokenizer"):
+        assert key in payload
+
+
+@pytest.mark.parametrize("threshold, expected", [("0.001", True), ("1e9", False)])
+def test_clipped_flag_follows_the_threshold(tmp_path, threshold, expected):
+    run_dir = tmp_path / "run"
+    result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir),
+                     "--set", f"train.max_grad_norm={threshold}", "--set", "train.max_epochs=1",
+                     "--set", "data.test_split=null")
+    assert result.returncode == 0, result.stderr
+    steps = [r for r in read_metrics(run_dir / "metrics.jsonl") if "clipped" in r]
+    assert steps and all(r["clipped"] is expected for r in steps)
+    assert all(r["grad_norm"] > 0.001 for r in steps)  # pre-clip norms, not the clipped ones
+
+
+def test_overfits_a_small_parallel_set(tmp_path):
+    """A tiny model memorises 40 sentence pairs: BLEU >= 90 on them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang in ("en", "de"):
+        lines = (TINY_DATA / f"train.{lang}").read_text(encoding="utf-8").splitlines()[:40]
+        for split in ("train", "valid", "test"):
+            (data / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run_dir = tmp_path / "run"
+    result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir),
+                     "--set", f"data.dataset={data}", "--set", "train.max_epochs=150", "--set", "train.batch_sentences=8",
+                     "--set", "data.max_len_ratio=10", "--set", "train.log_every=100")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "results.json").read_text())["test_bleu"] >= 90
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    options = ["--config", str(TINY_CONFIG), "--set", "train.max_epochs=6", "--set", "data.test_split=null",
+               "--set", "train.log_every=1"]
+    straight = tmp_path / "straight"
+    assert run_nmt("train", *options, "--run-dir", str(straight)).returncode == 0
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "nmt", "train", *options, "--run-dir", str(interrupted)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = interrupted / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and len(read_metrics(metrics)) >= 30):
+        time.sleep(0.02)
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert time.time() - sent < 5
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "nmt train --resume --run-dir" in stderr
+    stopped_at = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)["progress"]["step"]
+    final_steps = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)["progress"]["step"]
+    assert 0 < stopped_at < final_steps  # really interrupted mid-run
+
+    resumed = run_nmt("train", "--resume", "--run-dir", str(interrupted))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _state(straight / "checkpoints" / "last.pt"), _state(interrupted / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    logged = [r["step"] for r in read_metrics(interrupted / "metrics.jsonl") if "loss" in r and "event" not in r]
+    assert logged == sorted(set(logged))  # steps repeated after the checkpoint were not logged twice
+
+
+def test_resume_falls_back_to_an_intact_checkpoint(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a crash mid-write of a non-atomic save
+    import os
+    os.utime(last, None)
+    result = run_nmt("train", "--resume", "--run-dir", str(run_dir), "--set", "train.max_epochs=5",
+                     "--set", "data.test_split=null")
+    assert result.returncode == 0, result.stderr
+    assert "last.pt: not a readable checkpoint" in result.stderr
+    assert "newest intact checkpoint" in result.stderr
