@@ -19,7 +19,7 @@ def _add_train(sub) -> None:
     p.add_argument("--config", help="YAML config; default: the packaged configs/multi30k_en_de.yaml settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=0.5 (repeatable)")
-    p.add_argument("--run-dir", help="where the run is written (default: runs/<config>-<time>)")
+    p.add_argument("--run-dir", help="where the run is written (default: $NMT_RUNS or runs/, then <config>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
 
 
@@ -74,18 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_translate(sub)
     _add_evaluate(sub)
     _add_plot(sub)
+    from nmt.bench import add_parser as add_bench
+    from nmt.study import add_parser as add_study
+
+    add_bench(sub)
+    add_study(sub)
     return parser
 
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
-    for noisy in ("datasets", "huggingface_hub", "fsspec", "urllib3", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("datasets", "huggingface_hub", "fsspec", "urllib3", "matplotlib", "sacrebleu"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def cmd_train(args) -> int:
-    from nmt.train import train
+    from nmt.runs import train
 
     results = train(args.config, args.overrides, args.run_dir, args.resume)
     if "test_bleu" in results:
@@ -125,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
     handlers = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "plot": cmd_plot}
-    handler = handlers[args.command]
+    if args.command == "bench":
+        from nmt.bench import command as handler
+    elif args.command == "study":
+        from nmt.study import command as handler
+    else:
+        handler = handlers[args.command]
     try:
         return handler(args)
     except NMTError as error:
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - only Interrupted is expected here
-        from nmt.train import Interrupted
+        from nmt.interrupt import Interrupted
 
         if isinstance(error, Interrupted):
             print(str(error) or "interrupted", file=sys.stderr)

@@ -105,8 +105,6 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: CPU threads for torch; null = torch's default.
     threads: int | None = None
-    #: `torch.compile` the decoder step (GPU; may pay off on long runs only).
-    compile: bool = False
     log_every: int = 50
     #: stop after this many consecutive steps with a non-finite loss or gradient norm.
     max_bad_steps: int = 10

@@ -51,8 +51,15 @@ def _resolve_split(split: str, available: list[str], where: str) -> str:
 
 # ---------------------------------------------------------------- plain text
 
-def is_text_folder(path: Path, src_lang: str, tgt_lang: str) -> bool:
-    return path.is_dir() and any(path.glob(f"*.{src_lang}")) and any(path.glob(f"*.{tgt_lang}"))
+NOT_LANGUAGES = {"json", "jsonl", "csv", "tsv", "parquet", "arrow", "txt", "md", "py", "gz", "zip", "yaml", "lock"}
+
+
+def text_languages(path: Path) -> list[str]:
+    """The `lang` of every `{split}.{lang}` plain-text file in a folder."""
+    if not path.is_dir():
+        return []
+    return sorted({p.suffix[1:] for p in path.iterdir() if p.is_file() and p.suffix[1:].isalpha()
+                   and len(p.suffix) <= 9 and p.suffix[1:].lower() not in NOT_LANGUAGES})
 
 
 def read_text_lines(path: Path) -> list[str]:
@@ -144,7 +151,11 @@ def _column(table, lang: str, name: str) -> list[str]:
 def load_splits(cfg: DataConfig, splits: list[str]) -> list[Corpus]:
     """Load the named splits of `cfg.dataset`, in order; the hub is read once for all of them."""
     path = Path(cfg.dataset).expanduser()
-    if is_text_folder(path, cfg.src_lang, cfg.tgt_lang):
+    languages = text_languages(path)
+    if languages:
+        for lang in (cfg.src_lang, cfg.tgt_lang):
+            if lang not in languages:
+                raise NMTError(f"{path}: no language '{lang}' (no *.{lang} files); it has {', '.join(languages)}")
         return [_load_text_split(path, split, cfg.src_lang, cfg.tgt_lang) for split in splits]
     if path.is_dir() or path.exists():
         if not path.is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -59,6 +60,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     if threshold is not None:
         ax.axhline(threshold, color="black", ls="--", label=f"threshold {threshold:g}")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set(title="Gradient norm before clipping", xlabel="step", ylabel="L2 norm (log scale)")
     ax.legend()
     ax.grid(alpha=0.3, which="both")

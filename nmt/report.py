@@ -24,7 +24,14 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
         "best_valid_bleu": progress.best_bleu,
         "non_finite_steps": progress.bad_steps,
         "parameters": trainer.model.num_parameters(),
+        "device": str(trainer.device),
+        "precision": trainer.precision,
     }
+    if trainer.device.type == "cuda":
+        import torch
+
+        results["gpu"] = torch.cuda.get_device_name(trainer.device)
+        results["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(trainer.device) / 2**20)
     test = trainer.data.test
     if test is not None:
         best = run_dir / "checkpoints" / "best.pt"

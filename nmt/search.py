@@ -96,6 +96,7 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
     history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
     attention = torch.zeros(n * k, 0, src.size(1), device=device) if keep_attention else None
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    finished_count = torch.zeros(n, dtype=torch.long, device=device)
     for t in range(int(limits.max())):
         logp, state, weights = model.decode_step(tokens, memory, state)  # (m * k, V)
         vocab = logp.size(1)
@@ -117,8 +118,8 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
                 words, log_prob / length_penalty(len(words) + 1, alpha), log_prob,
                 attention[row].cpu() if keep_attention else None,
             ))
-        counts = torch.tensor([len(finished[int(s)]) for s in active.tolist()], device=device)
-        done = (ends[:, 0] & (counts >= nbest)) | at_limit
+        finished_count[active] += ends[:, :k].sum(dim=1)
+        done = (ends[:, 0] & (finished_count[active] >= nbest)) | at_limit
         # the k best extensions that do not end here live on
         live_scores, live_rank = top_scores.masked_fill(token == EOS, float("-inf")).topk(k, dim=1)
         keep = (~done).nonzero().squeeze(1)
@@ -133,7 +134,9 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
         if keep_attention:
             attention = attention[beam_rows]
         scores, active = live_scores[keep], active[keep]
-    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]
+    # a model whose scores are all -inf or NaN (a diverged run) finishes nothing: answer empty, never nothing
+    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] or [Hypothesis([], float("-inf"), float("-inf"))]
+            for hyps in finished]
 
 
 def search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int, alpha: float,

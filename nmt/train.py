@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from nmt import checkpoint
 from nmt.batching import collate, plan_batches, shard
-from nmt.config import Config, config_from_dict, load_config, save_config
+from nmt.config import Config
 from nmt.device import autocast, resolve_device, resolve_precision, set_threads
-from nmt.distributed import World, any_rank, barrier, init_world, shutdown
+from nmt.distributed import World, any_rank, barrier, broadcast_object
 from nmt.errors import NMTError
 from nmt.evaluate import bleu
+from nmt.interrupt import Interrupted, StopSignals
 from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq
 from nmt.prepare import PreparedData, prepare
@@ -36,14 +37,6 @@ from nmt.tokenizer import PAD, Tokenizer
 from nmt.translate import translate_lines
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; last.pt holds the run and `--resume` continues it."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
 
 
 @dataclass
@@ -62,31 +55,6 @@ class Progress:
     oom_batches: int = 0
     clipped_in_epoch: int = 0
     steps_in_epoch: int = 0
-
-
-class StopSignals:
-    """First SIGINT/SIGTERM: finish the current step, save, exit. During validation: abandon it."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.abandon_now = False
-        self._previous = {}
-
-    def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        return False
-
-    def _handle(self, signum, frame):
-        first = self.signum is None
-        self.signum = signum
-        if not first or self.abandon_now:
-            raise Interrupted(signum, "")
 
 
 class Trainer:
@@ -239,8 +207,6 @@ class Trainer:
         """After rank 0 validated: every rank takes its lr and counters."""
         if not self.world.distributed:
             return
-        from nmt.distributed import broadcast_object
-
         lr, progress = broadcast_object((self.schedule.lr, asdict(self.progress)), self.world)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -305,7 +271,7 @@ class Trainer:
                     batch = collate(data.train_src, data.train_tgt, plan[progress.batch_in_epoch]).to(self.device)
                     try:
                         nll, norm, applied = self.train_step(batch)
-                    except torch.OutOfMemoryError:
+                    except torch.cuda.OutOfMemoryError:
                         del batch
                         self._handle_oom()
                         progress.batch_in_epoch += 1
@@ -389,63 +355,3 @@ class Trainer:
         name = signal.Signals(signum).name
         raise Interrupted(signum, f"{name} at step {self.progress.step}: saved {self.run_dir}/checkpoints/last.pt; "
                                   f"continue with: nmt train --resume --run-dir {self.run_dir}")
-
-
-def open_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: bool):
-    """The run's config and directory, and the checkpoint payload to resume from (or None)."""
-    if resume:
-        if not run_dir:
-            raise NMTError("--resume needs --run-dir, the folder of the run to continue")
-        folder = Path(run_dir)
-        if not folder.is_dir():
-            raise NMTError(f"{folder}: no such run directory to resume")
-        path, payload = checkpoint.newest_intact(folder / "checkpoints")
-        log.info("resuming from %s", path)
-        cfg = config_from_dict(payload["config"], f"{path} (embedded config)")
-        if overrides:
-            cfg = load_config(None, [*_flatten(cfg.to_dict()), *overrides])
-        return cfg, folder, payload
-    cfg = load_config(config_path, overrides)
-    if run_dir is None:
-        stem = Path(config_path).stem if config_path else "multi30k_en_de"
-        run_dir = f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = Path(run_dir)
-    if (folder / "metrics.jsonl").exists() or any((folder / "checkpoints").glob("*.pt")):
-        raise NMTError(f"{folder} already holds a run; continue it with --resume, or choose another --run-dir")
-    return cfg, folder, None
-
-
-def _flatten(values: dict, prefix: str = "") -> list[str]:
-    import json
-
-    items = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            items += _flatten(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
-
-
-def train(config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
-          resume: bool = False) -> dict:
-    """Train, then score the test split with the best checkpoint; returns results.json's content."""
-    from nmt.report import final_test_evaluation
-
-    cfg, folder, payload = open_run(config_path, list(overrides), run_dir, resume)
-    world = init_world(resolve_device(cfg.train.device).type)
-    try:
-        started = time.time()
-        trainer = Trainer(cfg, folder, world, payload)  # loads the data first: bad input fails before writing
-        if world.is_main:
-            (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-            save_config(cfg, folder / "config.yaml")
-            trainer.tokenizer.save_models(folder)
-            log.info("run directory: %s", folder)
-        barrier(world)
-        reason = trainer.run()
-        results = final_test_evaluation(trainer, reason, time.time() - started) if world.is_main else {}
-        barrier(world)
-        return results
-    finally:
-        shutdown(world)

@@ -54,7 +54,8 @@ def test_overfits_a_small_parallel_set(tmp_path):
             (data / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     run_dir = tmp_path / "run"
     result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir),
-                     "--set", f"data.dataset={data}", "--set", "train.max_epochs=150", "--set", "train.batch_sentences=8",
+                     "--set", f"data.dataset={data}", "--set", "train.max_epochs=150",
+                     "--set", "train.batch_sentences=8",
                      "--set", "data.max_len_ratio=10", "--set", "train.log_every=100")
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "results.json").read_text())["test_bleu"] >= 90

@@ -69,11 +69,21 @@ class Decoder(nn.Module):
         w_emb = cell.weight_ih[:, : self.emb_dim]
         return F.linear(self.dropout(self.embed(tokens)), w_emb, cell.bias_ih + cell.bias_hh)
 
+    def _first_layer(self, emb_gates: torch.Tensor, state: DecoderState):
+        """The first LSTM layer, its embedding projection already in `emb_gates` (N, 4H)."""
+        cell = self.cells[0]
+        w_feed = cell.weight_ih[:, self.emb_dim:]  # (4H, H), or (4H, 0) without input feeding
+        if emb_gates.is_cuda:  # the fused CUDA kernel takes the gate pre-activations directly
+            input_gates = torch.addmm(emb_gates, state.feed, w_feed.t())
+            hidden_gates = F.linear(state.h[0], cell.weight_hh).to(input_gates.dtype)
+            h, c, _ = torch.ops.aten._thnn_fused_lstm_cell(input_gates, hidden_gates, state.c[0].to(input_gates.dtype))
+            return h, c
+        # on the CPU, lstm_cell accepts the per-row embedding gates as its input bias
+        return torch.lstm_cell(state.feed, (state.h[0], state.c[0]), w_feed, cell.weight_hh, emb_gates, None)
+
     def _advance(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState):
         """One step from the first layer's embedding gates (N, 4H); returns (attentional vector, state, weights)."""
-        first = self.cells[0]
-        h, c = torch.lstm_cell(state.feed, (state.h[0], state.c[0]), first.weight_ih[:, self.emb_dim:],
-                               first.weight_hh, emb_gates, None)
+        h, c = self._first_layer(emb_gates, state)
         hs, cs = [h], [c]
         for cell, h_prev, c_prev in zip(self.cells[1:], state.h[1:], state.c[1:]):
             h, c = cell(self.dropout(h), (h_prev, c_prev))

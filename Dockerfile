@@ -1,0 +1,31 @@
+# Train, translate and evaluate on a GPU: see "Docker" in README.md.
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/data/hf \
+    NMT_RUNS=/runs \
+    NMT_CACHE=/data/nmt-cache
+
+WORKDIR /app
+
+# Dependencies in a layer of their own, read from pyproject.toml: editing the code does not reinstall them.
+# torch comes with the base image and satisfies the torch>=2.3 requirement.
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt
+
+COPY nmt ./nmt
+COPY configs ./configs
+COPY scripts ./scripts
+RUN pip install --no-cache-dir --no-deps . \
+    && useradd --create-home --uid 1000 nmt \
+    && mkdir -p /data/hf /data/nmt-cache /runs \
+    && chown -R nmt:nmt /data /runs
+
+USER 1000:1000
+VOLUME ["/data", "/runs"]
+ENTRYPOINT ["nmt"]
+CMD ["train", "--config", "/app/configs/multi30k_en_de.yaml"]

@@ -1,0 +1,204 @@
+"""`nmt bench`: training tokens/s over a steady window, decoding sentences/s, and the FLOP bound.
+
+Tokens are real target pieces plus EOS (no padding), as the peers count them.
+The FLOP bound: a matrix product of the model's own shapes, timed here in the
+precision used, against the model's FLOPs per target token counted from its
+shapes (training = 3x the forward pass). The fraction says how much of what
+this machine can do the training loop gets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nmt.batching import collate, plan_batches
+from nmt.config import Config, load_config
+from nmt.device import autocast, resolve_precision
+from nmt.distributed import World
+from nmt.evaluate import bleu
+from nmt.translate import encode_sources, translate_ids
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure training tokens/s, decoding sentences/s and the FLOP bound")
+    p.add_argument("--config", default=None, help="YAML config (default: the packaged default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=300, help="timed training steps after the warm-up")
+    p.add_argument("--checkpoint", help="decode with this trained checkpoint (its lengths are realistic)")
+    p.add_argument("--decode-sentences", type=int, default=1000, help="test sentences to decode")
+    p.add_argument("--skip-train", action="store_true", help="only decoding")
+    p.add_argument("--json", dest="json_out", help="also write the JSON line to this file")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def flops_per_target_token(cfg: Config, tgt_vocab: int, src_per_tgt: float, mean_src_len: float) -> float:
+    """Training FLOPs per target token: 3 x (decoder step + attention + projection + the encoder's share)."""
+    m = cfg.model
+    e, h = m.emb_dim, m.hidden_size
+    first_in = e + (h if m.input_feed else 0)
+    decoder = 2 * 4 * h * (first_in + h) + (m.layers - 1) * 2 * 4 * h * (2 * h)
+    attention = 2 * 2 * mean_src_len * h + 2 * (2 * h) * h + (2 * h * h if m.attention == "general" else 0)
+    generator = 2 * h * tgt_vocab
+    d = h // 2
+    encoder_per_src = 2 * (2 * 4 * d * (e + d)) + (m.layers - 1) * 2 * (2 * 4 * d * (2 * d + d))
+    return 3.0 * (decoder + attention + generator + src_per_tgt * encoder_per_src)
+
+
+def matmul_flops_per_second(cfg: Config, device: torch.device, precision: str, batch: int) -> float:
+    """GFLOP/s of the decoder's gate product (batch x 2H) @ (2H x 4H), the model's typical matrix product."""
+    h = cfg.model.hidden_size
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(batch, 2 * h, device=device, dtype=dtype)
+    b = torch.randn(2 * h, 4 * h, device=device, dtype=dtype)
+    for _ in range(20):
+        a @ b
+    _sync(device)
+    repeats, started = 200, time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2.0 * batch * 2 * h * 4 * h * repeats / (time.perf_counter() - started)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_training(trainer, warmup: int, steps: int) -> dict:
+    data, cfg = trainer.data, trainer.cfg.train
+    plan = plan_batches([len(s) for s in data.train_src], [len(t) for t in data.train_tgt],
+                        batch_tokens=cfg.batch_tokens, batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=1)
+    trainer.model.train()
+    tokens, step_times = 0, []
+    window_start = None
+    for index in range(warmup + steps):
+        if index == warmup:
+            _sync(trainer.device)
+            window_start = time.perf_counter()
+        started = time.perf_counter()
+        batch = collate(data.train_src, data.train_tgt, plan[index % len(plan)]).to(trainer.device)
+        trainer.train_step(batch)
+        if index >= warmup:
+            tokens += batch.n_tokens
+            step_times.append(time.perf_counter() - started)
+    _sync(trainer.device)
+    seconds = time.perf_counter() - window_start
+    return {"train_tokens_per_sec": tokens / seconds, "train_steps_per_sec": steps / seconds,
+            "train_step_ms_median": 1000 * statistics.median(step_times)}
+
+
+def bench_decoding(model, tokenizer, cfg: Config, lines: list[str], refs: list[str], device, precision) -> dict:
+    sources = encode_sources(tokenizer, lines, cfg.decode.max_src_len)
+    result = {}
+    for name, beam in (("greedy", 1), ("beam5", 5)):
+        _sync(device)
+        started = time.perf_counter()
+        hyps = translate_ids(model, sources, device=device, beam_size=beam, alpha=cfg.decode.length_penalty,
+                             max_len_ratio=cfg.decode.max_len_ratio, batch_tokens=cfg.decode.batch_tokens,
+                             precision_context=lambda: autocast(device, precision))
+        _sync(device)
+        seconds = time.perf_counter() - started
+        texts = [tokenizer.tgt.decode(h[0].tokens) for h in hyps]
+        result[f"{name}_sentences_per_sec"] = len(lines) / seconds
+        result[f"{name}_bleu"] = bleu(texts, refs)
+    return result
+
+
+def run_bench(args) -> dict:
+    from nmt import checkpoint
+    from nmt.train import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.data.test_split is None:
+        cfg.data.test_split = cfg.data.valid_split
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp), World(), None)
+    device, precision = trainer.device, resolve_precision(cfg.train.precision, trainer.device)
+    data = trainer.data
+    mean_tgt = statistics.mean(len(t) + 1 for t in data.train_tgt)
+    mean_src = statistics.mean(len(s) + 1 for s in data.train_src)
+    report = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": precision,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "parameters": trainer.model.num_parameters(),
+        "batch": f"{cfg.train.batch_sentences} sentences" if cfg.train.batch_sentences
+        else f"{cfg.train.batch_tokens} tokens",
+    }
+    if not args.skip_train:
+        report.update(bench_training(trainer, args.warmup_steps, args.steps))
+        flops_token = flops_per_target_token(cfg, len(trainer.tokenizer.tgt), mean_src / mean_tgt, mean_src)
+        batch_rows = cfg.train.batch_sentences or max(1, cfg.train.batch_tokens // int(mean_tgt))
+        peak = matmul_flops_per_second(cfg, device, precision, batch_rows)
+        report.update({
+            "flops_per_target_token": flops_token, "matmul_gflops": peak / 1e9,
+            "achieved_gflops": report["train_tokens_per_sec"] * flops_token / 1e9,
+        })
+        report["fraction_of_flop_bound"] = report["achieved_gflops"] / report["matmul_gflops"]
+    model, tokenizer = trainer.model, trainer.tokenizer
+    if args.checkpoint:
+        started = time.perf_counter()
+        loaded = checkpoint.load_for_inference(Path(args.checkpoint), device)
+        report["checkpoint_load_sec"] = time.perf_counter() - started
+        model, tokenizer = loaded.model, loaded.tokenizer
+    test = data.test
+    n = min(args.decode_sentences, len(test))
+    report.update(bench_decoding(model.eval(), tokenizer, cfg, test.src[:n], test.tgt[:n], device, precision))
+    report["decode_sentences"] = n
+    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        report["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return report
+
+
+def command(args) -> int:
+    report = run_bench(args)
+    rows = [
+        ("device", report["device"]), ("torch / threads / precision",
+                                       f"{report['torch']} / {report['threads']} / {report['precision']}"),
+        ("parameters", f"{report['parameters']:,}"), ("batch", report["batch"]),
+    ]
+    if "train_tokens_per_sec" in report:
+        rows += [
+            ("training target tokens/s", f"{report['train_tokens_per_sec']:,.0f}"),
+            ("training steps/s", f"{report['train_steps_per_sec']:.2f}"),
+            ("matmul bound (GFLOP/s)", f"{report['matmul_gflops']:.0f}"),
+            ("achieved (GFLOP/s)", f"{report['achieved_gflops']:.0f}"),
+            ("fraction of FLOP bound", f"{100 * report['fraction_of_flop_bound']:.0f}%"),
+        ]
+    rows += [
+        ("greedy sentences/s", f"{report['greedy_sentences_per_sec']:.0f}  (BLEU {report['greedy_bleu']:.2f})"),
+        ("beam-5 sentences/s", f"{report['beam5_sentences_per_sec']:.0f}  (BLEU {report['beam5_bleu']:.2f})"),
+        ("peak RSS (MiB)", f"{report['peak_rss_mib']:.0f}"),
+    ]
+    if "peak_gpu_memory_mib" in report:
+        rows.append(("peak GPU memory (MiB)", f"{report['peak_gpu_memory_mib']:.0f}"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    line = json.dumps(report)
+    if args.json_out:
+        Path(args.json_out).write_text(line + "\n", encoding="utf-8")
+    print(line)
+    return 0

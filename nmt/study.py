@@ -1,0 +1,178 @@
+"""`nmt study clipping`: the same model, data and seed under several optimizer and clipping settings.
+
+Each setting trains for the same wall-clock budget with a constant learning rate
+and logs every step, so the study can show the pre-clip gradient norm of every
+batch against that batch's target length. A setting that diverges (a non-finite
+loss, or a per-token training loss above DIVERGENCE_FACTOR x ln(target vocabulary),
+far above the loss of uniform guessing) is recorded as diverged at that step;
+the study goes on with the next setting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from nmt.errors import NMTError
+from nmt.metrics_log import read_metrics
+
+log = logging.getLogger(__name__)
+
+DIVERGENCE_FACTOR = 2.0
+
+
+@dataclass
+class Setting:
+    name: str
+    optimizer: str
+    lr: float
+    max_grad_norm: float | None
+
+    def overrides(self) -> list[str]:
+        clip = "null" if self.max_grad_norm is None else repr(self.max_grad_norm)
+        return [f"train.optimizer={self.optimizer}", f"train.lr={self.lr!r}", f"train.max_grad_norm={clip}"]
+
+
+DEFAULT_SETTINGS = [
+    Setting("sgd lr 1.0, clip 5", "sgd", 1.0, 5.0),
+    Setting("sgd lr 1.0, no clip", "sgd", 1.0, None),
+    Setting("sgd lr 0.1, no clip", "sgd", 0.1, None),
+    Setting("adam lr 1e-3, no clip", "adam", 1e-3, None),
+    Setting("adam lr 1e-3, clip 5", "adam", 1e-3, 5.0),
+]
+
+
+def parse_setting(text: str) -> Setting:
+    """`OPTIMIZER:LR:CLIP`, CLIP a number or `none`: `sgd:2.0:5`, `adam:3e-4:none`."""
+    try:
+        optimizer, lr, clip = text.split(":")
+        max_grad_norm = None if clip.lower() in ("none", "null", "off") else float(clip)
+        setting = Setting("", optimizer, float(lr), max_grad_norm)
+    except ValueError:
+        raise NMTError(f"--add {text}: expected OPTIMIZER:LR:CLIP, e.g. sgd:2.0:5 or adam:1e-3:none") from None
+    if optimizer not in ("sgd", "adam"):
+        raise NMTError(f"--add {text}: optimizer must be sgd or adam")
+    clip_name = "no clip" if max_grad_norm is None else f"clip {max_grad_norm:g}"
+    setting.name = f"{optimizer} lr {lr}, {clip_name}"
+    return setting
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("study", help="reproducible studies; `nmt study clipping --help`")
+    studies = p.add_subparsers(dest="study", required=True)
+    c = studies.add_parser("clipping", help="why clip: SGD and Adam with and without gradient-norm clipping")
+    c.add_argument("--config", required=True)
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--minutes", type=float, default=4.0, help="training budget per setting")
+    c.add_argument("--out", default="runs/clipping_study", help="output folder")
+    c.add_argument("--only", nargs="+", type=int, metavar="N",
+                   help="keep only these default settings (1-5, in the order of the table)")
+    c.add_argument("--add", action="append", default=[], metavar="OPT:LR:CLIP", help="add a setting, e.g. sgd:2.0:5")
+    c.add_argument("--max-grad-norm", nargs="+", type=float, default=[], metavar="T",
+                   help="sweep: add SGD lr 1.0 with each of these clipping thresholds")
+
+
+def choose_settings(args) -> list[Setting]:
+    settings = DEFAULT_SETTINGS if not args.only else [DEFAULT_SETTINGS[i - 1] for i in args.only]
+    settings = list(settings) + [parse_setting(text) for text in args.add]
+    settings += [Setting(f"sgd lr 1.0, clip {t:g}", "sgd", 1.0, t) for t in args.max_grad_norm]
+    names = [s.name for s in settings]
+    if not settings or len(set(names)) != len(names):
+        raise NMTError("the study needs at least one setting, each named once")
+    return settings
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "." else "_" for c in name).strip("_")
+
+
+def run_setting(setting: Setting, args, out: Path) -> dict:
+    """Train one setting; a run that blows up is recorded, not raised."""
+    from nmt.runs import train
+
+    run_dir = out / slug(setting.name)
+    overrides = [*args.overrides, *setting.overrides(), f"train.max_minutes={args.minutes}", "train.log_every=1",
+                 "train.lr_schedule=none", "train.patience=null", "data.test_split=null"]
+    error = None
+    try:
+        train(args.config, overrides, str(run_dir))
+    except NMTError as failure:  # e.g. too many non-finite steps in a row
+        error = str(failure)
+        log.warning("%s: %s", setting.name, error)
+    return summarize(setting, run_dir, error)
+
+
+def summarize(setting: Setting, run_dir: Path, error: str | None) -> dict:
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    steps = [r for r in records if "grad_norm" in r and r.get("event") is None]
+    valid = [r for r in records if "valid_ppl" in r]
+    vocab = _target_vocab(run_dir)
+    bound = DIVERGENCE_FACTOR * math.log(vocab) if vocab else math.inf
+    diverged_at = None
+    for record in records:
+        if record.get("event") == "non_finite" or (record.get("loss") or 0) > bound:
+            diverged_at = record["step"]
+            break
+    norms = [r["grad_norm"] for r in steps if r["grad_norm"] is not None]
+    return {
+        "setting": setting.name, "optimizer": setting.optimizer, "lr": setting.lr,
+        "max_grad_norm": setting.max_grad_norm, "steps": max((r["step"] for r in records), default=0),
+        "valid_ppl": valid[-1]["valid_ppl"] if valid and diverged_at is None else None,
+        "valid_bleu": valid[-1]["valid_bleu"] if valid and diverged_at is None else None,
+        "clipped_fraction": sum(bool(r["clipped"]) for r in steps) / len(steps) if steps else 0.0,
+        "max_grad_norm_seen": max(norms) if norms else None,
+        "diverged": diverged_at is not None, "diverged_at_step": diverged_at,
+        "divergence_bound": round(bound, 2), "error": error, "run_dir": str(run_dir),
+    }
+
+
+def _target_vocab(run_dir: Path) -> int | None:
+    import torch
+
+    for name in ("last.pt", "best.pt"):
+        path = run_dir / "checkpoints" / name
+        if path.exists():
+            return len(torch.load(path, weights_only=True)["tokenizer"]["tgt_keep"])
+    return None
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| setting | steps | valid ppl | valid BLEU | steps clipped | largest grad norm | diverged |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+
+    def fmt(value, spec):
+        return "—" if value is None else format(value, spec)
+
+    for r in rows:
+        diverged = f"yes, at step {r['diverged_at_step']}" if r["diverged"] else "no"
+        lines.append(f"| {r['setting']} | {r['steps']} | {fmt(r['valid_ppl'], '.2f')} | {fmt(r['valid_bleu'], '.2f')} "
+                     f"| {100 * r['clipped_fraction']:.0f}% | {fmt(r['max_grad_norm_seen'], ',.1f')} | {diverged} |")
+    return "\n".join(lines) + "\n"
+
+
+def command(args) -> int:
+    from nmt.study_plots import plot_study
+
+    settings = choose_settings(args)
+    out = Path(args.out)
+    if (out / "study.json").exists():
+        raise NMTError(f"{out} already holds a study; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, setting in enumerate(settings, 1):
+        log.info("== setting %d/%d: %s, %.1f minutes", index, len(settings), setting.name, args.minutes)
+        rows.append(run_setting(setting, args, out))
+    table = markdown_table(rows)
+    (out / "study.md").write_text(
+        f"Clipping study: `{args.config}`, {args.minutes:g} minutes per setting, constant learning rate. "
+        f"Diverged = a non-finite loss, or a per-token training loss above {DIVERGENCE_FACTOR:g} x ln(target "
+        f"vocabulary).\n\n{table}", encoding="utf-8")
+    (out / "study.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    pictures = plot_study(rows, out)
+    print(table)
+    for picture in pictures:
+        print(picture)
+    return 0

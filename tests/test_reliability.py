@@ -1,0 +1,133 @@
+import errno
+import json
+import os
+
+import pytest
+import torch
+
+from nmt import checkpoint
+from nmt.cli import main
+from nmt.errors import NMTError
+from nmt.metrics_log import read_metrics
+from tests.conftest import TINY_CONFIG
+from tests.test_clipping import StepHarness
+
+
+def test_fp16_unscales_before_clipping_and_steps_through_the_scaler(monkeypatch):
+    """simple-nmt and JoeyNMT clip scaled gradients; the threshold must apply to the true gradient."""
+    harness = StepHarness(max_grad_norm=5.0)
+    _, true_norm = harness.true_gradient()
+    calls = []
+    scale = 1024.0
+
+    class RecordingScaler:
+        def scale(self, loss):
+            calls.append("scale")
+            return loss * scale
+
+        def unscale_(self, optimizer):
+            calls.append("unscale")
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad.div_(scale)
+
+        def step(self, optimizer):
+            calls.append("step")
+            optimizer.step()
+
+        def update(self):
+            calls.append("update")
+
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm, *args, **kwargs):
+        calls.append("clip")
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    harness.trainer.scaler = RecordingScaler()
+    _, norm, _ = harness.trainer.train_step(harness.batch)
+    assert calls == ["scale", "unscale", "clip", "step", "update"]
+    assert norm == pytest.approx(true_norm, rel=1e-5)  # the norm of the unscaled gradient
+
+
+def test_a_failing_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save({"model": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(NMTError, match="No space left on device.*previous checkpoint is intact"):
+        checkpoint.save({"model": {"w": torch.zeros(3)}}, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pt"]  # no partial file left behind
+
+
+def test_training_stops_cleanly_when_saving_fails(tmp_path, monkeypatch, capsys):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(checkpoint.os, "replace", read_only)
+    code = main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(tmp_path / "run"),
+                 "--set", "train.max_epochs=1", "--set", "train.threads=1"])
+    assert code == 1
+    assert "Read-only file system" in capsys.readouterr().err
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, capsys, monkeypatch):
+    from nmt import train as train_module
+
+    real_loss = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def nan_after_five_steps(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", nan_after_five_steps)
+    run_dir = tmp_path / "run"
+    code = main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir),
+                 "--set", "train.max_bad_steps=3", "--set", "train.threads=1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "3 consecutive steps had a non-finite loss or gradient norm" in err
+    assert "last good checkpoint" in err
+    events = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "non_finite"]
+    assert [r["step"] for r in events] == [6, 7, 8]
+
+
+def test_out_of_memory_batches_are_skipped(tmp_path, monkeypatch):
+    from nmt import train as train_module
+
+    real_step = train_module.Trainer.train_step
+    calls = {"n": 0}
+
+    def sometimes_oom(self, batch):
+        calls["n"] += 1
+        if calls["n"] in (3, 4):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", sometimes_oom)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir), "--set", "train.max_epochs=1",
+                 "--set", "train.threads=1", "--set", "data.test_split=null"]) == 0
+    assert sum(r.get("event") == "out_of_memory" for r in read_metrics(run_dir / "metrics.jsonl")) == 2
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == calls["n"] - 2
+
+
+def test_repeated_out_of_memory_stops_with_advice(tmp_path, monkeypatch, capsys):
+    from nmt import train as train_module
+
+    def always_oom(self, batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", always_oom)
+    assert main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(tmp_path / "run"),
+                 "--set", "train.threads=1"]) == 1
+    assert "lower train.batch_tokens" in capsys.readouterr().err

@@ -1,0 +1,21 @@
+import json
+
+from nmt.cli import main
+from tests.conftest import TINY_CONFIG
+
+
+def test_clipping_study_runs_end_to_end_and_records_divergence(tmp_path, capsys):
+    out = tmp_path / "study"
+    code = main(["study", "clipping", "--config", str(TINY_CONFIG), "--minutes", "0.05", "--out", str(out),
+                 "--only", "1", "4", "--add", "sgd:1e6:none", "--set", "train.threads=1",
+                 "--set", "train.max_bad_steps=3"])
+    assert code == 0
+    rows = json.loads((out / "study.json").read_text())
+    assert [r["setting"] for r in rows] == ["sgd lr 1.0, clip 5", "adam lr 1e-3, no clip", "sgd lr 1e6, no clip"]
+    default, adam, blown = rows
+    assert not default["diverged"] and default["valid_bleu"] is not None
+    assert 0 < default["clipped_fraction"] <= 1 and adam["clipped_fraction"] == 0
+    assert blown["diverged"] and blown["diverged_at_step"] >= 1 and blown["valid_bleu"] is None
+    assert "| sgd lr 1e6, no clip |" in (out / "study.md").read_text()
+    for name in ("loss.png", "grad_norm.png", "norm_vs_length.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,105 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nmt.cli import main
+from tests.conftest import ROOT, TINY_DATA, run_nmt
+
+
+def translate(checkpoint, lines_text: str, tmp_path, *extra) -> str:
+    source = tmp_path / "in.txt"
+    source.write_bytes(lines_text.encode("utf-8"))
+    target = tmp_path / "out.txt"
+    assert main(["translate", "--checkpoint", str(checkpoint), "--input", str(source), "--output", str(target),
+                 "--device", "cpu", *extra]) == 0
+    return target.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def best(tiny_run):
+    return tiny_run / "checkpoints" / "best.pt"
+
+
+def test_translates_the_test_set_like_training_did(tiny_run, best, tmp_path):
+    out = translate(best, (TINY_DATA / "test.en").read_text(encoding="utf-8"), tmp_path)
+    assert out == (tiny_run / "test.hyp.de").read_text(encoding="utf-8")
+
+
+def test_blank_lines_long_lines_and_order(best, tmp_path):
+    lines = ["The dog sees the cat .", "", "The old man likes the red ball .", "   ",
+             " ".join(["The dog sees the cat ."] * 80), "The cat sees the dog ."]
+    out = translate(best, "\n".join(lines) + "\n", tmp_path, "--beam-size", "2")
+    rows = out.split("\n")
+    assert rows[-1] == "" and len(rows) - 1 == len(lines)
+    assert rows[1] == "" and rows[3] == ""
+    assert rows[0].startswith("Der Hund sieht die Katze")
+    assert rows[5].startswith("Die Katze sieht den Hund")
+
+
+def test_missing_final_newline_and_crlf(best, tmp_path):
+    out = translate(best, "The dog sees the cat .\r\nThe cat sees the dog .", tmp_path)
+    assert out.count("\n") == 2
+
+
+def test_nbest_format(best, tmp_path):
+    out = translate(best, "The dog sees the cat .\n\nThe cat sees the dog .\n", tmp_path, "--beam-size", "3",
+                    "--nbest", "3").split("\n")[:-1]
+    assert len(out) == 9
+    scores = [float(row.split("\t")[0]) for row in out[:3]]
+    assert scores == sorted(scores, reverse=True)
+    assert out[0].split("\t")[1].startswith("Der Hund sieht die Katze")
+
+
+def test_stdin_to_stdout(best):
+    result = subprocess.run([sys.executable, "-m", "nmt", "translate", "--checkpoint", str(best), "--device", "cpu"],
+                            input="The dog sees the cat .\n\n", capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[1:] == ["", ""]
+
+
+def test_attention_plots(best, tmp_path):
+    plots = tmp_path / "plots"
+    translate(best, "The dog sees the cat .\nThe old horse pulls the car .\n", tmp_path, "--attention-plots",
+              str(plots), "--plot-first", "1")
+    assert [p.name for p in plots.iterdir()] == ["attention_0001.png"]
+    assert (plots / "attention_0001.png").read_bytes()[:4] == b"\x89PNG"
+
+
+LINE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=60) | st.sampled_from(
+    ["", "مرحبا بالعالم", "🙂🐶 emoji", "\t\x00\x07 control", "x" * 3000, "The dog sees the cat ."])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, max_size=6), final_newline=st.booleans())
+def test_any_unicode_keeps_one_output_line_per_input_line(best, tmp_path, lines, final_newline):
+    text = "\n".join(lines) + ("\n" if final_newline and lines else "")
+    out = translate(best, text, tmp_path)
+    expected = len(text.split("\n")) - (1 if text.endswith("\n") else 0) if text else 0
+    assert out.count("\n") == expected
+    for line, translation in zip(text.split("\n"), out.split("\n")):
+        if not line.strip():
+            assert translation == ""
+
+
+def test_checkpoint_alone_is_enough_to_translate(best, tmp_path):
+    """The sentencepiece model and config travel inside the checkpoint."""
+    lonely = tmp_path / "elsewhere" / "model.pt"
+    lonely.parent.mkdir()
+    lonely.write_bytes(best.read_bytes())
+    assert translate(lonely, "The dog sees the cat .\n", tmp_path).startswith("Der Hund")
+
+
+def test_evaluate_with_checkpoint_matches_training_score(tiny_run, best, tmp_path):
+    import json
+
+    result = run_nmt("evaluate", "--checkpoint", str(best), "--dataset", str(TINY_DATA), "--split", "test",
+                     "--out", str(tmp_path), "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["bleu"] == json.loads((tiny_run / "results.json").read_text())["test_bleu"]
+    assert (tmp_path / "test.hyp.de").read_text() == (tiny_run / "test.hyp.de").read_text()
+    assert torch.load(best, weights_only=True)["format"] == "nmt-checkpoint"
