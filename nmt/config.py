@@ -28,8 +28,10 @@ class DataConfig:
     dataset: str = "bentrevett/multi30k"
     #: hub configuration name, e.g. `de-en` for `wmt/wmt14`, `en-ko` for `Helsinki-NLP/opus-100`.
     dataset_config: str | None = None
+    #: source and target language codes: column names, `translation` keys or file suffixes.
     src_lang: str = "en"
     tgt_lang: str = "de"
+    #: split names; training, validation and test.
     train_split: str = "train"
     #: `validation`, `valid`, `val` and `dev` stand in for one another when the named one is missing.
     valid_split: str = "validation"
@@ -47,9 +49,11 @@ class DataConfig:
 class TokenizerConfig:
     #: sentencepiece vocabulary size (per side when `joint` is false).
     vocab_size: int = 8000
+    #: sentencepiece algorithm.
     model_type: Literal["unigram", "bpe"] = "unigram"
     #: one sentencepiece model for both languages (true) or one per side (false).
     joint: bool = True
+    #: share of characters the model must cover; below 1.0 the rarest become <unk> (useful for Korean, Chinese).
     character_coverage: float = 1.0
     #: sentences sampled to train sentencepiece (0 = all); bounds memory on large corpora.
     max_sentences: int = 2_000_000
@@ -57,14 +61,17 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
+    #: embedding size, source and target.
     emb_dim: int = 512
     #: decoder hidden size; the bidirectional encoder has `hidden_size / 2` per direction.
     hidden_size: int = 1024
     #: LSTM layers in the encoder and in the decoder.
     layers: int = 2
+    #: Luong score: `dot` h_t.h_s, `general` h_t.W_a h_s, `concat` v.tanh(W [h_t; h_s]).
     attention: Literal["dot", "general", "concat"] = "general"
     #: feed the previous attentional vector into the decoder's next input (Luong et al. 2015).
     input_feed: bool = True
+    #: dropout on embeddings, between LSTM layers and on the attentional vector.
     dropout: float = 0.3
     #: share the target embedding matrix with the output projection (needs emb_dim == hidden_size).
     tie_embeddings: bool = False
@@ -74,17 +81,21 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    #: plain SGD (no momentum) or Adam.
     optimizer: Literal["sgd", "adam"] = "sgd"
+    #: learning rate: 1.0 for SGD with clipping; about 1e-3 for Adam.
     lr: float = 1.0
     #: clip the global L2 gradient norm to this; null = no clipping (the norm is still logged).
     max_grad_norm: float | None = 5.0
     #: divide the summed token NLL by the number of `sentences` (Luong et al.) or of `tokens`.
     loss_norm: Literal["sentences", "tokens"] = "sentences"
+    #: label smoothing of the training loss (0 = plain NLL); perplexity is always the plain NLL.
     label_smoothing: float = 0.0
     #: target tokens (padding included) per batch; ignored when `batch_sentences` is set.
     batch_tokens: int = 4096
     #: sentences per batch (the peers' 64); null = batch by `batch_tokens`.
     batch_sentences: int | None = None
+    #: stop after this many epochs, or this many updates (null = no step limit).
     max_epochs: int = 20
     max_steps: int | None = None
     #: wall-clock training budget; training stops cleanly and still evaluates the test split.
@@ -94,17 +105,21 @@ class TrainConfig:
     #: `plateau`: multiply lr by `lr_decay` when validation perplexity stops improving;
     #: `epoch`: multiply it every epoch from `decay_start_epoch` on; `none`: constant.
     lr_schedule: Literal["plateau", "epoch", "none"] = "plateau"
+    #: the factor each decay multiplies the rate by, the first epoch that decays, and the floor.
     lr_decay: float = 0.5
     decay_start_epoch: int = 8
     min_lr: float = 1e-4
     #: stop after this many validations without a better BLEU; null = never.
     patience: int | None = 5
+    #: seeds the initialisation, dropout and the batch order of every epoch.
     seed: int = 42
+    #: `auto`: CUDA when a GPU is visible, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: `auto`: bf16 on a GPU that supports it, else fp32. fp16 uses a gradient scaler.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: CPU threads for torch; null = torch's default.
     threads: int | None = None
+    #: write a metrics.jsonl record (and a log line) every this many steps.
     log_every: int = 50
     #: stop after this many consecutive steps with a non-finite loss or gradient norm.
     max_bad_steps: int = 10
@@ -116,6 +131,7 @@ class TrainConfig:
 class DecodeConfig:
     """How validation, the final test evaluation and `nmt translate` decode by default."""
 
+    #: beam size for the test evaluation and `nmt translate` (1 = greedy).
     beam_size: int = 5
     #: GNMT length penalty alpha: scores are divided by ((5 + len) / 6) ** alpha; 0 = raw log-prob.
     length_penalty: float = 1.0

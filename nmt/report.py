@@ -6,7 +6,6 @@ import json
 import logging
 
 from nmt import checkpoint
-from nmt.device import autocast
 from nmt.evaluate import score
 from nmt.translate import translate_lines
 
@@ -40,7 +39,7 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
         hypotheses = translate_lines(
             trainer.model, trainer.tokenizer, test.src, max_len=decode.max_src_len, device=trainer.device,
             beam_size=decode.beam_size, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
-            batch_tokens=decode.batch_tokens, precision_context=lambda: autocast(trainer.device, trainer.precision),
+            batch_tokens=decode.batch_tokens,  # float32, as `nmt translate` decodes by default: the same BLEU
         )
         hyp_path = run_dir / f"test.hyp.{cfg.data.tgt_lang}"
         hyp_path.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")

@@ -3,10 +3,13 @@
 Beam search keeps K live hypotheses per sentence in rows `sentence * K + beam`.
 Each step takes the 2K best extensions of each sentence: those among the first
 K that end in EOS are set aside as finished, and the best K that do not end
-in EOS live on. A sentence is done when its best extension ends in EOS (no
-live hypothesis can then beat it in raw log-probability) and it has at least
-`nbest` finished ones; done sentences leave the batch. Greedy is the same
-search with K = 1, run through a leaner loop.
+in EOS live on. A sentence is done when it has K finished hypotheses (as in
+fairseq), or earlier, when it has `nbest` and the best of them can no longer be
+beaten: log-probabilities only fall as a hypothesis grows and the length
+penalty is largest at the length limit, so no live hypothesis can score above
+its log-probability / penalty(limit) (with alpha 0 this ends most sentences
+first). Done sentences leave the batch. Greedy is the same search with K = 1, run through a
+leaner loop.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def max_output_lengths(src_lengths: torch.Tensor, ratio: float) -> torch.Tensor:
 
 def _force_eos(logp: torch.Tensor, at_limit: torch.Tensor) -> None:
     """Where a row has reached its length limit, only EOS may follow."""
+    if not bool(at_limit.any()):
+        return
     not_eos = torch.ones(logp.size(1), dtype=torch.bool, device=logp.device)
     not_eos[EOS] = False
     logp.masked_fill_(at_limit.unsqueeze(1) & not_eos.unsqueeze(0), float("-inf"))
@@ -86,8 +91,7 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
     k, device = beam_size, src.device
     memory, state = model.encode(src, src_lengths)
     n = src.size(0)
-    rows = torch.arange(n, device=device).repeat_interleave(k)
-    memory, state = memory.index_select(rows), state.index_select(rows)
+    state = state.index_select(torch.arange(n, device=device).repeat_interleave(k))  # memory stays per sentence
     limits = max_output_lengths(src_lengths, max_len_ratio).to(device)
     active = torch.arange(n, device=device)  # sentence of each live block of k rows
     scores = torch.full((n, k), float("-inf"), device=device)
@@ -97,6 +101,8 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
     attention = torch.zeros(n * k, 0, src.size(1), device=device) if keep_attention else None
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     finished_count = torch.zeros(n, dtype=torch.long, device=device)
+    best_finished = torch.full((n,), float("-inf"), device=device)  # best length-normalised score so far
+    limit_penalty = ((5.0 + limits.float()) / 6.0) ** alpha  # the largest penalty a hypothesis can reach
     for t in range(int(limits.max())):
         logp, state, weights = model.decode_step(tokens, memory, state)  # (m * k, V)
         vocab = logp.size(1)
@@ -114,21 +120,24 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
             row = i * k + int(origin[i, rank])
             log_prob = float(top_scores[i, rank])
             words = history[row].tolist()
-            finished[int(active[i])].append(Hypothesis(
-                words, log_prob / length_penalty(len(words) + 1, alpha), log_prob,
-                attention[row].cpu() if keep_attention else None,
-            ))
+            sentence = int(active[i])
+            hypothesis = Hypothesis(words, log_prob / length_penalty(len(words) + 1, alpha), log_prob,
+                                    attention[row].cpu() if keep_attention else None)
+            finished[sentence].append(hypothesis)
+            best_finished[sentence] = max(float(best_finished[sentence]), hypothesis.score)
         finished_count[active] += ends[:, :k].sum(dim=1)
-        done = (ends[:, 0] & (finished_count[active] >= nbest)) | at_limit
         # the k best extensions that do not end here live on
         live_scores, live_rank = top_scores.masked_fill(token == EOS, float("-inf")).topk(k, dim=1)
+        unbeatable = best_finished[active] >= live_scores[:, 0] / limit_penalty[active]
+        count = finished_count[active]
+        done = ((count >= nbest) & unbeatable) | (count >= k) | at_limit
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
         beam_rows = (keep.unsqueeze(1) * k + origin.gather(1, live_rank)[keep]).view(-1)
         state = state.index_select(beam_rows)
-        if keep.numel() < m:  # memory is the same for every beam of a sentence: reselect only on drops
-            memory = memory.index_select((keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1))
+        if keep.numel() < m:
+            memory = memory.index_select(keep)
         tokens = token.gather(1, live_rank)[keep].view(-1)
         history = torch.cat([history[beam_rows], tokens.unsqueeze(1)], dim=1)
         if keep_attention:

@@ -186,7 +186,12 @@ class Trainer:
         """Validate (rank 0), save last.pt and maybe best.pt; True when early stopping says stop."""
         progress = self.progress
         if self.world.is_main:
-            result = self.validate()
+            try:
+                result = self.validate()
+            except Interrupted:  # a signal during validation abandons it; the state is the last step's
+                self.signals.abandon_now = False
+                self.model.train()
+                self._interrupt()
             self.schedule.after_validation(result["valid_ppl"])
             improved = result["valid_bleu"] > progress.best_bleu
             if improved:

@@ -131,3 +131,22 @@ def test_repeated_out_of_memory_stops_with_advice(tmp_path, monkeypatch, capsys)
     assert main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(tmp_path / "run"),
                  "--set", "train.threads=1"]) == 1
     assert "lower train.batch_tokens" in capsys.readouterr().err
+
+
+def test_a_signal_during_validation_still_saves_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from nmt import train as train_module
+    from nmt.interrupt import Interrupted
+
+    def interrupted_validation(self):
+        self.signals.signum = signal.SIGTERM  # as the handler does when SIGTERM lands mid-validation
+        raise Interrupted(signal.SIGTERM, "")
+
+    monkeypatch.setattr(train_module.Trainer, "validate", interrupted_validation)
+    run_dir = tmp_path / "run"
+    code = main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir), "--set", "train.threads=1"])
+    assert code == 128 + signal.SIGTERM
+    assert "nmt train --resume --run-dir" in capsys.readouterr().err
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["progress"]
+    assert saved["step"] > 0 and saved["epoch"] == 1  # the first epoch's steps, before its validation

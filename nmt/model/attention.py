@@ -33,14 +33,19 @@ class Attention(nn.Module):
         return memory
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
-        """query: (B, H); keys, memory: (B, S, H); mask: (B, S) True at real positions.
+        """query: (N, H); keys, memory: (n, S, H); mask: (n, S) True at real positions; N = n * g.
 
-        Returns the context (B, H) and the weights (B, S), which are zero at padding.
+        Each sentence's memory serves g consecutive query rows (its beams), so beam
+        search never copies the memory per beam. Returns the context (N, H) and the
+        weights (N, S), which are zero at padding.
         """
+        n, length, hidden = keys.shape
+        queries = query.view(n, -1, hidden)  # (n, g, H)
         if self.kind == "concat":
-            scores = self.v(torch.tanh(keys + self.w_query(query).unsqueeze(1))).squeeze(2)
+            scores = self.v(torch.tanh(keys.unsqueeze(1) + self.w_query(queries).unsqueeze(2))).squeeze(3)
         else:
-            scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
-        weights = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=1).to(memory.dtype)
-        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)  # (B, H)
-        return context, weights
+            scores = torch.bmm(queries, keys.transpose(1, 2))  # (n, g, S)
+        scores = scores.float().masked_fill(~mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=2).to(memory.dtype)
+        context = torch.bmm(weights, memory)  # (n, g, H)
+        return context.view(-1, hidden), weights.view(-1, length)

@@ -23,11 +23,11 @@ from nmt.tokenizer import PAD
 
 @dataclass
 class Memory:
-    """What the decoder reads from the encoder, one row per hypothesis."""
+    """What the decoder reads from the encoder: one row per sentence, shared by that sentence's beams."""
 
-    outputs: torch.Tensor  # (N, S, H)
-    keys: torch.Tensor  # (N, S, H) attention keys, precomputed
-    mask: torch.Tensor  # (N, S) True at real source positions
+    outputs: torch.Tensor  # (n, S, H)
+    keys: torch.Tensor  # (n, S, H) attention keys, precomputed
+    mask: torch.Tensor  # (n, S) True at real source positions
 
     def index_select(self, rows: torch.Tensor) -> Memory:
         return Memory(self.outputs[rows], self.keys[rows], self.mask[rows])
