@@ -236,10 +236,12 @@ class Trainer:
         log.warning("step %d: non-finite loss or gradient norm (loss %s, norm %s); update skipped",
                     progress.step, loss, norm)
         if progress.consecutive_bad_steps >= self.cfg.train.max_bad_steps:
+            folder = self.run_dir / "checkpoints"
+            saved = (f"the last good checkpoint in {folder} is intact" if any(folder.glob("*.pt"))
+                     else "no checkpoint had been written yet")
             raise NMTError(
                 f"{progress.consecutive_bad_steps} consecutive steps had a non-finite loss or gradient norm "
-                f"(up to step {progress.step}); training stopped; the last good checkpoint in "
-                f"{self.run_dir / 'checkpoints'} is intact; lower train.lr or set train.max_grad_norm"
+                f"(up to step {progress.step}); training stopped; {saved}; lower train.lr or set train.max_grad_norm"
             )
 
     def _handle_oom(self) -> None:
