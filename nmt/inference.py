@@ -10,7 +10,7 @@ from pathlib import Path
 from nmt import checkpoint
 from nmt.config import DataConfig
 from nmt.data import load_splits, read_text_lines
-from nmt.device import autocast, resolve_device
+from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.errors import NMTError
 from nmt.evaluate import score, score_files
 from nmt.translate import encode_sources, format_nbest, translate_ids
@@ -20,13 +20,14 @@ log = logging.getLogger(__name__)
 
 def _decoding_options(args, loaded, device) -> dict:
     decode = loaded.config.decode
+    precision = resolve_precision(args.precision, device)
     options = dict(
         device=device,
         beam_size=args.beam_size or decode.beam_size,
         alpha=decode.length_penalty if args.length_penalty is None else args.length_penalty,
         max_len_ratio=args.max_len_ratio or decode.max_len_ratio,
         batch_tokens=args.batch_tokens or decode.batch_tokens,
-        precision_context=lambda: autocast(device, args.precision),
+        precision_context=lambda: autocast(device, precision),
     )
     if options["beam_size"] < 1:
         raise NMTError("--beam-size must be at least 1")

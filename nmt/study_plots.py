@@ -75,6 +75,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
             ax.axhline(5.0, color="gray", ls=":", lw=1.2, label="5 (not applied: no clipping)")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:g}"[0] in "25" else ""))
         ax.set(title=row["setting"], xlabel="step", ylabel="pre-clip gradient L2 norm (log)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="upper right")
@@ -87,9 +88,11 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
     fig, axes = _grid(len(rows))
     for ax, row in zip(axes, rows):
         steps = data[row["setting"]]
-        steps = [r for r in steps[len(steps) // 10:] if r["grad_norm"] and r.get("batch_sentences")]
         if row["diverged"]:
             steps = [r for r in steps if r["step"] < row["diverged_at_step"]]
+        steps = [r for r in steps[len(steps) // 2:] if r["grad_norm"] and r.get("batch_sentences")]
+        if len(steps) < 10:  # too few to show a trend
+            steps = []
         lengths = [r["batch_tokens"] / r["batch_sentences"] for r in steps]
         norms = [r["grad_norm"] for r in steps]
         ax.set(title=row["setting"], xlabel="mean target length in the batch (pieces + EOS)",
@@ -106,7 +109,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
                     label=f"least squares: {slope:+.2f} per token, r = {r:.2f}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle("Gradient norm against target length (after the first 10% of steps)")
+    fig.suptitle("Gradient norm against target length, second half of each run (past the early transient)")
     fig.tight_layout()
     paths.append(out / "norm_vs_length.png")
     fig.savefig(paths[-1], dpi=100)
