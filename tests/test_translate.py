@@ -103,3 +103,28 @@ def test_evaluate_with_checkpoint_matches_training_score(tiny_run, best, tmp_pat
     assert scores["bleu"] == json.loads((tiny_run / "results.json").read_text())["test_bleu"]
     assert (tmp_path / "test.hyp.de").read_text() == (tiny_run / "test.hyp.de").read_text()
     assert torch.load(best, weights_only=True)["format"] == "nmt-checkpoint"
+
+
+def test_a_terminal_gets_each_line_translated_as_it_is_typed(best):
+    """At a terminal, every typed line is answered before the next one is read."""
+    import os
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "nmt", "translate", "--checkpoint", str(best), "--device", "cpu"],
+                               stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    os.close(terminal)
+    try:
+        answers = []
+        for line in ("The dog sees the cat .", "The cat sees the dog ."):
+            os.write(controller, (line + "\n").encode())
+            ready, _, _ = select.select([process.stdout], [], [], 60)
+            assert ready, "no answer while the terminal stays open"
+            answers.append(process.stdout.readline().decode().strip())
+        assert answers[0].startswith("Der Hund sieht die Katze")
+        assert answers[1].startswith("Die Katze sieht den Hund")
+    finally:
+        os.write(controller, b"\x04")  # Ctrl-D: end of input
+        process.wait(timeout=30)
+        os.close(controller)
