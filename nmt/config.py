@@ -263,6 +263,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not isinstance(values, dict):
             raise NMTError(f"{path}: expected a mapping of sections (data:, model:, train:, ...)")
         _resolve_relative_dataset(values, path.parent)
+    return config_from_dict(apply_overrides(values, overrides), source)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Set each `section.key=value` of `--set` in a nested dict of config values, in place."""
     for text in overrides:
         keys, value = parse_override(text)
         node = values
@@ -271,7 +276,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             if not isinstance(node, dict):
                 raise NMTError(f"--set {text}: '{key}' is not a section")
         node[keys[-1]] = value
-    return config_from_dict(values, source)
+    return values
 
 
 def save_config(config: Config, path: Path) -> None:

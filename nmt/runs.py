@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 
 from nmt import checkpoint
-from nmt.config import config_from_dict, load_config, save_config
+from nmt.config import apply_overrides, config_from_dict, load_config, save_config
 from nmt.device import resolve_device
 from nmt.distributed import barrier, init_world, shutdown
 from nmt.errors import NMTError
@@ -29,9 +28,7 @@ def open_run(config_path: str | None, overrides: list[str], run_dir: str | None,
             raise NMTError(f"{folder}: no such run directory to resume")
         path, payload = checkpoint.newest_intact(folder / "checkpoints")
         log.info("resuming from %s", path)
-        cfg = config_from_dict(payload["config"], f"{path} (embedded config)")
-        if overrides:
-            cfg = load_config(None, [*_flatten(cfg.to_dict()), *overrides])
+        cfg = config_from_dict(apply_overrides(payload["config"], overrides), f"{path} (embedded config)")
         return cfg, folder, payload
     cfg = load_config(config_path, overrides)
     if run_dir is None:
@@ -41,16 +38,6 @@ def open_run(config_path: str | None, overrides: list[str], run_dir: str | None,
     if (folder / "metrics.jsonl").exists() or any((folder / "checkpoints").glob("*.pt")):
         raise NMTError(f"{folder} already holds a run; continue it with --resume, or choose another --run-dir")
     return cfg, folder, None
-
-
-def _flatten(values: dict, prefix: str = "") -> list[str]:
-    items = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            items += _flatten(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
 
 
 def train(config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
