@@ -119,6 +119,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: CPU threads for torch; null = torch's default.
     threads: int | None = None
+    #: the decoder's time loop as one autograd function with its own backward (same results, faster):
+    #: `auto` = on the CPU (measured there); on a GPU autograd's loop with the fused CUDA LSTM cell is kept.
+    fused_recurrence: Literal["auto"] | bool = "auto"
     #: write a metrics.jsonl record (and a log line) every this many steps.
     log_every: int = 50
     #: stop after this many consecutive steps with a non-finite loss or gradient norm.
@@ -176,8 +179,8 @@ def _coerce(value, hint, where: str):
             try:
                 return _coerce(value, option, where)
             except NMTError as error:
-                errors.append(str(error))
-        raise NMTError(errors[0] if errors else f"{where}: must not be null")
+                errors.append(str(error).removeprefix(f"{where}: "))
+        raise NMTError(f"{where}: {'; or '.join(errors)}" if errors else f"{where}: must not be null")
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:

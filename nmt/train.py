@@ -71,6 +71,8 @@ class Trainer:
         self.tokenizer = self.data.tokenizer
         torch.manual_seed(cfg.train.seed)
         self.model = Seq2Seq(cfg.model, len(self.tokenizer.src), len(self.tokenizer.tgt)).to(self.device)
+        fused = cfg.train.fused_recurrence
+        self.model.decoder.fused_recurrence = fused is True or (fused == "auto" and self.device.type == "cpu")
         self.train_model = self.model
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -133,10 +135,11 @@ class Trainer:
     def train_step(self, batch):
         """Returns (summed NLL, pre-clip gradient norm, whether the update was applied)."""
         cfg = self.cfg.train
+        real = batch.tgt_out != PAD  # (B, T)
         with autocast(self.device, self.precision):
-            logits = self.train_model(batch.src, batch.src_lengths, batch.tgt_in)  # (B, T, V)
-        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD,
-                                   reduction="sum", label_smoothing=cfg.label_smoothing)
+            logits = self.train_model(batch.src, batch.src_lengths, batch.tgt_in, real)  # (n_tokens, V)
+        loss_sum = F.cross_entropy(logits.float(), batch.tgt_out[real], reduction="sum",
+                                   label_smoothing=cfg.label_smoothing)
         loss = loss_sum / (batch.n_sentences if cfg.loss_norm == "sentences" else batch.n_tokens)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
@@ -166,9 +169,9 @@ class Trainer:
         with torch.inference_mode(), autocast(self.device, self.precision):
             for indices in plan:
                 batch = collate(data.valid_src, data.valid_tgt, indices).to(self.device)
-                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
-                total_nll += F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(),
-                                             ignore_index=PAD, reduction="sum").item()
+                real = batch.tgt_out != PAD
+                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in, real)
+                total_nll += F.cross_entropy(logits.float(), batch.tgt_out[real], reduction="sum").item()
                 total_tokens += batch.n_tokens
         decode = self.cfg.decode
         hypotheses = translate_lines(

@@ -34,10 +34,12 @@ class Seq2Seq(nn.Module):
         mask = src != PAD  # (B, S)
         return Memory(outputs, self.decoder.attention.keys(outputs), mask), self.decoder.init_state(final)
 
-    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) for the targets whose inputs are tgt_in (B, T)."""
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for the targets whose inputs are tgt_in (B, T); with `keep`
+        (B, T) bool, only the kept positions' logits (n, V), in row-major order."""
         memory, state = self.encode(src, src_lengths)
-        return self.decoder(tgt_in, memory, state)
+        return self.decoder(tgt_in, memory, state, keep)
 
     def decode_step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
         return self.decoder.step(tokens, memory, state)

@@ -45,7 +45,9 @@ class Attention(nn.Module):
             scores = self.v(torch.tanh(keys.unsqueeze(1) + self.w_query(queries).unsqueeze(2))).squeeze(3)
         else:
             scores = torch.bmm(queries, keys.transpose(1, 2))  # (n, g, S)
-        scores = scores.float().masked_fill(~mask.unsqueeze(1), float("-inf"))
+        # the softmax in at least float32, whatever the autocast dtype
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=2).to(memory.dtype)
         context = torch.bmm(weights, memory)  # (n, g, H)
         return context.view(-1, hidden), weights.view(-1, length)

@@ -6,7 +6,11 @@ depend on the previous step is hoisted out of the loop: the embedding part of
 the first layer's input projection is computed for all steps at once and
 enters each step as that step's bias, and the attention keys are computed once
 per batch (`Attention.keys`). The output projection runs after the loop, over
-all steps at once.
+all steps at once. The dropout masks of every step are drawn at once too.
+
+`_advance` defines a step. For training, `fused_recurrence` swaps autograd's
+step loop for `recurrence.Recurrence`, the same computation with its own
+backward pass (dot and general attention).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.model import recurrence
 from nmt.model.attention import Attention
 from nmt.tokenizer import PAD
 
@@ -57,6 +62,8 @@ class Decoder(nn.Module):
         self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)  # W_c [context; h]
         self.dropout = nn.Dropout(dropout)
         self.generator = nn.Linear(hidden_size, vocab_size)
+        self.layers = layers
+        self.fused_recurrence = False  # set by the trainer (train.fused_recurrence)
 
     def init_state(self, encoder_final: tuple[torch.Tensor, torch.Tensor]) -> DecoderState:
         h, c = encoder_final  # (layers, N, H) each
@@ -81,27 +88,65 @@ class Decoder(nn.Module):
         # on the CPU, lstm_cell accepts the per-row embedding gates as its input bias
         return torch.lstm_cell(state.feed, (state.h[0], state.c[0]), w_feed, cell.weight_hh, emb_gates, None)
 
-    def _advance(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState):
-        """One step from the first layer's embedding gates (N, 4H); returns (attentional vector, state, weights)."""
+    def _step_masks(self, steps: int, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Scaled dropout masks (layers, T, B, H) for training: [l] between layers l and l + 1, [-1] on the
+        attentional vector. One draw per batch costs a fraction of one bernoulli call per step."""
+        keep = 1.0 - self.dropout.p
+        if not self.training or keep == 1.0:
+            return None
+        draw = torch.rand(self.layers, steps, batch, self.hidden_size, device=device) < keep
+        return draw.float().mul_(1.0 / keep)
+
+    def _advance(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState,
+                 masks: torch.Tensor | None = None):
+        """One step from the first layer's embedding gates (N, 4H), with this step's dropout masks
+        (layers, N, H) or None; returns (attentional vector, state, attention weights)."""
         h, c = self._first_layer(emb_gates, state)
         hs, cs = [h], [c]
-        for cell, h_prev, c_prev in zip(self.cells[1:], state.h[1:], state.c[1:]):
-            h, c = cell(self.dropout(h), (h_prev, c_prev))
+        for layer, (cell, h_prev, c_prev) in enumerate(zip(self.cells[1:], state.h[1:], state.c[1:])):
+            h, c = cell(h if masks is None else h * masks[layer], (h_prev, c_prev))
             hs.append(h)
             cs.append(c)
         context, weights = self.attention(h, memory.keys, memory.outputs, memory.mask)
-        attentional = self.dropout(torch.tanh(self.combine(torch.cat([context, h], dim=1))))  # (N, H)
+        attentional = torch.tanh(self.combine(torch.cat([context, h], dim=1)))  # (N, H)
+        if masks is not None:
+            attentional = attentional * masks[-1]
         feed = attentional if self.input_feed else state.feed
         return attentional, DecoderState(hs, cs, feed), weights
 
-    def forward(self, tgt_in: torch.Tensor, memory: Memory, state: DecoderState) -> torch.Tensor:
-        """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V)."""
+    def forward(self, tgt_in: torch.Tensor, memory: Memory, state: DecoderState,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V), or (n, V) for the n positions where
+        `keep` (B, T) is True: the loss skips padding, so the output projection need not compute it."""
         emb_gates = self._embedding_gates(tgt_in)  # (B, T, 4H), all steps at once
-        outputs = []
-        for t in range(tgt_in.size(1)):
-            attentional, state, _ = self._advance(emb_gates[:, t], memory, state)
-            outputs.append(attentional)
-        return self.generator(torch.stack(outputs, dim=1))
+        masks = self._step_masks(tgt_in.size(1), tgt_in.size(0), tgt_in.device)
+        if self.fused_recurrence and self.attention.kind in ("dot", "general"):
+            outputs = self._fused_steps(emb_gates, memory, state, masks)
+        else:
+            steps = []
+            for t in range(tgt_in.size(1)):
+                attentional, state, _ = self._advance(emb_gates[:, t], memory, state,
+                                                      None if masks is None else masks[:, t])
+                steps.append(attentional)
+            outputs = torch.stack(steps, dim=1)  # (B, T, H)
+        return self.generator(outputs if keep is None else outputs[keep])
+
+    def _fused_steps(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState,
+                     masks: torch.Tensor | None) -> torch.Tensor:
+        """All steps through `recurrence.Recurrence`: (B, T, 4H) -> attentional vectors (B, T, H)."""
+        score_bias = torch.zeros(memory.mask.shape, device=emb_gates.device)
+        score_bias = score_bias.masked_fill_(~memory.mask, float("-inf")).unsqueeze(1)  # (B, 1, S)
+        spec = recurrence.Spec(
+            layers=self.layers, dtype=recurrence.compute_dtype(emb_gates), score_bias=score_bias,
+            layer_masks=None if masks is None else masks[:-1], out_masks=None if masks is None else masks[-1],
+            input_feed=self.input_feed,
+        )
+        weights = [self.cells[0].weight_ih[:, self.emb_dim:], self.cells[0].weight_hh]
+        for cell in self.cells[1:]:
+            weights += [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        weights.append(self.combine.weight)
+        return recurrence.Recurrence.apply(spec, emb_gates, memory.keys, memory.outputs, *state.h, *state.c,
+                                           *weights)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
         """tokens (N,) -> log-probabilities (N, V) in float32, the new state, attention weights (N, S)."""

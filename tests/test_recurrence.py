@@ -1,0 +1,77 @@
+"""The fused decoder recurrence must compute what autograd's step loop computes, gradients included."""
+
+import pytest
+import torch
+
+from nmt.config import ModelConfig
+from nmt.model import Seq2Seq
+from nmt.tokenizer import EOS, PAD
+
+SRC = torch.tensor([[5, 6, 7, EOS, PAD, PAD], [8, 9, 10, 11, 12, EOS], [4, EOS, PAD, PAD, PAD, PAD]])
+SRC_LENGTHS = torch.tensor([4, 6, 2])
+TGT_IN = torch.tensor([[2, 14, 15, PAD, PAD], [2, 16, 17, 18, 19], [2, 3, PAD, PAD, PAD]])
+
+
+def outputs_and_gradients(fused, attention="general", input_feed=True, layers=2, dtype=torch.float64,
+                          bf16=False):
+    torch.manual_seed(0)
+    cfg = ModelConfig(emb_dim=16, hidden_size=24, layers=layers, attention=attention, input_feed=input_feed,
+                      dropout=0.3)
+    model = Seq2Seq(cfg, 30, 40).to(dtype).train()
+    model.decoder.fused_recurrence = fused
+    torch.manual_seed(1)  # the same dropout masks for both paths
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(SRC, SRC_LENGTHS, TGT_IN)
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (logits.double() * weights).sum().backward()
+    gradients = {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
+    return logits.detach().double(), gradients
+
+
+@pytest.mark.parametrize("attention,input_feed,layers", [
+    ("general", True, 2), ("dot", True, 2), ("general", False, 2), ("general", True, 1), ("dot", True, 3),
+])
+def test_fused_recurrence_equals_autograds_step_loop_in_float64(attention, input_feed, layers):
+    """Same outputs and the same gradient for every parameter, with dropout on."""
+    reference, reference_grads = outputs_and_gradients(False, attention, input_feed, layers)
+    fused, fused_grads = outputs_and_gradients(True, attention, input_feed, layers)
+    torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-12)
+    assert fused_grads.keys() == reference_grads.keys()
+    for name, grad in reference_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_fused_recurrence_under_bf16_is_as_accurate_as_autograds():
+    """Against the float64 truth, the fused bf16 gradients are no further off than autograd's bf16 ones."""
+    _, truth = outputs_and_gradients(False)
+
+    def relative_errors(gradients):
+        return torch.tensor([((gradients[name] - grad).norm() / grad.norm()).item() for name, grad in truth.items()])
+
+    autograd_errors = relative_errors(outputs_and_gradients(False, dtype=torch.float32, bf16=True)[1])
+    fused_errors = relative_errors(outputs_and_gradients(True, dtype=torch.float32, bf16=True)[1])
+    assert fused_errors.mean() < 1.25 * autograd_errors.mean()
+    assert fused_errors.max() < 1.25 * autograd_errors.max()
+    assert fused_errors.median() < 0.02
+
+
+def test_keep_returns_exactly_the_kept_positions_logits():
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(emb_dim=16, hidden_size=24, dropout=0.0), 30, 40).eval()
+    keep = TGT_IN != PAD
+    full = model(SRC, SRC_LENGTHS, TGT_IN)
+    torch.testing.assert_close(model(SRC, SRC_LENGTHS, TGT_IN, keep), full[keep])
+
+
+def test_trainer_fuses_on_the_cpu_unless_told_not_to(tmp_path):
+    from nmt.config import load_config
+    from nmt.distributed import World
+    from nmt.train import Trainer
+    from tests.conftest import TINY_CONFIG
+
+    def fused(setting):
+        cfg = load_config(TINY_CONFIG, [f"train.fused_recurrence={setting}", "train.device=cpu"])
+        return Trainer(cfg, tmp_path / setting, World(), None).model.decoder.fused_recurrence
+
+    assert fused("auto") and fused("true") and not fused("false")
