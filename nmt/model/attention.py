@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nmt.model.gemm import linear
+
 
 class Attention(nn.Module):
     def __init__(self, kind: str, hidden_size: int):
@@ -27,7 +29,7 @@ class Attention(nn.Module):
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
         """memory: (B, S, H) encoder outputs -> (B, S, H) precomputed keys."""
         if self.kind == "general":
-            return self.w_a(memory)
+            return linear(memory, self.w_a.weight)
         if self.kind == "concat":
             return self.w_key(memory)
         return memory

@@ -23,6 +23,7 @@ from torch import nn
 
 from nmt.model import recurrence
 from nmt.model.attention import Attention
+from nmt.model.gemm import linear
 from nmt.tokenizer import PAD
 
 
@@ -74,7 +75,7 @@ class Decoder(nn.Module):
         """tokens (...,) -> (..., 4H): the first layer's input projection of the embeddings, biases included."""
         cell = self.cells[0]
         w_emb = cell.weight_ih[:, : self.emb_dim]
-        return F.linear(self.dropout(self.embed(tokens)), w_emb, cell.bias_ih + cell.bias_hh)
+        return linear(self.dropout(self.embed(tokens)), w_emb, cell.bias_ih + cell.bias_hh)
 
     def _first_layer(self, emb_gates: torch.Tensor, state: DecoderState):
         """The first LSTM layer, its embedding projection already in `emb_gates` (N, 4H)."""
@@ -108,7 +109,7 @@ class Decoder(nn.Module):
             hs.append(h)
             cs.append(c)
         context, weights = self.attention(h, memory.keys, memory.outputs, memory.mask)
-        attentional = torch.tanh(self.combine(torch.cat([context, h], dim=1)))  # (N, H)
+        attentional = torch.tanh(linear(torch.cat([context, h], dim=1), self.combine.weight))  # (N, H)
         if masks is not None:
             attentional = attentional * masks[-1]
         feed = attentional if self.input_feed else state.feed
@@ -129,7 +130,7 @@ class Decoder(nn.Module):
                                                       None if masks is None else masks[:, t])
                 steps.append(attentional)
             outputs = torch.stack(steps, dim=1)  # (B, T, H)
-        return self.generator(outputs if keep is None else outputs[keep])
+        return self._generate(outputs if keep is None else outputs[keep])
 
     def _fused_steps(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState,
                      masks: torch.Tensor | None) -> torch.Tensor:
@@ -148,7 +149,10 @@ class Decoder(nn.Module):
         return recurrence.Recurrence.apply(spec, emb_gates, memory.keys, memory.outputs, *state.h, *state.c,
                                            *weights)
 
+    def _generate(self, attentional: torch.Tensor) -> torch.Tensor:
+        return linear(attentional, self.generator.weight, self.generator.bias)  # (..., V)
+
     def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
         """tokens (N,) -> log-probabilities (N, V) in float32, the new state, attention weights (N, S)."""
         attentional, state, weights = self._advance(self._embedding_gates(tokens), memory, state)
-        return torch.log_softmax(self.generator(attentional).float(), dim=-1), state, weights
+        return torch.log_softmax(self._generate(attentional).float(), dim=-1), state, weights

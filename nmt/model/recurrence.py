@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nmt.model.gemm import product
+
 sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 tanh_backward = torch.ops.aten.tanh_backward.grad_input
 
@@ -100,7 +102,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     probs = []
     for t in range(steps):
         for n in range(n_layers):
-            torch.add(torch.mm(xh[n][t], weights[n].t()), step_gates[t] if n == 0 else biases[n], out=gates)
+            torch.add(product(xh[n][t], weights[n]), step_gates[t] if n == 0 else biases[n], out=gates)
             a = act[n][t]
             torch.sigmoid(gates, out=a)
             torch.tanh(gates[:, g_cols], out=a[:, g_cols])
@@ -121,7 +123,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
         p = torch.softmax(scores.to(acc) + spec.score_bias, dim=2)  # (B, 1, S)
         probs.append(p)
         combine_in[t, :, :hidden] = torch.bmm(p.to(cd), memory_cd).squeeze(1)
-        torch.tanh(torch.mm(combine_in[t], w_combine.t()), out=attentional[t])
+        torch.tanh(product(combine_in[t], w_combine), out=attentional[t])
         if spec.out_masks is not None:
             torch.mul(attentional[t], spec.out_masks[t], out=outputs[t])
         else:
@@ -159,7 +161,7 @@ def _backward(ctx, grad_out: Tensor):
         if spec.out_masks is not None:
             d_out = d_out * spec.out_masks[t]
         tanh_backward(d_out, ctx.attentional[t], grad_input=d_combine[t])
-        d_in = torch.mm(d_combine[t], w_combine)  # (B, 2H): [d context; d h]
+        d_in = product(d_combine[t], w_combine.t())  # (B, 2H): [d context; d h]
         d_context[:, t] = d_in[:, :hidden]
         d_prob = torch.bmm(d_in[:, None, :hidden], memory_t).to(acc)  # (B, 1, S)
         p = ctx.probs[:, t:t + 1]
@@ -181,7 +183,7 @@ def _backward(ctx, grad_out: Tensor):
             dg = d_gates[n][t]
             sigmoid_backward(d_act, a, grad_input=dg)
             tanh_backward(d_g, g, grad_input=dg[:, g_cols])
-            d_xh = torch.mm(dg, weights[n])  # (B, in + H)
+            d_xh = product(dg, weights[n].t())  # (B, in + H)
             d_h[n].copy_(d_xh[:, widths[n]:])
             if n > 0:
                 x_grad = d_xh[:, :hidden]
@@ -193,13 +195,13 @@ def _backward(ctx, grad_out: Tensor):
     grads_w = []
     for n in range(n_layers):
         flat = d_gates[n].view(rows, -1)
-        d_w = torch.mm(flat.t(), xh[n][:steps].reshape(rows, -1)).to(acc)  # (4H, in + H)
+        d_w = product(flat.t(), xh[n][:steps].reshape(rows, -1).t()).to(acc)  # (4H, in + H)
         if n == 0:
             grads_w += [d_w[:, :widths[0]], d_w[:, widths[0]:]]
         else:
             d_b = flat.to(acc).sum(0)
             grads_w += [d_w[:, :hidden], d_w[:, hidden:], d_b, d_b]
-    grads_w.append(torch.mm(d_combine.view(rows, hidden).t(), ctx.combine_in.view(rows, -1)).to(acc))
+    grads_w.append(product(d_combine.view(rows, hidden).t(), ctx.combine_in.view(rows, -1).t()).to(acc))
     # the attention's sums over steps, in `acc`: they are small, and bf16 would cost accuracy here
     d_memory = torch.bmm(ctx.probs.transpose(1, 2), d_context.to(acc))  # (B, S, H)
     queries = ctx.combine_in[:, :, hidden:].transpose(0, 1).to(acc)  # (B, T, H)
