@@ -45,7 +45,8 @@ def test_clipped_flag_follows_the_threshold(tmp_path, threshold, expected):
 
 
 def test_overfits_a_small_parallel_set(tmp_path):
-    """A tiny model memorises 40 sentence pairs: BLEU >= 90 on them."""
+    """A tiny model memorises 40 sentence pairs: greedy BLEU >= 90 on them. The rate decays from epoch 80:
+    at a constant 1.0 the last epochs wander (seed to seed, 85 to 98 BLEU), which is not what this tests."""
     data = tmp_path / "data"
     data.mkdir()
     for lang in ("en", "de"):
@@ -55,8 +56,9 @@ def test_overfits_a_small_parallel_set(tmp_path):
     run_dir = tmp_path / "run"
     result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir),
                      "--set", f"data.dataset={data}", "--set", "train.max_epochs=150",
-                     "--set", "train.batch_sentences=8",
-                     "--set", "data.max_len_ratio=10", "--set", "train.log_every=100")
+                     "--set", "train.batch_sentences=8", "--set", "train.lr_schedule=epoch",
+                     "--set", "train.decay_start_epoch=80", "--set", "train.lr_decay=0.9",
+                     "--set", "decode.beam_size=1", "--set", "data.max_len_ratio=10", "--set", "train.log_every=100")
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "results.json").read_text())["test_bleu"] >= 90
 
