@@ -78,9 +78,11 @@ def read_text_lines(path: Path) -> list[str]:
             f"{path}:{line}: invalid UTF-8 (byte {data[error.start]:#04x}); "
             f"convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8"
         ) from None
-    if text.endswith("\n"):
+    if not text:
+        return []
+    if text.endswith("\n"):  # the last line's newline ends it; it does not start another (a lone "\n" is one line)
         text = text[:-1]
-    return [line.rstrip("\r") for line in text.split("\n")] if text else []
+    return [line.rstrip("\r") for line in text.split("\n")]
 
 
 def _text_splits(folder: Path, src_lang: str, tgt_lang: str) -> list[str]:

@@ -39,13 +39,24 @@ def max_output_lengths(src_lengths: torch.Tensor, ratio: float) -> torch.Tensor:
     return (src_lengths.float() * ratio).long() + 5
 
 
-def _force_eos(logp: torch.Tensor, at_limit: torch.Tensor) -> None:
-    """Where a row has reached its length limit, only EOS may follow."""
-    if not bool(at_limit.any()):
-        return
-    not_eos = torch.ones(logp.size(1), dtype=torch.bool, device=logp.device)
-    not_eos[EOS] = False
-    logp.masked_fill_(at_limit.unsqueeze(1) & not_eos.unsqueeze(0), float("-inf"))
+def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
+    """The `count` best next tokens of each row and their log-probabilities, float32: (N, count) each.
+
+    The log-softmax runs on the logits' own dtype with a float32 result (one fused pass, where casting
+    first costs another), and the top-k on the logits: normalising does not reorder a row. Where a row
+    has reached its length limit, only EOS may follow.
+    """
+    log_softmax = torch.log_softmax(logits, dim=1, dtype=torch.float32)  # (N, V)
+    if count == 1:
+        tokens = logits.argmax(dim=1, keepdim=True)
+    else:
+        tokens = logits.topk(min(count, logits.size(1)), dim=1).indices
+    if bool(at_limit.any()):
+        tokens[at_limit] = EOS
+    log_probs = log_softmax.gather(1, tokens)
+    if bool(at_limit.any()) and tokens.size(1) > 1:
+        log_probs[at_limit, 1:] = float("-inf")
+    return log_probs, tokens
 
 
 @torch.inference_mode()
@@ -60,10 +71,11 @@ def greedy(model, src: torch.Tensor, src_lengths: torch.Tensor, *, max_len_ratio
     outputs = torch.zeros(n, int(limits.max()), dtype=torch.long, device=src.device)
     log_probs = torch.zeros(n, device=src.device)
     lengths = limits.clone()
+    weights = model.step_weights()
     for t in range(int(limits.max())):
-        logp, state, _ = model.decode_step(tokens, memory, state)
-        _force_eos(logp, limits[active] <= t + 1)
-        best, tokens = logp.max(dim=1)
+        logits, state, _ = model.decode_step(tokens, memory, state, weights)
+        best, tokens = _best_extensions(logits, 1, limits[active] <= t + 1)
+        best, tokens = best.squeeze(1), tokens.squeeze(1)
         outputs[active, t] = tokens
         log_probs[active] += best
         finished = tokens == EOS
@@ -103,17 +115,19 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
     finished_count = torch.zeros(n, dtype=torch.long, device=device)
     best_finished = torch.full((n,), float("-inf"), device=device)  # best length-normalised score so far
     limit_penalty = ((5.0 + limits.float()) / 6.0) ** alpha  # the largest penalty a hypothesis can reach
+    step_weights = model.step_weights()
     for t in range(int(limits.max())):
-        logp, state, weights = model.decode_step(tokens, memory, state)  # (m * k, V)
-        vocab = logp.size(1)
+        logits, state, weights = model.decode_step(tokens, memory, state, step_weights)  # (m * k, V)
         m = active.numel()
         at_limit = limits[active] <= t + 1  # (m,)
-        _force_eos(logp, at_limit.repeat_interleave(k))
         if keep_attention:
             attention = torch.cat([attention, weights.float().unsqueeze(1)], dim=1)
-        candidates = (scores.unsqueeze(2) + logp.view(m, k, vocab)).view(m, k * vocab)
+        # the sentence's 2k best extensions are among its beams' 2k best each
+        row_log_probs, row_tokens = _best_extensions(logits, 2 * k, at_limit.repeat_interleave(k))  # (m * k, c)
+        per_row = row_tokens.size(1)
+        candidates = (scores.unsqueeze(2) + row_log_probs.view(m, k, per_row)).view(m, k * per_row)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (m, 2k), best first
-        origin, token = top_ids // vocab, top_ids % vocab
+        origin, token = top_ids // per_row, row_tokens.view(m, k * per_row).gather(1, top_ids)
         ends = (token == EOS) & (top_scores > float("-inf"))
         new_finished = ends[:, :k].nonzero().tolist()
         for i, rank in new_finished:

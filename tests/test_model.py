@@ -65,3 +65,25 @@ def test_tied_embeddings_share_one_matrix():
     torch.manual_seed(0)
     model = Seq2Seq(ModelConfig(emb_dim=16, hidden_size=16, layers=1, tie_embeddings=True), 30, 40)
     assert model.decoder.generator.weight is model.decoder.embed.weight
+
+
+@pytest.mark.parametrize("attention,input_feed,layers", [("general", True, 2), ("dot", False, 1), ("dot", True, 3)])
+def test_search_steps_with_prepared_weights_equal_the_defining_step(attention, input_feed, layers):
+    """`step` with `step_weights` (one product per layer, sigmoid for tanh) computes `_advance`'s step."""
+    model = make_model(attention, input_feed, layers).double()
+    src = torch.tensor([[5, 6, EOS, PAD, PAD], [5, 6, 7, 8, EOS]])
+    memory, state = model.encode(src, torch.tensor([3, 5]))
+    fast_state, weights = state, model.step_weights()
+    assert weights is not None
+    for tokens in ([2, 2], [9, 4], [11, 3]):
+        tokens = torch.tensor(tokens)
+        logits, state, attention_weights = model.decode_step(tokens, memory, state)
+        fast_logits, fast_state, fast_attention = model.decode_step(tokens, memory, fast_state, weights)
+        torch.testing.assert_close(fast_logits, logits, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(fast_attention, attention_weights, rtol=1e-9, atol=1e-12)
+        for fast, slow in zip(fast_state.h + fast_state.c + [fast_state.feed], state.h + state.c + [state.feed]):
+            torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
+
+
+def test_concat_attention_keeps_the_defining_step():
+    assert make_model("concat").step_weights() is None

@@ -43,7 +43,10 @@ class MarkovModel:
     def encode(self, src, src_lengths):
         return NoMemory(src.size(0)), LastToken(torch.full((src.size(0),), BOS))
 
-    def decode_step(self, tokens, memory, state):
+    def step_weights(self):
+        return None
+
+    def decode_step(self, tokens, memory, state, weights=None):
         return self.logp[tokens].clone(), LastToken(tokens), torch.ones(tokens.size(0), 1)
 
 

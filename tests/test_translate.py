@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nmt.cli import main
@@ -75,6 +75,7 @@ LINE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(LINE, max_size=6), final_newline=st.booleans())
+@example(lines=[""], final_newline=True)  # a file holding one empty line once came back empty
 def test_any_unicode_keeps_one_output_line_per_input_line(best, tmp_path, lines, final_newline):
     text = "\n".join(lines) + ("\n" if final_newline and lines else "")
     out = translate(best, text, tmp_path)

@@ -41,8 +41,12 @@ class Seq2Seq(nn.Module):
         memory, state = self.encode(src, src_lengths)
         return self.decoder(tgt_in, memory, state, keep)
 
-    def decode_step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
-        return self.decoder.step(tokens, memory, state)
+    def step_weights(self):
+        return self.decoder.step_weights()
+
+    def decode_step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState, weights=None):
+        """tokens (N,) -> logits (N, V), the new state and the attention weights (N, S)."""
+        return self.decoder.step(tokens, memory, state, weights)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
