@@ -57,6 +57,16 @@ class Progress:
     steps_in_epoch: int = 0
 
 
+def summed_nll(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """`F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=...)`, in one fused
+    float32 log-softmax over logits of any dtype (casting bf16 logits first costs a pass each way)."""
+    log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))  # (n, V)
+    nll = F.nll_loss(log_probs, targets, reduction="sum")
+    if not label_smoothing:
+        return nll
+    return (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1).sum()
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, world: World, payload: dict | None):
         self.cfg, self.run_dir, self.world = cfg, run_dir, world
@@ -138,8 +148,7 @@ class Trainer:
         real = batch.tgt_out != PAD  # (B, T)
         with autocast(self.device, self.precision):
             logits = self.train_model(batch.src, batch.src_lengths, batch.tgt_in, real)  # (n_tokens, V)
-        loss_sum = F.cross_entropy(logits.float(), batch.tgt_out[real], reduction="sum",
-                                   label_smoothing=cfg.label_smoothing)
+        loss_sum = summed_nll(logits, batch.tgt_out[real], cfg.label_smoothing)
         loss = loss_sum / (batch.n_sentences if cfg.loss_norm == "sentences" else batch.n_tokens)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
@@ -171,7 +180,7 @@ class Trainer:
                 batch = collate(data.valid_src, data.valid_tgt, indices).to(self.device)
                 real = batch.tgt_out != PAD
                 logits = self.model(batch.src, batch.src_lengths, batch.tgt_in, real)
-                total_nll += F.cross_entropy(logits.float(), batch.tgt_out[real], reduction="sum").item()
+                total_nll += summed_nll(logits, batch.tgt_out[real]).item()
                 total_tokens += batch.n_tokens
         decode = self.cfg.decode
         hypotheses = translate_lines(

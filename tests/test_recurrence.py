@@ -75,3 +75,4 @@ def test_trainer_fuses_on_the_cpu_unless_told_not_to(tmp_path):
         return Trainer(cfg, tmp_path / setting, World(), None).model.decoder.fused_recurrence
 
     assert fused("auto") and fused("true") and not fused("false")
+

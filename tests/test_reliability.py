@@ -81,7 +81,7 @@ def test_training_stops_cleanly_when_saving_fails(tmp_path, monkeypatch, capsys)
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, capsys, monkeypatch):
     from nmt import train as train_module
 
-    real_loss = train_module.F.cross_entropy
+    real_loss = train_module.summed_nll
     calls = {"n": 0}
 
     def nan_after_five_steps(*args, **kwargs):
@@ -89,7 +89,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, capsys,
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 5 else loss
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", nan_after_five_steps)
+    monkeypatch.setattr(train_module, "summed_nll", nan_after_five_steps)
     run_dir = tmp_path / "run"
     code = main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir),
                  "--set", "train.max_bad_steps=3", "--set", "train.threads=1"])

@@ -113,3 +113,12 @@ def test_resume_falls_back_to_an_intact_checkpoint(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "last.pt: not a readable checkpoint" in result.stderr
     assert "newest intact checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_summed_nll_is_cross_entropy(label_smoothing):
+    from nmt.train import summed_nll
+
+    logits, targets = torch.randn(50, 30, dtype=torch.float64), torch.randint(0, 30, (50,))
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum", label_smoothing=label_smoothing)
+    torch.testing.assert_close(summed_nll(logits, targets, label_smoothing), expected, rtol=1e-12, atol=1e-10)

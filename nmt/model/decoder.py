@@ -23,6 +23,7 @@ from torch import nn
 
 from nmt.model import recurrence
 from nmt.model.attention import Attention
+from nmt.model.dropout import dropout
 from nmt.model.gemm import linear, product
 from nmt.tokenizer import PAD
 
@@ -89,7 +90,8 @@ class Decoder(nn.Module):
         """tokens (...,) -> (..., 4H): the first layer's input projection of the embeddings, biases included."""
         cell = self.cells[0]
         w_emb = cell.weight_ih[:, : self.emb_dim]
-        return linear(self.dropout(self.embed(tokens)), w_emb, cell.bias_ih + cell.bias_hh)
+        embedded = dropout(self.embed(tokens), self.dropout.p, self.training)
+        return linear(embedded, w_emb, cell.bias_ih + cell.bias_hh)
 
     def _first_layer(self, emb_gates: torch.Tensor, state: DecoderState):
         """The first LSTM layer, its embedding projection already in `emb_gates` (N, 4H)."""

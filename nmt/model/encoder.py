@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmt.model.dropout import dropout
 from nmt.tokenizer import PAD
 
 
@@ -27,7 +28,7 @@ class Encoder(nn.Module):
         layer with both directions concatenated: (layers, B, H) each, ready to
         start a decoder of the same depth and hidden size H.
         """
-        embedded = self.dropout(self.embed(src))  # (B, S, E)
+        embedded = dropout(self.embed(src), self.dropout.p, self.training)  # (B, S, E)
         packed = pack_padded_sequence(embedded, src_lengths, batch_first=True, enforce_sorted=False)
         outputs, (h, c) = self.lstm(packed)
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
