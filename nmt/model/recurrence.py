@@ -81,6 +81,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
         biases.append((b_ih + b_hh).to(acc))
     w_combine = w[-1].to(cd)  # (H, 2H)
     keys_t, memory_cd = keys.to(cd).transpose(1, 2), memory.to(cd)  # (B, H, S), (B, S, H)
+
     def new(shape, dtype=acc):
         return emb_gates.new_empty(shape, dtype=dtype)
 
