@@ -119,6 +119,10 @@ def test_resume_falls_back_to_an_intact_checkpoint(tiny_run, tmp_path):
 def test_summed_nll_is_cross_entropy(label_smoothing):
     from nmt.train import summed_nll
 
-    logits, targets = torch.randn(50, 30, dtype=torch.float64), torch.randint(0, 30, (50,))
+    logits = torch.randn(50, 30, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 30, (50,))
     expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum", label_smoothing=label_smoothing)
-    torch.testing.assert_close(summed_nll(logits, targets, label_smoothing), expected, rtol=1e-12, atol=1e-10)
+    ours = summed_nll(logits, targets, label_smoothing)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(torch.autograd.grad(3 * ours, logits)[0], torch.autograd.grad(3 * expected, logits)[0],
+                               rtol=1e-12, atol=1e-12)
