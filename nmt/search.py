@@ -40,13 +40,13 @@ def max_output_lengths(src_lengths: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
-    """The `count` best next tokens of each row and their log-probabilities, float32: (N, count) each.
+    """The `count` best next tokens of each row and their log-probabilities (float32 at least): (N, count).
 
     The log-softmax runs on the logits' own dtype with a float32 result (one fused pass, where casting
     first costs another), and the top-k on the logits: normalising does not reorder a row. Where a row
     has reached its length limit, only EOS may follow.
     """
-    log_softmax = torch.log_softmax(logits, dim=1, dtype=torch.float32)  # (N, V)
+    log_softmax = torch.log_softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))
     if count == 1:
         tokens = logits.argmax(dim=1, keepdim=True)
     else:
