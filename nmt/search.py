@@ -51,10 +51,11 @@ def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
         tokens = logits.argmax(dim=1, keepdim=True)
     else:
         tokens = logits.topk(min(count, logits.size(1)), dim=1).indices
-    if bool(at_limit.any()):
+    any_at_limit = bool(at_limit.any())  # one host sync per step
+    if any_at_limit:
         tokens[at_limit] = EOS
     log_probs = log_softmax.gather(1, tokens)
-    if bool(at_limit.any()) and tokens.size(1) > 1:
+    if any_at_limit and tokens.size(1) > 1:
         log_probs[at_limit, 1:] = float("-inf")
     return log_probs, tokens
 

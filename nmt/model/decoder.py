@@ -76,7 +76,7 @@ class Decoder(nn.Module):
         )
         self.attention = Attention(attention, hidden_size)
         self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)  # W_c [context; h]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout_p = dropout
         self.generator = nn.Linear(hidden_size, vocab_size)
         self.layers = layers
         self.fused_recurrence = False  # set by the trainer (train.fused_recurrence)
@@ -90,7 +90,7 @@ class Decoder(nn.Module):
         """tokens (...,) -> (..., 4H): the first layer's input projection of the embeddings, biases included."""
         cell = self.cells[0]
         w_emb = cell.weight_ih[:, : self.emb_dim]
-        embedded = dropout(self.embed(tokens), self.dropout.p, self.training)
+        embedded = dropout(self.embed(tokens), self.dropout_p, self.training)
         return linear(embedded, w_emb, cell.bias_ih + cell.bias_hh)
 
     def _first_layer(self, emb_gates: torch.Tensor, state: DecoderState):
@@ -108,7 +108,7 @@ class Decoder(nn.Module):
     def _step_masks(self, steps: int, batch: int, device: torch.device) -> torch.Tensor | None:
         """Scaled dropout masks (layers, T, B, H) for training: [l] between layers l and l + 1, [-1] on the
         attentional vector. One draw per batch costs a fraction of one bernoulli call per step."""
-        keep = 1.0 - self.dropout.p
+        keep = 1.0 - self.dropout_p
         if not self.training or keep == 1.0:
             return None
         draw = torch.rand(self.layers, steps, batch, self.hidden_size, device=device) < keep

@@ -16,7 +16,7 @@ class Encoder(nn.Module):
         if hidden_size % 2:
             raise ValueError("model.hidden_size must be even: the encoder splits it over two directions")
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout_p = dropout
         self.lstm = nn.LSTM(emb_dim, hidden_size // 2, layers, batch_first=True, bidirectional=True,
                             dropout=dropout if layers > 1 else 0.0)
         self.layers = layers
@@ -28,7 +28,7 @@ class Encoder(nn.Module):
         layer with both directions concatenated: (layers, B, H) each, ready to
         start a decoder of the same depth and hidden size H.
         """
-        embedded = dropout(self.embed(src), self.dropout.p, self.training)  # (B, S, E)
+        embedded = dropout(self.embed(src), self.dropout_p, self.training)  # (B, S, E)
         packed = pack_padded_sequence(embedded, src_lengths, batch_first=True, enforce_sorted=False)
         outputs, (h, c) = self.lstm(packed)
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
