@@ -41,6 +41,13 @@ def _grid(n: int):
     return fig, list(axes.flat[:n])
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_study(rows: list[dict], out: Path) -> list[Path]:
     data = {row["setting"]: _steps(row) for row in rows}
     paths = []
@@ -58,10 +65,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
            ylabel="cross-entropy (nats per target token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    paths.append(out / "loss.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, out / "loss.png"))
 
     fig, axes = _grid(len(rows))
     for ax, row in zip(axes, rows):
@@ -80,10 +84,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="upper right")
     fig.suptitle("Gradient norm before clipping, every step")
-    fig.tight_layout()
-    paths.append(out / "grad_norm.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, out / "grad_norm.png"))
 
     fig, axes = _grid(len(rows))
     for ax, row in zip(axes, rows):
@@ -110,10 +111,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("Gradient norm against target length, second half of each run (past the early transient)")
-    fig.tight_layout()
-    paths.append(out / "norm_vs_length.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, out / "norm_vs_length.png"))
     return paths
 
 
