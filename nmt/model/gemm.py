@@ -58,8 +58,6 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`, its float32 CPU products (forward and backward) done by oneDNN."""
-    if _onednn(x, weight):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-            return _Linear.apply(x, _dense(weight), bias)
-        return product(x, weight, bias)
-    return F.linear(x, weight, bias)
+    if _onednn(x, weight) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _Linear.apply(x, _dense(weight), bias)
+    return product(x, weight, bias)  # F.linear, and autograd's own backward, wherever oneDNN is not used
