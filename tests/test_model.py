@@ -87,3 +87,18 @@ def test_search_steps_with_prepared_weights_equal_the_defining_step(attention, i
 
 def test_concat_attention_keeps_the_defining_step():
     assert make_model("concat").step_weights() is None
+
+
+def test_search_weights_are_laid_out_again_after_any_parameter_changes():
+    """They are kept between searches, so an optimizer step or a loaded checkpoint must invalidate them."""
+    model = make_model()
+    weights = model.step_weights()
+    assert model.step_weights() is weights  # nothing changed: no new ~6 GFLOP table
+    with torch.no_grad():
+        model.decoder.embed.weight[7] += 1.0  # in place, as SGD does
+    fresh = model.step_weights()
+    assert fresh is not weights and not torch.equal(fresh.emb_gates[7], weights.emb_gates[7])
+    model.load_state_dict(make_model(seed=1).state_dict())
+    assert model.step_weights() is not fresh
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.step_weights().dtype == torch.bfloat16

@@ -134,3 +134,27 @@ def test_attention_is_kept_for_plots():
         assert attention.shape[0] == len(hyp_list[0].tokens) + 1
         torch.testing.assert_close(attention.sum(dim=1), torch.ones(attention.shape[0]))
         assert torch.all(attention[:, length:] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("count", [1, 4])
+def test_best_extensions_over_row_blocks_equal_a_full_log_softmax(dtype, count):
+    """Scored a block of rows at a time, with rows at the length limit in several blocks."""
+    from nmt.search import _BLOCK_ROWS, _best_extensions
+
+    torch.manual_seed(0)
+    rows = 2 * _BLOCK_ROWS + 5
+    logits = (torch.randn(rows, 50) * 4).to(dtype)
+    at_limit = torch.zeros(rows, dtype=torch.bool)
+    at_limit[[3, _BLOCK_ROWS + 1, rows - 1]] = True
+    log_probs, tokens = _best_extensions(logits, count, at_limit)
+
+    full = torch.log_softmax(logits.double(), dim=1)
+    expected_tokens = logits.topk(count, dim=1).indices
+    expected_tokens[at_limit] = EOS
+    expected = full.gather(1, expected_tokens)
+    expected[at_limit, 1:] = float("-inf")
+    assert log_probs.dtype == torch.float32 and tokens.shape == (rows, count)
+    assert torch.equal(tokens[:, 0], expected_tokens[:, 0])
+    # ties in bfloat16 may order equal logits differently: compare the chosen log-probabilities
+    torch.testing.assert_close(log_probs.double(), expected, rtol=0, atol=1e-5)

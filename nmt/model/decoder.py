@@ -37,15 +37,15 @@ class Memory:
     mask: torch.Tensor  # (n, S) True at real source positions
 
     def index_select(self, rows: torch.Tensor) -> Memory:
-        return Memory(self.outputs[rows], self.keys[rows], self.mask[rows])
+        return Memory(self.outputs.index_select(0, rows), self.keys.index_select(0, rows),
+                      self.mask.index_select(0, rows))
 
 
 @dataclass
 class StepWeights:
     """The decoder's weights for search steps, in the compute dtype: per layer [W_ih W_hh] as one matrix."""
 
-    emb: torch.Tensor  # (4H, E) layer 0's embedding columns
-    emb_bias: torch.Tensor  # (4H,) layer 0's two biases, summed
+    emb_gates: torch.Tensor  # (V, 4H) layer 0's input projection of every target embedding, biases included
     layers: list[torch.Tensor]  # per layer (4H, in + H); layer 0's input is the attentional vector
     biases: list[torch.Tensor | None]  # per layer above 0, both biases summed (float32)
     combine: torch.Tensor  # (H, 2H)
@@ -61,7 +61,8 @@ class DecoderState:
     feed: torch.Tensor  # (N, H) previous attentional vector, or (N, 0) without input feeding
 
     def index_select(self, rows: torch.Tensor) -> DecoderState:
-        return DecoderState([h[rows] for h in self.h], [c[rows] for c in self.c], self.feed[rows])
+        return DecoderState([h.index_select(0, rows) for h in self.h], [c.index_select(0, rows) for c in self.c],
+                            self.feed.index_select(0, rows))
 
 
 class Decoder(nn.Module):
@@ -80,6 +81,7 @@ class Decoder(nn.Module):
         self.generator = nn.Linear(hidden_size, vocab_size)
         self.layers = layers
         self.fused_recurrence = False  # set by the trainer (train.fused_recurrence)
+        self._step_weights_cache = None  # (parameter versions and dtype, StepWeights)
 
     def init_state(self, encoder_final: tuple[torch.Tensor, torch.Tensor]) -> DecoderState:
         h, c = encoder_final  # (layers, N, H) each
@@ -169,12 +171,19 @@ class Decoder(nn.Module):
         return linear(attentional, self.generator.weight, self.generator.bias)  # (..., V)
 
     def step_weights(self) -> StepWeights | None:
-        """The weights laid out for `step`, cast once per search (to the autocast dtype inside autocast)
-        rather than once per step; None where `step` keeps autograd's cells (concat attention, and CUDA,
-        whose fused cell was measured)."""
+        """The weights laid out for `step`, in the compute dtype (the autocast dtype inside autocast); None
+        where `step` keeps autograd's cells (concat attention, and CUDA, whose fused cell was measured).
+        Kept until a parameter changes, so a search of one line does not redo the ~6 GFLOP table."""
         if self.attention.kind not in ("dot", "general") or self.generator.weight.is_cuda:
             return None
         dtype = recurrence.compute_dtype(self.generator.weight)
+        key = (dtype, *((p.data_ptr(), p._version) for p in self.parameters()))
+        if self._step_weights_cache is None or self._step_weights_cache[0] != key:
+            self._step_weights_cache = (key, self._lay_out_step_weights(dtype))
+        return self._step_weights_cache[1]
+
+    @torch.no_grad()
+    def _lay_out_step_weights(self, dtype: torch.dtype) -> StepWeights:
         # the cell-input gate's rows doubled: tanh(x) = 2 sigmoid(2x) - 1, and one sigmoid over all four
         # gates is far cheaper than a tanh over one of them (float32 tanh is slow on the CPU); x2 is exact
         doubled = torch.ones(4 * self.hidden_size, 1, device=self.generator.weight.device)
@@ -185,10 +194,11 @@ class Decoder(nn.Module):
         for cell in self.cells[1:]:
             layers.append((torch.cat([cell.weight_ih, cell.weight_hh], 1) * doubled).to(dtype))
             biases.append((cell.bias_ih + cell.bias_hh) * doubled.squeeze(1))
+        # a token's embedding gates are a row of this table: a lookup instead of a product per step
+        emb_gates = product(self.embed.weight.to(dtype), (first.weight_ih[:, : self.emb_dim] * doubled).to(dtype),
+                            ((first.bias_ih + first.bias_hh) * doubled.squeeze(1)).to(dtype))
         return StepWeights(
-            emb=(first.weight_ih[:, : self.emb_dim] * doubled).to(dtype),
-            emb_bias=((first.bias_ih + first.bias_hh) * doubled.squeeze(1)).to(dtype),
-            layers=layers, biases=biases, combine=self.combine.weight.to(dtype),
+            emb_gates=emb_gates, layers=layers, biases=biases, combine=self.combine.weight.to(dtype),
             generator=self.generator.weight.to(dtype), generator_bias=self.generator.bias.to(dtype), dtype=dtype,
         )
 
@@ -200,7 +210,7 @@ class Decoder(nn.Module):
             return self._generate(attentional), state, attention
         dtype, hidden = weights.dtype, self.hidden_size
         accumulate = torch.promote_types(dtype, torch.float32)  # gates and cell state
-        emb_gates = product(self.embed(tokens).to(dtype), weights.emb, weights.emb_bias)  # (N, 4H)
+        emb_gates = weights.emb_gates.index_select(0, tokens)  # (N, 4H)
         below = state.feed.to(dtype)  # layer 0's input: the previous attentional vector
         hs, cs = [], []
         for n, (w, bias) in enumerate(zip(weights.layers, weights.biases)):
@@ -209,10 +219,10 @@ class Decoder(nn.Module):
             torch.sigmoid_(gates)[:, 2 * hidden: 3 * hidden].mul_(2).sub_(1)  # tanh: those rows were doubled
             i, f, cell_input, o = gates.chunk(4, 1)
             c = torch.addcmul(f * state.c[n], i, cell_input)
-            h = o * torch.sigmoid(2 * c).mul_(2).sub_(1)  # o * tanh(c)
-            hs.append(h)
+            # o * tanh(c), kept in the compute dtype: h only ever enters products
+            below = (o * torch.sigmoid(2 * c).mul_(2).sub_(1)).to(dtype)
+            hs.append(below)
             cs.append(c)
-            below = h.to(dtype)
         context, attention = self.attention(below, memory.keys, memory.outputs, memory.mask)
         attentional = torch.tanh(product(torch.cat([context.to(dtype), below], 1), weights.combine))  # (N, H)
         logits = product(attentional, weights.generator, weights.generator_bias)
