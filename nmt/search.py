@@ -131,8 +131,9 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
         at_limit = limits[active] <= t + 1  # (m,)
         if keep_attention:
             attention = torch.cat([attention, weights.float().unsqueeze(1)], dim=1)
-        # the sentence's 2k best extensions are among its beams' 2k best each
-        row_log_probs, row_tokens = _best_extensions(logits, 2 * k, at_limit.repeat_interleave(k))  # (m * k, c)
+        # what the step keeps, its k best extensions and those of the first k that end in EOS, are among
+        # its beams' k + 1 best each: a beam has one EOS, and k better extensions of one beam outrank the rest
+        row_log_probs, row_tokens = _best_extensions(logits, k + 1, at_limit.repeat_interleave(k))  # (m * k, c)
         per_row = row_tokens.size(1)
         candidates = (scores.unsqueeze(2) + row_log_probs.view(m, k, per_row)).view(m, k * per_row)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (m, 2k), best first

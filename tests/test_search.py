@@ -158,3 +158,40 @@ def test_best_extensions_over_row_blocks_equal_a_full_log_softmax(dtype, count):
     assert torch.equal(tokens[:, 0], expected_tokens[:, 0])
     # ties in bfloat16 may order equal logits differently: compare the chosen log-probabilities
     torch.testing.assert_close(log_probs.double(), expected, rtol=0, atol=1e-5)
+
+
+def reference_beam_search(model: MarkovModel, k: int, alpha: float, limit: int) -> list[tuple[list[int], float]]:
+    """fairseq's rule written plainly: each step the 2k best of all k x V extensions; those of the first k
+    that end in EOS finish; the k best others live on; done at k finished (or the length limit)."""
+    live, finished = [((), 0.0)], []
+    for t in range(limit):
+        candidates = []
+        for tokens, log_prob in live:
+            logp = model.logp[tokens[-1] if tokens else BOS].double()
+            for v in [EOS] if t + 1 >= limit else range(V):
+                candidates.append((tokens + (v,), log_prob + float(logp[v])))
+        top = sorted(candidates, key=lambda c: -c[1])[: 2 * k]
+        finished += [(list(tokens[:-1]), lp / length_penalty(t + 1, alpha)) for tokens, lp in top[:k]
+                     if tokens[-1] == EOS and lp > -1e8]
+        live = [c for c in top if c[0][-1] != EOS][:k]
+        if len(finished) >= k or t + 1 >= limit:
+            break
+    return sorted(finished, key=lambda h: -h[1])[:k]
+
+
+@pytest.mark.parametrize("beam_size", [2, 3, 5])
+def test_beam_search_equals_the_plain_rule_on_random_models(beam_size):
+    """Search takes each beam's k + 1 best tokens, not all V: the n-best lists must not change."""
+    generator = torch.Generator().manual_seed(beam_size)
+    for trial in range(20):
+        table = {}
+        for prev in range(V):
+            weights = torch.rand(V, generator=generator) * (torch.rand(V, generator=generator) < 0.8)
+            weights[[BOS, 0]] = 0.0  # never BOS or padding
+            weights[EOS] += 0.3
+            table[prev] = {v: float(w / weights.sum()) for v, w in enumerate(weights) if w > 0}
+        model = MarkovModel(table)
+        got = beam_search(model, SRC, LENGTHS, beam_size=beam_size, alpha=1.0, nbest=beam_size)[0]
+        expected = reference_beam_search(model, beam_size, 1.0, limit=4 * 2 + 5)
+        assert [h.tokens for h in got] == [tokens for tokens, _ in expected], f"trial {trial}"
+        assert [h.score for h in got] == pytest.approx([score for _, score in expected], abs=1e-4)
