@@ -77,3 +77,18 @@ def test_bfloat16_products_with_bias_equal_f_linear(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a float32 bias: F.linear, where autocast casts it
         assert gemm.product(x, weight, bias.float()).dtype == torch.bfloat16
     assert calls == [1]
+
+
+@pytest.mark.skipif(not gemm.ONEDNN, reason="this torch has no oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_weights_give_the_plain_weights_products(dtype):
+    if dtype == torch.bfloat16 and not gemm.ONEDNN_BF16:
+        pytest.skip("no bfloat16 oneDNN on this CPU")
+    torch.manual_seed(0)
+    weight, bias = torch.randn(40, 24).to(dtype), torch.randn(40).to(dtype)
+    packed = gemm.prepacked(weight)
+    assert packed.is_mkldnn
+    for rows in (1, 7, 300):  # any row count, whatever the layout was chosen for
+        x = torch.randn(rows, 24).to(dtype)
+        torch.testing.assert_close(gemm.product(x, packed, bias), gemm.product(x, weight, bias))
+    assert not gemm.prepacked(weight.double()).is_mkldnn  # float64 keeps F.linear

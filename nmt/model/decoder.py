@@ -24,7 +24,7 @@ from torch import nn
 from nmt.model import recurrence
 from nmt.model.attention import Attention
 from nmt.model.dropout import dropout
-from nmt.model.gemm import linear, product
+from nmt.model.gemm import linear, prepacked, product
 from nmt.tokenizer import PAD
 
 
@@ -43,7 +43,8 @@ class Memory:
 
 @dataclass
 class StepWeights:
-    """The decoder's weights for search steps, in the compute dtype: per layer [W_ih W_hh] as one matrix."""
+    """The decoder's weights for search steps, in the compute dtype: per layer [W_ih W_hh] as one matrix.
+    The matrices are in oneDNN's blocked layout where products use oneDNN (`gemm.prepacked`)."""
 
     emb_gates: torch.Tensor  # (V, 4H) layer 0's input projection of every target embedding, biases included
     layers: list[torch.Tensor]  # per layer (4H, in + H); layer 0's input is the attentional vector
@@ -198,8 +199,10 @@ class Decoder(nn.Module):
         emb_gates = product(self.embed.weight.to(dtype), (first.weight_ih[:, : self.emb_dim] * doubled).to(dtype),
                             ((first.bias_ih + first.bias_hh) * doubled.squeeze(1)).to(dtype))
         return StepWeights(
-            emb_gates=emb_gates, layers=layers, biases=biases, combine=self.combine.weight.to(dtype),
-            generator=self.generator.weight.to(dtype), generator_bias=self.generator.bias.to(dtype), dtype=dtype,
+            emb_gates=emb_gates, layers=[prepacked(w) for w in layers], biases=biases,
+            combine=prepacked(self.combine.weight.to(dtype)),
+            generator=prepacked(self.generator.weight.to(dtype)), generator_bias=self.generator.bias.to(dtype),
+            dtype=dtype,
         )
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState, weights: StepWeights | None = None):

@@ -36,8 +36,19 @@ def _dense(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.contiguous()
 
 
+def prepacked(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (N, K) in oneDNN's own blocked layout where `product` would use oneDNN, else unchanged:
+    for weights used many times (search), the product then skips reordering it on every call."""
+    if _onednn(weight, weight):
+        return torch.ops.mkldnn._reorder_linear_weight(_dense(weight))
+    return weight
+
+
 def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) @ weight (N, K)^T + bias, outside autograd; a transposed view costs nothing."""
+    if weight.is_mkldnn:  # from `prepacked`
+        out = torch.ops.mkldnn._linear_pointwise(_dense(x.reshape(-1, x.size(-1))), weight, bias, "none", [], "")
+        return out.view(*x.shape[:-1], weight.size(0))
     if _onednn(x, weight, bias):
         rows = _dense(x.reshape(-1, x.size(-1)))  # a 3-D input, too, gets the reference kernel
         out = torch.ops.mkldnn._linear_pointwise(rows, _dense(weight), bias, "none", [], "")
