@@ -1,0 +1,28 @@
+"""`nmt bench` runs end to end (a smoke test: speed is never asserted, only that every figure is there)."""
+
+import json
+
+import pytest
+
+from tests.conftest import TINY_CONFIG, run_nmt
+
+FIGURES = ("train_tokens_per_sec", "matmul_gflops", "fraction_of_flop_bound", "greedy_sentences_per_sec",
+           "beam5_sentences_per_sec", "parameters", "peak_rss_mib")
+
+
+@pytest.mark.parametrize("with_checkpoint", [False, True])
+def test_bench_reports_every_figure_as_its_last_line_and_in_the_json_file(tmp_path, tiny_run, with_checkpoint):
+    out = tmp_path / "bench.json"
+    extra = ["--checkpoint", str(tiny_run / "checkpoints" / "best.pt")] if with_checkpoint else []
+    result = run_nmt("bench", "--config", str(TINY_CONFIG), "--warmup-steps", "2", "--steps", "4",
+                     "--decode-sentences", "10", "--json", str(out), *extra)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == json.loads(out.read_text())
+    for name in FIGURES:
+        assert report[name] > 0, name
+    assert report["decode_sentences"] == 10 and report["precision"] == "fp32"
+    # a few training steps translate nothing right; the trained tiny checkpoint does
+    assert report["beam5_bleu"] > 0 if with_checkpoint else report["beam5_bleu"] >= 0
+    assert ("checkpoint_load_sec" in report) == with_checkpoint
+    assert "beam-5 sentences/s" in result.stdout
