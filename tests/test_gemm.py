@@ -62,21 +62,20 @@ def test_float32_products_do_run_through_onednn(monkeypatch):
 
 
 @pytest.mark.skipif(not gemm.ONEDNN_BF16, reason="no bfloat16 oneDNN on this CPU")
-def test_bfloat16_products_with_bias_equal_f_linear(monkeypatch):
-    """Search's bfloat16 products (weights already cast) go to oneDNN, which adds the bias in the product."""
+def test_bfloat16_products_go_to_onednn_only_with_prepacked_weights(monkeypatch):
+    """Training's bfloat16 products measured faster with F.linear; search's prepacked ones with oneDNN."""
     torch.manual_seed(0)
     x, weight, bias = (torch.randn(37, 24).bfloat16(), torch.randn(40, 24).bfloat16(), torch.randn(40).bfloat16())
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or real(*args))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = gemm.product(x, weight, bias)
-    assert calls == [1] and got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), F.linear(x.double(), weight.double(), bias.double()).float(),
-                               rtol=1e-2, atol=1e-2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # a float32 bias: F.linear, where autocast casts it
-        assert gemm.product(x, weight, bias.float()).dtype == torch.bfloat16
-    assert calls == [1]
+    plain = gemm.product(x, weight, bias)
+    assert calls == []
+    packed = gemm.product(x, gemm.prepacked(weight), bias)
+    assert calls == [1] and packed.dtype == torch.bfloat16
+    truth = F.linear(x.double(), weight.double(), bias.double()).float()
+    for got in (plain, packed):
+        torch.testing.assert_close(got.float(), truth, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.skipif(not gemm.ONEDNN, reason="this torch has no oneDNN")
