@@ -10,6 +10,10 @@ penalty is largest at the length limit, so no live hypothesis can score above
 its log-probability / penalty(limit) (with alpha 0 this ends most sentences
 first). Done sentences leave the batch. Greedy is the same search with K = 1, run through a
 leaner loop.
+
+Work saved without changing a result: a beam's candidates are its K + 1 best tokens (a step keeps at
+most K of one beam's non-EOS extensions and its one EOS), and the first step, where a sentence's K
+beams are still one hypothesis, runs once per sentence.
 """
 
 from __future__ import annotations
@@ -112,12 +116,12 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
     k, device = beam_size, src.device
     memory, state = model.encode(src, src_lengths)
     n = src.size(0)
-    state = state.index_select(torch.arange(n, device=device).repeat_interleave(k))  # memory stays per sentence
+    copies = torch.arange(n, device=device).repeat_interleave(k)  # row -> sentence; memory stays per sentence
     limits = max_output_lengths(src_lengths, max_len_ratio).to(device)
     active = torch.arange(n, device=device)  # sentence of each live block of k rows
     scores = torch.full((n, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: only the first may extend at step 0
-    tokens = torch.full((n * k,), BOS, dtype=torch.long, device=device)
+    tokens = torch.full((n,), BOS, dtype=torch.long, device=device)  # step 0: one row per sentence, see below
     history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
     attention = torch.zeros(n * k, 0, src.size(1), device=device) if keep_attention else None
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
@@ -129,11 +133,14 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
         logits, state, weights = model.decode_step(tokens, memory, state, step_weights)  # (m * k, V)
         m = active.numel()
         at_limit = limits[active] <= t + 1  # (m,)
-        if keep_attention:
-            attention = torch.cat([attention, weights.float().unsqueeze(1)], dim=1)
         # what the step keeps, its k best extensions and those of the first k that end in EOS, are among
         # its beams' k + 1 best each: a beam has one EOS, and k better extensions of one beam outrank the rest
-        row_log_probs, row_tokens = _best_extensions(logits, k + 1, at_limit.repeat_interleave(k))  # (m * k, c)
+        row_log_probs, row_tokens = _best_extensions(logits, k + 1, at_limit.repeat_interleave(logits.size(0) // m))
+        if t == 0:  # a sentence's k beams start as one hypothesis: its first step ran once, for all of them
+            row_log_probs, row_tokens, weights = row_log_probs[copies], row_tokens[copies], weights[copies]
+            state = state.index_select(copies)
+        if keep_attention:
+            attention = torch.cat([attention, weights.float().unsqueeze(1)], dim=1)
         per_row = row_tokens.size(1)
         candidates = (scores.unsqueeze(2) + row_log_probs.view(m, k, per_row)).view(m, k * per_row)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (m, 2k), best first
