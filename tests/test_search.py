@@ -195,3 +195,18 @@ def test_beam_search_equals_the_plain_rule_on_random_models(beam_size):
         expected = reference_beam_search(model, beam_size, 1.0, limit=4 * 2 + 5)
         assert [h.tokens for h in got] == [tokens for tokens, _ in expected], f"trial {trial}"
         assert [h.score for h in got] == pytest.approx([score for _, score in expected], abs=1e-4)
+
+
+def test_the_first_beam_step_runs_once_per_sentence():
+    """A sentence's beams are one hypothesis until the first step: computing it k times would be waste."""
+    rows = []
+
+    class Counting(MarkovModel):
+        def decode_step(self, tokens, memory, state, weights=None):
+            rows.append(tokens.size(0))
+            return super().decode_step(tokens, memory, state, weights)
+
+    model = Counting({BOS: {A: 0.5, B: 0.5}, A: {C: 0.6, EOS: 0.4}, B: {C: 0.7, EOS: 0.3}, C: {EOS: 1.0}})
+    src = torch.cat([SRC, SRC])
+    beam_search(model, src, torch.tensor([4, 4]), beam_size=3)
+    assert rows[:2] == [2, 2 * 3]
