@@ -43,23 +43,23 @@ def max_output_lengths(src_lengths: torch.Tensor, ratio: float) -> torch.Tensor:
     return (src_lengths.float() * ratio).long() + 5
 
 
-_BLOCK_ROWS = 64  # rows scored per pass: a block's float32 log-softmax stays in cache (measured: 64 is best)
+_BLOCK_ROWS = 64  # CPU rows scored per pass: a block's float32 log-softmax stays in cache (measured: 64 is best)
 
 
 def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
     """The `count` best next tokens of each row and their log-probabilities (float32 at least): (N, count).
 
-    The ranking is taken on the logits (normalising does not reorder a row), and the log-softmax runs
-    over blocks of rows, each converted to float32 in one fused pass and read only at the chosen tokens:
-    a float32 copy of the whole (N, V) matrix per step cost more than the output projection itself
-    (large allocations are fresh pages each time). Where a row has reached its length limit, only EOS
-    may follow.
+    The ranking is taken on the logits (normalising does not reorder a row). On the CPU the log-softmax
+    runs over blocks of rows, each converted to float32 in one fused pass and read only at the chosen
+    tokens: a float32 copy of the whole (N, V) matrix per step cost more than the output projection
+    itself (measured). Where a row has reached its length limit, only EOS may follow.
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)
     count = min(count, logits.size(1))
     any_at_limit = bool(at_limit.any())  # one host sync per step
+    rows = _BLOCK_ROWS if logits.device.type == "cpu" else max(1, logits.size(0))  # a GPU wants one launch
     tokens, log_probs = [], []
-    for block, block_at_limit in zip(logits.split(_BLOCK_ROWS), at_limit.split(_BLOCK_ROWS)):
+    for block, block_at_limit in zip(logits.split(rows), at_limit.split(rows)):
         # max, not argmax: argmax over bfloat16 rows is several times slower on the CPU (measured)
         best = block.max(dim=1, keepdim=True).indices if count == 1 else block.topk(count, dim=1).indices
         if any_at_limit:
