@@ -102,3 +102,16 @@ def test_search_weights_are_laid_out_again_after_any_parameter_changes():
     assert model.step_weights() is not fresh
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.step_weights().dtype == torch.bfloat16
+
+
+def test_a_model_that_has_searched_can_still_be_copied_and_saved(tmp_path):
+    """The search weights' cache holds oneDNN tensors, which cannot be copied: it is not part of the state."""
+    import copy
+
+    model = make_model()
+    model.step_weights()
+    clone = copy.deepcopy(model)
+    torch.save(model, tmp_path / "model.pt")
+    for a, b in zip(clone.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    assert clone.step_weights() is not None

@@ -84,6 +84,10 @@ class Decoder(nn.Module):
         self.fused_recurrence = False  # set by the trainer (train.fused_recurrence)
         self._step_weights_cache = None  # (parameter versions and dtype, StepWeights)
 
+    def __getstate__(self):
+        # the cached search weights are derived, and oneDNN's blocked tensors cannot be copied or pickled
+        return {**super().__getstate__(), "_step_weights_cache": None}
+
     def init_state(self, encoder_final: tuple[torch.Tensor, torch.Tensor]) -> DecoderState:
         h, c = encoder_final  # (layers, N, H) each
         feed_size = self.hidden_size if self.input_feed else 0
