@@ -42,12 +42,10 @@ def prepacked(weight: torch.Tensor) -> torch.Tensor:
 
 def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., K) @ weight (N, K)^T + bias, outside autograd; a transposed view costs nothing."""
-    if weight.is_mkldnn:  # from `prepacked`
-        out = torch.ops.mkldnn._linear_pointwise(_dense(x.reshape(-1, x.size(-1))), weight, bias, "none", [], "")
-        return out.view(*x.shape[:-1], weight.size(0))
-    if _onednn(x, weight):
+    if weight.is_mkldnn or _onednn(x, weight):  # the first: from `prepacked`
         rows = _dense(x.reshape(-1, x.size(-1)))  # a 3-D input, too, gets the reference kernel
-        out = torch.ops.mkldnn._linear_pointwise(rows, _dense(weight), bias, "none", [], "")
+        weight = weight if weight.is_mkldnn else _dense(weight)
+        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
         return out.view(*x.shape[:-1], weight.size(0))
     return F.linear(x, weight, bias)
 
