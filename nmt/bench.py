@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import resource
 import statistics
 import tempfile
@@ -22,10 +21,10 @@ import torch
 
 from nmt.batching import collate, plan_batches
 from nmt.config import Config, load_config
-from nmt.device import autocast, resolve_precision
+from nmt.device import autocast, cpu_name, describe_cpu, precision_reason
 from nmt.distributed import World
 from nmt.evaluate import bleu
-from nmt.model.gemm import product
+from nmt.model import gemm
 from nmt.translate import encode_sources, translate_ids
 
 log = logging.getLogger(__name__)
@@ -43,16 +42,6 @@ def add_parser(sub) -> None:
     p.add_argument("--json", dest="json_out", help="also write the JSON line to this file")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def flops_per_target_token(cfg: Config, tgt_vocab: int, src_per_tgt: float, mean_src_len: float) -> float:
     """Training FLOPs per target token: 3 x (decoder step + attention + projection + the encoder's share)."""
     m = cfg.model
@@ -67,23 +56,28 @@ def flops_per_target_token(cfg: Config, tgt_vocab: int, src_per_tgt: float, mean
 
 
 def matmul_flops_per_second(cfg: Config, device: torch.device, precision: str, batch: int) -> float:
-    """FLOP/s of the decoder's gate product (batch x 2H) @ (2H x 4H), the model's typical matrix product,
-    the faster of `torch.mm` and the path the model takes (`gemm.product`: oneDNN for float32 on a CPU)."""
+    """FLOP/s of the decoder's gate product (batch x 2H) @ (2H x 4H), the model's typical matrix product:
+    the faster of `torch.mm` and oneDNN (on a CPU), each the best of several rounds, so that neither a
+    slow library nor a disturbed moment lowers the bound."""
     h = cfg.model.hidden_size
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     a = torch.randn(batch, 2 * h, device=device, dtype=dtype)
     weight = torch.randn(4 * h, 2 * h, device=device, dtype=dtype)
-    best = 0.0
-    for run in (lambda: a @ weight.t(), lambda: product(a, weight)):
+    runs = [lambda: a @ weight.t()]
+    if device.type == "cpu" and gemm.ONEDNN and (dtype == torch.float32 or gemm.ONEDNN_BF16):
+        runs.append(lambda: gemm._onednn_product(a, weight))
+    best = float("inf")
+    for run in runs:
         for _ in range(20):
             run()
-        _sync(device)
-        repeats, started = 200, time.perf_counter()
-        for _ in range(repeats):
-            run()
-        _sync(device)
-        best = max(best, 2.0 * batch * 2 * h * 4 * h * repeats / (time.perf_counter() - started))
-    return best
+        for _ in range(5):
+            _sync(device)
+            started = time.perf_counter()
+            for _ in range(40):
+                run()
+            _sync(device)
+            best = min(best, (time.perf_counter() - started) / 40)
+    return 2.0 * batch * 2 * h * 4 * h / best
 
 
 def _sync(device: torch.device) -> None:
@@ -140,13 +134,14 @@ def run_bench(args) -> dict:
         cfg.data.test_split = cfg.data.valid_split
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), World(), None)
-    device, precision = trainer.device, resolve_precision(cfg.train.precision, trainer.device)
+    device, precision = trainer.device, trainer.precision
     data = trainer.data
     mean_tgt = statistics.mean(len(t) + 1 for t in data.train_tgt)
     mean_src = statistics.mean(len(s) + 1 for s in data.train_src)
     report = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "precision_choice": precision_reason(cfg.train.precision, precision, device),
         "parameters": trainer.model.num_parameters(),
         "batch": f"{cfg.train.batch_sentences} sentences" if cfg.train.batch_sentences
         else f"{cfg.train.batch_tokens} tokens",
@@ -178,6 +173,9 @@ def run_bench(args) -> dict:
         report["fraction_of_flop_bound"] = report["achieved_gflops"] / report["matmul_gflops"]
     if not args.checkpoint:
         decode(trainer.model, trainer.tokenizer)
+    if device.type == "cpu":
+        routes = gemm.routes()
+        report.update(cpu=describe_cpu(), products=routes.describe(), product_timings_ms=routes.milliseconds)
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         report["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -187,10 +185,13 @@ def run_bench(args) -> dict:
 def command(args) -> int:
     report = run_bench(args)
     rows = [
-        ("device", report["device"]), ("torch / threads / precision",
-                                       f"{report['torch']} / {report['threads']} / {report['precision']}"),
+        ("device", report.get("cpu", report["device"])),
+        ("torch / threads", f"{report['torch']} / {report['threads']}"),
+        ("precision", report["precision_choice"]),
         ("parameters", f"{report['parameters']:,}"), ("batch", report["batch"]),
     ]
+    if "products" in report:
+        rows.append(("products", report["products"]))
     if "train_tokens_per_sec" in report:
         rows += [
             ("training target tokens/s", f"{report['train_tokens_per_sec']:,.0f}"),

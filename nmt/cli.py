@@ -29,8 +29,8 @@ def _add_decoding_options(p) -> None:
     p.add_argument("--max-len-ratio", type=float, help="output pieces at most R x source pieces + 5")
     p.add_argument("--batch-tokens", type=int, help="source pieces per decoding batch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision for decoding")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision for decoding; auto: bf16 on a GPU or a CPU with native bfloat16")
 
 
 def _add_translate(sub) -> None:

@@ -102,20 +102,29 @@ class TrainConfig:
     max_minutes: float | None = None
     #: validate every this many steps (and always at each epoch end); null = epoch ends only.
     valid_every: int | None = None
-    #: `plateau`: multiply lr by `lr_decay` when validation perplexity stops improving;
-    #: `epoch`: multiply it every epoch from `decay_start_epoch` on; `none`: constant.
-    lr_schedule: Literal["plateau", "epoch", "none"] = "plateau"
+    #: `budget`: constant until `budget_decay_start` of the run's budget is spent, then multiplied by
+    #: `lr_decay` at `budget_decays` evenly spaced points before the end. The budget is whichever of
+    #: `max_minutes`, `max_steps` and `max_epochs` is nearer to ending the run, so the rate anneals on a slow
+    #: machine as on a fast one. `plateau`: multiply lr by `lr_decay` when validation perplexity stops
+    #: improving; `epoch`: multiply it every epoch from `decay_start_epoch` on (Luong et al.'s fixed-epoch
+    #: recipe); `none`: constant.
+    lr_schedule: Literal["budget", "plateau", "epoch", "none"] = "plateau"
     #: the factor each decay multiplies the rate by, the first epoch that decays, and the floor.
     lr_decay: float = 0.5
     decay_start_epoch: int = 8
     min_lr: float = 1e-4
+    #: budget schedule: the fraction of the budget spent at the first decay (0.5: constant for the first
+    #: half), and the number of decays (5: at 50, 60, 70, 80 and 90%, ending at lr x lr_decay^5).
+    budget_decay_start: float = 0.5
+    budget_decays: int = 5
     #: stop after this many validations without a better BLEU; null = never.
     patience: int | None = 5
     #: seeds the initialisation, dropout and the batch order of every epoch.
     seed: int = 42
     #: `auto`: CUDA when a GPU is visible, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: `auto`: bf16 on a GPU that supports it, else fp32. fp16 uses a gradient scaler.
+    #: `auto`: bf16 on a GPU that supports it and on a CPU with native bfloat16 (AVX-512-BF16 or AMX), else
+    #: fp32. bf16 on a CPU without oneDNN bf16 kernels (AVX2) is refused. fp16 (GPU only) uses a gradient scaler.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: CPU threads for torch; null = torch's default.
     threads: int | None = None
@@ -128,6 +137,14 @@ class TrainConfig:
     max_bad_steps: int = 10
     #: stop after this many consecutive batches that ran out of GPU memory.
     max_oom_batches: int = 5
+
+    def __post_init__(self):
+        if not 0.0 <= self.budget_decay_start < 1.0:
+            raise NMTError(f"train.budget_decay_start={self.budget_decay_start}: must be at least 0 and below 1 "
+                           "(the fraction of the budget spent at the first decay)")
+        if self.budget_decays < 1:
+            raise NMTError(f"train.budget_decays={self.budget_decays}: must be at least 1; "
+                           "for a constant rate use train.lr_schedule=none")
 
 
 @dataclass

@@ -1,9 +1,20 @@
-"""Where and in what precision to run: device choice, autocast, thread count."""
+"""Where and in what precision to run: device choice, the CPU's bfloat16 support, autocast, threads.
+
+The CPUs this runs on are not alike. bfloat16 arithmetic is native on CPUs with
+AVX-512-BF16 or AMX (oneDNN runs bf16 products and LSTMs on them at about twice
+the float32 rate); on other AVX-512 CPUs oneDNN emulates it, slower than float32;
+on AVX2-only CPUs oneDNN has no bf16 LSTM at all, and training in bf16 would die
+in its first step. So `auto` picks bf16 only where it is native, and an explicit
+bf16 is refused (training) or warned about (decoding) where it is not.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import platform
+from pathlib import Path
 
 import torch
 
@@ -20,13 +31,78 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto` is bf16 on a GPU that supports it and fp32 elsewhere; fp16 needs a GPU."""
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (e.g. 'AMD EPYC'), else what Python knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str:
+    """The widest vector instruction set torch's CPU kernels use here: 'AVX2', 'AVX512', 'DEFAULT', ..."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_bf16_support() -> str:
+    """'native' (AVX-512-BF16 or AMX, or an ARM CPU with bf16 that oneDNN uses), 'emulated' (oneDNN runs
+    bf16 through float32 units: other AVX-512 CPUs) or 'none' (oneDNN has no bf16 kernels: AVX2 and older).
+    Tests replace this function to stand in for another CPU."""
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return "none"
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return "native"  # on ARM, oneDNN reports bf16 only where the CPU has the bf16 instructions
+    return "native" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "emulated"
+
+
+def describe_cpu() -> str:
+    """One phrase for logs and errors: 'AMD EPYC, AVX2, no native bfloat16'."""
+    bf16 = {"native": "native bfloat16", "emulated": "bfloat16 emulated by oneDNN",
+            "none": "no bfloat16"}[cpu_bf16_support()]
+    return f"{cpu_name()}, {cpu_capability()}, {bf16}"
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def resolve_precision(name: str, device: torch.device, *, setting: str = "train.precision",
+                      training: bool = True) -> str:
+    """The precision to run in, from `auto`, fp32, bf16 or fp16 (`setting` names the option in messages).
+
+    `auto`: bf16 on a GPU that supports it and on a CPU with native bfloat16, fp32 elsewhere. An explicit
+    bf16 on a CPU without oneDNN bf16 kernels is an error for training (its LSTM cannot run) and a warning
+    for decoding (it runs, several times slower than fp32); emulated bf16 is a warning for both."""
+    if device.type == "cuda":
+        if name == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return name
+    if name == "fp16":
+        raise NMTError(f"{setting}=fp16 needs a CUDA GPU; on a CPU use auto, fp32 or bf16")
+    support = cpu_bf16_support()
     if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise NMTError("train.precision=fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+        return "bf16" if support == "native" else "fp32"
+    if name == "bf16" and support != "native":
+        if training and support == "none":
+            raise NMTError(f"{setting}=bf16: this CPU ({describe_cpu()}) cannot train in bfloat16 "
+                           f"(oneDNN has no bf16 LSTM for {cpu_capability()}); use {setting}=auto or fp32")
+        _warn_once(f"{setting}=bf16 on a CPU without native bfloat16 ({describe_cpu()}): it runs several "
+                   f"times slower than fp32 here; {setting}=auto chooses fp32")
     return name
+
+
+def precision_reason(name: str, chosen: str, device: torch.device) -> str:
+    """Why `chosen` was run, for the start-up log line."""
+    if name != "auto":
+        return f"{chosen} (as set)"
+    if device.type == "cuda":
+        return f"{chosen} (auto: {'bf16 supported' if chosen == 'bf16' else 'no bf16'} on this GPU)"
+    return f"{chosen} (auto: {describe_cpu()})"
 
 
 def autocast(device: torch.device, precision: str):

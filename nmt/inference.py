@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def _decoding_options(args, loaded, device) -> dict:
     decode = loaded.config.decode
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, setting="--precision", training=False)
     options = dict(
         device=device,
         beam_size=args.beam_size or decode.beam_size,

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from nmt.config import load_config
+from nmt.device import resolve_device, resolve_precision
 from nmt.errors import NMTError
 from nmt.metrics_log import read_metrics
 
@@ -159,6 +161,8 @@ def command(args) -> int:
     from nmt.study_plots import plot_study
 
     settings = choose_settings(args)
+    cfg = load_config(args.config, args.overrides)  # bad settings, a precision this CPU lacks: before writing
+    resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
     out = Path(args.out)
     if (out / "study.json").exists():
         raise NMTError(f"{out} already holds a study; choose another --out")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from nmt import checkpoint
 from nmt.batching import collate, plan_batches, shard
 from nmt.config import Config
-from nmt.device import autocast, resolve_device, resolve_precision, set_threads
+from nmt.device import autocast, precision_reason, resolve_device, resolve_precision, set_threads
 from nmt.distributed import World, any_rank, barrier, broadcast_object
 from nmt.errors import NMTError
 from nmt.evaluate import bleu
@@ -31,7 +31,7 @@ from nmt.interrupt import Interrupted, StopSignals
 from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq
 from nmt.prepare import PreparedData, prepare
-from nmt.schedule import LRSchedule
+from nmt.schedule import LRSchedule, budget_fraction
 from nmt.tokenizer import PAD, Tokenizer
 from nmt.translate import translate_lines
 
@@ -124,7 +124,9 @@ class Trainer:
         self.metrics = MetricsLog(run_dir, enabled=world.is_main, truncate_after_step=self.progress.step)
         self.signals = StopSignals()
         log.info("model: %s parameters; device %s, precision %s, %d thread(s), world size %d",
-                 f"{self.model.num_parameters():,}", self.device, self.precision, torch.get_num_threads(), world.size)
+                 f"{self.model.num_parameters():,}", self.device,
+                 precision_reason(cfg.train.precision, self.precision, self.device), torch.get_num_threads(),
+                 world.size)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -309,6 +311,8 @@ class Trainer:
                     if any_rank(self.signals.signum is not None, self.world):
                         self._interrupt()
                     started = time.perf_counter()
+                    self.schedule.follow_budget(budget_fraction(
+                        cfg, progress.step, progress.elapsed, progress.epoch - 1 + progress.batch_in_epoch / len(plan)))
                     batch = collate(data.train_src, data.train_tgt, plan[progress.batch_in_epoch]).to(self.device)
                     try:
                         nll, norm, applied = self.train_step(batch)

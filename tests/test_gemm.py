@@ -1,4 +1,7 @@
-"""oneDNN-routed products must give F.linear's results (float32 rounding aside), gradients included."""
+"""oneDNN-routed products must give F.linear's results (float32 rounding aside), gradients included, and
+each machine's routes are chosen by timing, cached, and overridable."""
+
+import json
 
 import pytest
 import torch
@@ -7,10 +10,27 @@ import torch.nn.functional as F
 from nmt.model import gemm
 
 
+@pytest.fixture(params=["onednn", "torch"] if gemm.ONEDNN else ["torch"])
+def route(request):
+    """Every test that takes this runs once with each route, whatever this machine would choose."""
+    previous = gemm.set_routes(request.param, request.param, request.param == "onednn")
+    yield request.param
+    gemm.restore_routes(previous)
+
+
+@pytest.fixture
+def onednn_routes():
+    if not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    previous = gemm.set_routes("onednn", "onednn", True)
+    yield
+    gemm.restore_routes(previous)
+
+
 @pytest.mark.parametrize("shape", [(7, 24), (3, 5, 24)])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "transposed", "column slice"])
-def test_linear_matches_float64_like_f_linear_does(shape, with_bias, weight_layout):
+def test_linear_matches_float64_like_f_linear_does(shape, with_bias, weight_layout, route):
     torch.manual_seed(0)
     x = torch.randn(shape, requires_grad=True)
     if weight_layout == "contiguous":
@@ -46,8 +66,7 @@ def test_product_routes_only_plain_float32_on_the_cpu():
         assert gemm.linear(x.float(), weight.float()).dtype == torch.bfloat16
 
 
-@pytest.mark.skipif(not gemm.ONEDNN, reason="this torch has no oneDNN")
-def test_float32_products_do_run_through_onednn(monkeypatch):
+def test_float32_products_do_run_through_onednn_on_that_route(monkeypatch, onednn_routes):
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
 
@@ -78,9 +97,8 @@ def test_bfloat16_products_go_to_onednn_only_with_prepacked_weights(monkeypatch)
         torch.testing.assert_close(got.float(), truth, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.skipif(not gemm.ONEDNN, reason="this torch has no oneDNN")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prepacked_weights_give_the_plain_weights_products(dtype):
+def test_prepacked_weights_give_the_plain_weights_products(dtype, onednn_routes):
     if dtype == torch.bfloat16 and not gemm.ONEDNN_BF16:
         pytest.skip("no bfloat16 oneDNN on this CPU")
     torch.manual_seed(0)
@@ -91,3 +109,64 @@ def test_prepacked_weights_give_the_plain_weights_products(dtype):
         x = torch.randn(rows, 24).to(dtype)
         torch.testing.assert_close(gemm.product(x, packed, bias), gemm.product(x, weight, bias))
     assert not gemm.prepacked(weight.double()).is_mkldnn  # float64 keeps F.linear
+
+
+def test_step_and_bulk_products_follow_their_own_routes(monkeypatch):
+    if not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or real(*args))
+    x, weight = torch.randn(4, 8), torch.randn(6, 8)
+    previous = gemm.set_routes("onednn", "torch", False)
+    try:
+        gemm.product(x, weight, step=True)
+        assert calls == [1]
+        gemm.product(x, weight)
+        gemm.linear(x.requires_grad_(), weight).sum().backward()
+        assert calls == [1]  # bulk products stayed with torch
+        assert not gemm.prepacked(weight).is_mkldnn  # prepacking was not chosen
+    finally:
+        gemm.restore_routes(previous)
+
+
+@pytest.mark.parametrize("onednn_ms, expected", [(80.0, "onednn"), (95.0, "torch"), (120.0, "torch")])
+def test_routes_are_chosen_by_timing_with_a_margin_then_cached(monkeypatch, tmp_path, onednn_ms, expected):
+    """oneDNN must beat torch by 10% to be chosen; the choice is written once and read back afterwards."""
+    if not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path))
+    monkeypatch.delenv("NMT_CPU_PRODUCTS", raising=False)
+    timings = {"torch": 100.0, "onednn": onednn_ms}
+    monkeypatch.setattr(gemm, "_faster", lambda products, repeats, seconds, name: (
+        seconds.update({f"{name}_torch": timings["torch"], f"{name}_onednn": timings["onednn"]}),
+        "onednn" if timings["onednn"] < gemm.MARGIN * timings["torch"] else "torch")[1])
+    measured = gemm._decide()
+    assert measured.source == "measured" and measured.step == measured.bulk == expected
+    entry = json.loads((tmp_path / "cpu_products.json").read_text())[gemm._machine_key()]
+    assert entry["step"] == expected
+    monkeypatch.setattr(gemm, "measure_routes", lambda: pytest.fail("measured again instead of using the cache"))
+    cached = gemm._decide()
+    assert (cached.source, cached.step, cached.bulk, cached.prepacked) == ("cached", expected, expected,
+                                                                           measured.prepacked)
+
+
+@pytest.mark.parametrize("forced", ["onednn", "torch"])
+def test_nmt_cpu_products_overrides_the_measurement(monkeypatch, forced):
+    if not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setenv("NMT_CPU_PRODUCTS", forced)
+    monkeypatch.setattr(gemm, "measure_routes", lambda: pytest.fail("measured despite NMT_CPU_PRODUCTS"))
+    routes = gemm._decide()
+    assert (routes.step, routes.bulk, routes.prepacked, routes.source) == (forced, forced, forced == "onednn",
+                                                                           "NMT_CPU_PRODUCTS")
+
+
+def test_a_real_measurement_gives_a_complete_decision():
+    if not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    routes = gemm.measure_routes()
+    assert routes.step in ("onednn", "torch") and routes.bulk in ("onednn", "torch")
+    assert set(routes.milliseconds) == {"step_torch", "step_onednn", "bulk_torch", "bulk_onednn", "search_plain",
+                                        "search_prepacked"}
+    assert all(ms > 0 for ms in routes.milliseconds.values())

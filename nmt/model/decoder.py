@@ -221,7 +221,7 @@ class Decoder(nn.Module):
         below = state.feed.to(dtype)  # layer 0's input: the previous attentional vector
         hs, cs = [], []
         for n, (w, bias) in enumerate(zip(weights.layers, weights.biases)):
-            gates = product(torch.cat([below, state.h[n].to(dtype)], 1), w).to(accumulate)  # (N, 4H)
+            gates = product(torch.cat([below, state.h[n].to(dtype)], 1), w, step=True).to(accumulate)  # (N, 4H)
             gates += emb_gates if n == 0 else bias
             torch.sigmoid_(gates)[:, 2 * hidden: 3 * hidden].mul_(2).sub_(1)  # tanh: those rows were doubled
             i, f, cell_input, o = gates.chunk(4, 1)
@@ -231,7 +231,8 @@ class Decoder(nn.Module):
             hs.append(below)
             cs.append(c)
         context, attention = self.attention(below, memory.keys, memory.outputs, memory.mask)
-        attentional = torch.tanh(product(torch.cat([context.to(dtype), below], 1), weights.combine))  # (N, H)
-        logits = product(attentional, weights.generator, weights.generator_bias)
+        combine_in = torch.cat([context.to(dtype), below], 1)  # (N, 2H)
+        attentional = torch.tanh(product(combine_in, weights.combine, step=True))  # (N, H)
+        logits = product(attentional, weights.generator, weights.generator_bias, step=True)
         feed = attentional if self.input_feed else state.feed
         return logits, DecoderState(hs, cs, feed), attention

@@ -1,52 +1,206 @@
-"""Float32 matrix products on the CPU through oneDNN instead of PyTorch's default BLAS.
+"""Matrix products on the CPU: PyTorch's default BLAS or oneDNN, whichever this machine runs faster.
 
-`torch.mm` hands float32 CPU products to MKL, which on this project's AMD EPYC
-runs the model's shapes at 170-200 GFLOP/s; oneDNN's inner-product primitive
-(what bf16 products already use) runs the same float32 products, in IEEE
-float32, at 350-440 GFLOP/s. `product` is `F.linear` with that routing;
-`linear` adds a backward pass that routes its two products the same way.
-Elsewhere (GPU, float64, autocast, a torch without oneDNN) both are `F.linear`.
+`torch.mm` hands float32 CPU products to MKL, oneDNN's inner-product primitive to
+its own kernels; which is faster depends on the CPU (MKL does not use AVX-512 on
+AMD CPUs, oneDNN does; with AVX2 alone they are close), so it is measured, not
+assumed. `routes()` decides once per machine and torch version, by timing the
+model's kinds of products both ways (well under a second), and caches the choice
+in `$NMT_CACHE` so every later run on the machine takes the same paths (and so
+computes the same numbers, which exact resume relies on). `NMT_CPU_PRODUCTS=onednn`
+or `torch` overrides it. Three choices are made, because the libraries' strengths
+differ by shape: float32 products of one time step's rows inside a recurrence
+(`step`: few rows, called thousands of times), products over whole batches
+(`bulk`: the output projection, weight gradients over all positions), and weights
+pre-laid-out in oneDNN's blocked format for search (`prepacked`), which skip the
+reorder each call and fuse the bias.
+
+`product` is `F.linear` with that routing; `linear` adds a backward pass that
+routes its two products the same way. Elsewhere (GPU, float64, autocast, a torch
+without oneDNN) both are `F.linear`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
+from nmt.device import cpu_capability, cpu_name
+
+log = logging.getLogger(__name__)
+
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 ONEDNN_BF16 = ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+#: oneDNN must win by this factor to replace the default path: a near tie is not worth a second code path
+MARGIN = 0.9
 
 
-def _onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.size(-1) > 0
-            and not torch.is_autocast_enabled("cpu"))
+@dataclass
+class Routes:
+    step: str  # float32 products of one step's rows in a recurrence: "onednn" or "torch"
+    bulk: str  # other float32 products
+    prepacked: bool  # search's float32 weights in oneDNN's layout
+    source: str  # "measured", "cached", "set", "NMT_CPU_PRODUCTS" or "no oneDNN"
+    milliseconds: dict = field(default_factory=dict)  # the timings the choice came from
+
+    def describe(self) -> str:
+        packed = "prepacked oneDNN" if self.prepacked else f"plain ({self.step})"
+        return f"float32 products: {self.step} per step, {self.bulk} in bulk; search weights {packed} ({self.source})"
+
+
+_routes: Routes | None = None
+
+
+def routes() -> Routes:
+    """This machine's product routes: decided at the first float32 CPU product, then fixed."""
+    global _routes
+    if _routes is None:
+        _routes = _decide()
+        log.info("%s", _routes.describe())
+    return _routes
+
+
+def set_routes(step: str, bulk: str, prepacked: bool) -> Routes | None:
+    """Force the routes (tests; `NMT_CPU_PRODUCTS` for users); returns the previous ones."""
+    global _routes
+    previous, _routes = _routes, Routes(step, bulk, prepacked and ONEDNN, "set")
+    return previous
+
+
+def restore_routes(previous: Routes | None) -> None:
+    global _routes
+    _routes = previous
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt")) / "cpu_products.json"
+
+
+def _machine_key() -> str:
+    return f"{cpu_name()} | {cpu_capability()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def _decide() -> Routes:
+    forced = os.environ.get("NMT_CPU_PRODUCTS", "auto")
+    if not ONEDNN:
+        return Routes("torch", "torch", False, "no oneDNN")
+    if forced in ("onednn", "torch"):
+        return Routes(forced, forced, forced == "onednn", "NMT_CPU_PRODUCTS")
+    if forced != "auto":
+        log.warning("NMT_CPU_PRODUCTS=%s is not one of auto, onednn, torch; measuring instead", forced)
+    key, path = _machine_key(), _cache_file()
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError):
+        cached = None
+    if isinstance(cached, dict) and {cached.get("step"), cached.get("bulk")} <= {"onednn", "torch"}:
+        return Routes(cached["step"], cached["bulk"], bool(cached.get("prepacked")), "cached",
+                      cached.get("milliseconds", {}))
+    decided = measure_routes()
+    try:  # a cache that cannot be written only means measuring again next time
+        entries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        entries[key] = {k: v for k, v in asdict(decided).items() if k != "source"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except (OSError, ValueError) as error:
+        log.debug("could not cache the product routes in %s: %s", path, error)
+    return decided
+
+
+def _best_seconds(run, repeats: int, rounds: int = 3) -> float:
+    """The fastest of `rounds` timings of `repeats` calls: the least disturbed by anything else running."""
+    run()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return best
+
+
+def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, seconds: dict, name: str) -> str:
+    """"onednn" where it runs `products` (x, weight) in MARGIN of torch's time or less, else "torch"."""
+    for route, run in (("torch", F.linear), ("onednn", _onednn_product)):
+        seconds[f"{name}_{route}"] = sum(_best_seconds(lambda x=x, w=w, run=run: run(x, w), repeats)
+                                         for x, w in products)
+    return "onednn" if seconds[f"{name}_onednn"] < MARGIN * seconds[f"{name}_torch"] else "torch"
+
+
+def measure_routes() -> Routes:
+    """Time the model's kinds of float32 products both ways, about a second in all: a decoder step's gate
+    and attention products and their input gradients; the output projection, its gradients and a weight
+    gradient over all positions; then search's step products with prepacked weights."""
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    step = [(rand(64, 1024), rand(2048, 1024)), (rand(64, 2048), rand(2048, 1024).t()),
+            (rand(64, 1024), rand(512, 1024))]
+    rows = rand(512, 512)
+    # forward, input gradient and weight gradient of the output projection (512 rows, 5000 words), and a
+    # recurrent weight's gradient over all positions: (4H, positions) @ (positions, in), transposed views
+    bulk = [(rows, rand(5000, 512)), (rand(512, 5000), rand(5000, 512).t()), (rand(512, 5000).t(), rows.t()),
+            (rand(512, 2048).t(), rand(512, 1024).t())]
+    seconds: dict = {}
+    step_route = _faster(step, 10, seconds, "step")
+    bulk_route = _faster(bulk, 2, seconds, "bulk")
+    search = [(rand(320, 1024), rand(2048, 1024)), (rand(320, 512), rand(5000, 512))]
+    plain = F.linear if step_route == "torch" else _onednn_product
+    packed = [(x, torch.ops.mkldnn._reorder_linear_weight(w)) for x, w in search]
+    seconds["search_plain"] = sum(_best_seconds(lambda x=x, w=w: plain(x, w), 5) for x, w in search)
+    seconds["search_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 5) for x, w in packed)
+    prepacked = seconds["search_prepacked"] < MARGIN * seconds["search_plain"]
+    return Routes(step_route, bulk_route, prepacked, "measured", {k: round(v * 1e3, 3) for k, v in seconds.items()})
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, step: bool = False) -> bool:
+    if not (ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.size(-1) > 0
+            and not torch.is_autocast_enabled("cpu")):
+        return False
+    return (routes().step if step else routes().bulk) == "onednn"
 
 
 def _dense(matrix: torch.Tensor) -> torch.Tensor:
     """`matrix` with its rows or its columns contiguous: other layouts (a column slice of a weight) send
-    oneDNN to its reference kernel, hundreds of times slower (measured)."""
+    oneDNN to its reference kernel, hundreds of times slower."""
     if matrix.is_contiguous() or matrix.t().is_contiguous():
         return matrix
     return matrix.contiguous()
 
 
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    rows = _dense(x.reshape(-1, x.size(-1)))  # a 3-D input, too, gets the reference kernel
+    weight = weight if weight.is_mkldnn else _dense(weight)
+    out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+    return out.view(*x.shape[:-1], weight.size(0))
+
+
 def prepacked(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` (N, K), float32 or bfloat16 on a CPU, in oneDNN's own blocked layout (else unchanged): for
-    weights used many times (search's), `product` then skips reordering them at every call, and adds the
-    bias inside the product (addmm first copies it into every output row). Beam search ran ~10% faster."""
+    """`weight` (N, K) in oneDNN's own blocked layout, where that route was chosen (float32) or bf16 products
+    run on oneDNN; else unchanged. For weights used many times (search's): `product` then skips reordering
+    them at every call, and adds the bias inside the product (addmm first copies it into every output row)."""
     if ONEDNN and weight.device.type == "cpu" and (
-            weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and ONEDNN_BF16)):
+            (weight.dtype == torch.float32 and routes().prepacked) or (weight.dtype == torch.bfloat16 and ONEDNN_BF16)):
         return torch.ops.mkldnn._reorder_linear_weight(_dense(weight))
     return weight
 
 
-def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., K) @ weight (N, K)^T + bias, outside autograd; a transposed view costs nothing."""
-    if weight.is_mkldnn or _onednn(x, weight):  # the first: from `prepacked`
-        rows = _dense(x.reshape(-1, x.size(-1)))  # a 3-D input, too, gets the reference kernel
-        weight = weight if weight.is_mkldnn else _dense(weight)
-        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-        return out.view(*x.shape[:-1], weight.size(0))
+def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+            step: bool = False) -> torch.Tensor:
+    """x (..., K) @ weight (N, K)^T + bias, outside autograd; a transposed view costs nothing. `step`: one
+    time step's rows inside a recurrence, routed by what is fastest for such products."""
+    if weight.is_mkldnn or _onednn(x, weight, step):  # the first: from `prepacked`
+        return _onednn_product(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -69,7 +223,8 @@ class _Linear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, its float32 CPU products (forward and backward) done by oneDNN."""
+    """`F.linear` over whole batches, its float32 CPU products (forward and backward) done by oneDNN where
+    that route was chosen for bulk products."""
     if _onednn(x, weight) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _Linear.apply(x, _dense(weight), bias)
     return product(x, weight, bias)  # F.linear, and autograd's own backward, wherever oneDNN is not used

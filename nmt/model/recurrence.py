@@ -103,7 +103,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     probs = []
     for t in range(steps):
         for n in range(n_layers):
-            torch.add(product(xh[n][t], weights[n]), step_gates[t] if n == 0 else biases[n], out=gates)
+            torch.add(product(xh[n][t], weights[n], step=True), step_gates[t] if n == 0 else biases[n], out=gates)
             a = act[n][t]
             torch.sigmoid(gates, out=a)
             torch.tanh(gates[:, g_cols], out=a[:, g_cols])
@@ -124,7 +124,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
         p = torch.softmax(scores.to(acc) + spec.score_bias, dim=2)  # (B, 1, S)
         probs.append(p)
         combine_in[t, :, :hidden] = torch.bmm(p.to(cd), memory_cd).squeeze(1)
-        torch.tanh(product(combine_in[t], w_combine), out=attentional[t])
+        torch.tanh(product(combine_in[t], w_combine, step=True), out=attentional[t])
         if spec.out_masks is not None:
             torch.mul(attentional[t], spec.out_masks[t], out=outputs[t])
         else:
@@ -162,7 +162,7 @@ def _backward(ctx, grad_out: Tensor):
         if spec.out_masks is not None:
             d_out = d_out * spec.out_masks[t]
         tanh_backward(d_out, ctx.attentional[t], grad_input=d_combine[t])
-        d_in = product(d_combine[t], w_combine.t())  # (B, 2H): [d context; d h]
+        d_in = product(d_combine[t], w_combine.t(), step=True)  # (B, 2H): [d context; d h]
         d_context[:, t] = d_in[:, :hidden]
         d_prob = torch.bmm(d_in[:, None, :hidden], memory_t).to(acc)  # (B, 1, S)
         p = ctx.probs[:, t:t + 1]
@@ -184,7 +184,7 @@ def _backward(ctx, grad_out: Tensor):
             dg = d_gates[n][t]
             sigmoid_backward(d_act, a, grad_input=dg)
             tanh_backward(d_g, g, grad_input=dg[:, g_cols])
-            d_xh = product(dg, weights[n].t())  # (B, in + H)
+            d_xh = product(dg, weights[n].t(), step=True)  # (B, in + H)
             d_h[n].copy_(d_xh[:, widths[n]:])
             if n > 0:
                 x_grad = d_xh[:, :hidden]

@@ -1,0 +1,117 @@
+"""Precision follows the machine: `auto` picks bf16 only where the CPU computes it natively, an explicit bf16
+is refused for training where oneDNN has no bf16 kernels (before any data is read or anything written),
+and everything this CPU does support trains, decodes and benchmarks."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt import cli, device
+from nmt.config import load_config
+from nmt.errors import NMTError
+from tests.conftest import ROOT, TINY_CONFIG
+
+CPU = torch.device("cpu")
+
+
+def supported_precisions() -> list[str]:
+    """What this machine trains in: fp32 always, bf16 where oneDNN has bf16 kernels, and auto."""
+    return ["auto", "fp32"] + (["bf16"] if device.cpu_bf16_support() != "none" else [])
+
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    """Stand in for an AVX2 CPU, whatever this one is."""
+    monkeypatch.setattr(device, "cpu_bf16_support", lambda: "none")
+    monkeypatch.setattr(device, "cpu_capability", lambda: "AVX2")
+
+
+@pytest.fixture
+def no_data_may_be_read(monkeypatch):
+    import nmt.data
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was read before the precision was checked")
+
+    monkeypatch.setattr(nmt.data, "load_splits", refuse)
+    monkeypatch.setattr("nmt.prepare.load_splits", refuse)
+
+
+@pytest.mark.parametrize("support, expected", [("native", "bf16"), ("emulated", "fp32"), ("none", "fp32")])
+def test_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, support, expected):
+    monkeypatch.setattr(device, "cpu_bf16_support", lambda: support)
+    assert device.resolve_precision("auto", CPU) == expected
+    assert device.resolve_precision("auto", CPU, training=False) == expected
+    assert device.resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_explicit_bf16_training_without_bf16_kernels_is_one_clear_error(cpu_without_bf16):
+    with pytest.raises(NMTError) as error:
+        device.resolve_precision("bf16", CPU)
+    message = str(error.value)
+    assert "AVX2" in message and "train.precision=auto" in message and "\n" not in message
+
+
+def test_explicit_bf16_decoding_without_native_bf16_warns_once(cpu_without_bf16, caplog):
+    device._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert device.resolve_precision("bf16", CPU, setting="--precision", training=False) == "bf16"
+    warnings = [r for r in caplog.records if "--precision=bf16" in r.getMessage()]
+    assert len(warnings) == 1 and "fp32" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--config", str(TINY_CONFIG)],
+    ["bench", "--config", str(TINY_CONFIG)],
+    ["study", "clipping", "--config", str(TINY_CONFIG)],
+])
+def test_train_bench_and_study_refuse_bf16_before_reading_data_or_writing(
+        command, cpu_without_bf16, no_data_may_be_read, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    where = {"train": ["--run-dir", str(out)], "bench": [], "study": ["--out", str(out)]}[command[0]]
+    code = cli.main([*command, *where, "--set", "train.precision=bf16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("error: train.precision=bf16:") and "AVX2" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no run folder, no study folder, nothing
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_runs_in_a_precision_this_cpu_has(config):
+    """The CPU quick start once asked for bf16 explicitly and died on AVX2 CPUs: no config may do that."""
+    cfg = load_config(config)
+    if cfg.train.device == "cuda":
+        pytest.skip("a GPU config")
+    assert cfg.train.precision in ("auto", "fp32"), f"{config.name}: let the machine choose bf16 (auto)"
+    assert device.resolve_precision(cfg.train.precision, CPU) in ("fp32", "bf16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", supported_precisions())
+def test_a_training_step_a_decode_and_a_bench_run_in_every_precision_this_cpu_has(precision, tmp_path, capsys):
+    code = cli.main(["bench", "--config", str(TINY_CONFIG), "--warmup-steps", "1", "--steps", "2",
+                     "--decode-sentences", "5", "--json", str(tmp_path / "bench.json"),
+                     "--set", f"train.precision={precision}"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["train_tokens_per_sec"] > 0 and report["greedy_sentences_per_sec"] > 0
+    assert report["beam5_sentences_per_sec"] > 0
+    expected = device.resolve_precision(precision, CPU)
+    assert report["precision"] == expected and report["precision_choice"].startswith(expected)
+    assert report["products"] and report["cpu"].startswith(device.cpu_name())
+
+
+def test_the_start_up_log_says_which_precision_and_why(tmp_path, caplog):
+    from nmt.distributed import World
+    from nmt.train import Trainer
+
+    cfg = load_config(TINY_CONFIG, ["train.precision=auto", "data.test_split=null"])
+    with caplog.at_level(logging.INFO):
+        Trainer(cfg, Path(tmp_path), World(), None)
+    line = next(r.getMessage() for r in caplog.records if "parameters; device" in r.getMessage())
+    assert f"precision {device.resolve_precision('auto', CPU)} (auto: {device.cpu_name()}" in line

@@ -1,0 +1,55 @@
+"""Learning-rate schedules: the budget schedule's decay points, by hand, and in a real run."""
+
+import pytest
+
+from nmt.config import TrainConfig, load_config
+from nmt.errors import NMTError
+from nmt.metrics_log import read_metrics
+from nmt.schedule import budget_decay_points, budget_fraction, budget_lr
+from tests.conftest import TINY_CONFIG, run_nmt
+
+
+def test_default_budget_schedule_is_constant_for_half_then_halves_at_every_tenth():
+    cfg = TrainConfig(lr_schedule="budget", lr=1.0)
+    assert budget_decay_points(cfg) == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
+    for fraction, lr in [(0.0, 1.0), (0.49, 1.0), (0.5, 0.5), (0.59, 0.5), (0.6, 0.25), (0.75, 0.125),
+                         (0.85, 0.0625), (0.9, 0.03125), (1.0, 0.03125)]:
+        assert budget_lr(cfg, fraction) == pytest.approx(lr), fraction
+
+
+def test_budget_schedule_settings_and_floor():
+    cfg = TrainConfig(lr_schedule="budget", lr=0.8, lr_decay=0.1, budget_decay_start=0.25, budget_decays=3,
+                      min_lr=1e-3)
+    assert budget_decay_points(cfg) == pytest.approx([0.25, 0.5, 0.75])
+    assert [budget_lr(cfg, f) for f in (0.2, 0.3, 0.6, 0.9)] == pytest.approx([0.8, 0.08, 0.008, 1e-3])
+
+
+def test_the_budget_is_whichever_limit_ends_the_run_first():
+    cfg = TrainConfig(max_epochs=10, max_steps=None, max_minutes=None)
+    assert budget_fraction(cfg, step=500, elapsed_seconds=600, epochs_done=2.5) == pytest.approx(0.25)
+    cfg = TrainConfig(max_epochs=10, max_steps=1000, max_minutes=20)
+    assert budget_fraction(cfg, step=500, elapsed_seconds=300, epochs_done=1) == pytest.approx(0.5)  # steps
+    assert budget_fraction(cfg, step=100, elapsed_seconds=900, epochs_done=1) == pytest.approx(0.75)  # minutes
+    assert budget_fraction(cfg, step=100, elapsed_seconds=99999, epochs_done=1) == 1.0
+
+
+@pytest.mark.parametrize("key, value", [("budget_decay_start", "1.0"), ("budget_decay_start", "-0.1"),
+                                        ("budget_decays", "0")])
+def test_budget_settings_out_of_range_are_refused(key, value):
+    with pytest.raises(NMTError, match=f"train.{key}"):
+        load_config(TINY_CONFIG, [f"train.{key}={value}"])
+
+
+def test_a_run_limited_by_steps_decays_at_the_budget_fractions(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir),
+                     "--set", "train.lr_schedule=budget", "--set", "train.max_steps=20", "--set", "train.log_every=1",
+                     "--set", "data.test_split=null")
+    assert result.returncode == 0, result.stderr
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r and "event" not in r}
+    assert sorted(lrs) == list(range(1, 21))
+    # update s is taken with (s - 1) / 20 of the budget spent
+    expected = {s: 0.5 ** sum((s - 1) / 20 >= p for p in (0.5, 0.6, 0.7, 0.8, 0.9)) for s in range(1, 21)}
+    assert lrs == pytest.approx(expected)
+    assert lrs[10] == 1.0 and lrs[11] == 0.5 and lrs[20] == 0.5 ** 5
+    assert "lr 1 -> 0.5 (50% of the training budget spent)" in result.stderr
