@@ -109,8 +109,8 @@ def greedy(model, src: torch.Tensor, src_lengths: torch.Tensor, *, max_len_ratio
 @torch.inference_mode()
 def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int = 5,
                 alpha: float = 1.0, max_len_ratio: float = 2.0, nbest: int = 1,
-                keep_attention: bool = False, stop: str = "exact") -> list[list[Hypothesis]]:
-    """The `nbest` best hypotheses per sentence, best first; `stop`: see `STOPPING_RULES`."""
+                keep_attention: bool = False) -> list[list[Hypothesis]]:
+    """The `nbest` best hypotheses per sentence, best first."""
     if not 1 <= nbest <= beam_size:
         raise ValueError("nbest must be between 1 and the beam size")
     k, device = beam_size, src.device
@@ -158,10 +158,7 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
         finished_count[active] += ends[:, :k].sum(dim=1)
         # the k best extensions that do not end here live on
         live_scores, live_rank = top_scores.masked_fill(token == EOS, float("-inf")).topk(k, dim=1)
-        if stop == "exact":
-            unbeatable = best_finished[active] >= live_scores[:, 0] / limit_penalty[active]
-        else:  # "early": no live hypothesis would win by ending at the next step
-            unbeatable = best_finished[active] >= live_scores[:, 0] / length_penalty(t + 2, alpha)
+        unbeatable = best_finished[active] >= live_scores[:, 0] / limit_penalty[active]
         count = finished_count[active]
         done = ((count >= nbest) & unbeatable) | (count >= k) | at_limit
         keep = (~done).nonzero().squeeze(1)
@@ -182,10 +179,9 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
 
 
 def search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int, alpha: float,
-           max_len_ratio: float, nbest: int = 1, keep_attention: bool = False,
-           stop: str = "exact") -> list[list[Hypothesis]]:
+           max_len_ratio: float, nbest: int = 1, keep_attention: bool = False) -> list[list[Hypothesis]]:
     """Greedy's fast path for beam 1 (unless attention is wanted), beam search otherwise."""
     if beam_size == 1 and nbest == 1 and not keep_attention:
         return [[h] for h in greedy(model, src, src_lengths, max_len_ratio=max_len_ratio, alpha=alpha)]
-    return beam_search(model, src, src_lengths, beam_size=beam_size, alpha=alpha, max_len_ratio=max_len_ratio,
-                       nbest=nbest, keep_attention=keep_attention, stop=stop)
+    return beam_search(model, src, src_lengths, beam_size=beam_size, alpha=alpha,
+                       max_len_ratio=max_len_ratio, nbest=nbest, keep_attention=keep_attention)

@@ -38,7 +38,7 @@ def plan_decoding_batches(lengths: list[int], batch_tokens: int, max_sentences: 
 
 def translate_ids(model, sources: list[list[int]], *, device: torch.device, beam_size: int, alpha: float,
                   max_len_ratio: float, batch_tokens: int, nbest: int = 1, keep_attention: bool = False,
-                  precision_context=None, progress: bool = False, stop: str = "exact") -> list[list[Hypothesis]]:
+                  precision_context=None, progress: bool = False) -> list[list[Hypothesis]]:
     """Hypotheses for each source (a list of model ids); an empty source gets one empty hypothesis."""
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
     batches = plan_decoding_batches([len(s) for s in sources], batch_tokens)
@@ -48,7 +48,7 @@ def translate_ids(model, sources: list[list[int]], *, device: torch.device, beam
         src, src_lengths = source_tensor([sources[i] for i in indices])
         with (precision_context or contextlib.nullcontext)():
             hypotheses = search(model, src.to(device), src_lengths, beam_size=beam_size, alpha=alpha,
-                                max_len_ratio=max_len_ratio, nbest=nbest, keep_attention=keep_attention, stop=stop)
+                                max_len_ratio=max_len_ratio, nbest=nbest, keep_attention=keep_attention)
         for i, hyps in zip(indices, hypotheses):
             results[i] = hyps
         bar.update(len(indices))
