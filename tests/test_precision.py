@@ -32,12 +32,13 @@ def cpu_without_bf16(monkeypatch):
 @pytest.fixture
 def no_data_may_be_read(monkeypatch):
     import nmt.data
+    import nmt.prepare  # imported first: imported under the patch, it would keep the refusing function
 
     def refuse(*args, **kwargs):
         raise AssertionError("data was read before the precision was checked")
 
     monkeypatch.setattr(nmt.data, "load_splits", refuse)
-    monkeypatch.setattr("nmt.prepare.load_splits", refuse)
+    monkeypatch.setattr(nmt.prepare, "load_splits", refuse)
 
 
 @pytest.mark.parametrize("support, expected", [("native", "bf16"), ("emulated", "fp32"), ("none", "fp32")])
@@ -115,3 +116,16 @@ def test_the_start_up_log_says_which_precision_and_why(tmp_path, caplog):
         Trainer(cfg, Path(tmp_path), World(), None)
     line = next(r.getMessage() for r in caplog.records if "parameters; device" in r.getMessage())
     assert f"precision {device.resolve_precision('auto', CPU)} (auto: {device.cpu_name()}" in line
+
+
+def test_bf16_decoding_where_the_cpu_lacks_it_runs_with_one_warning(tiny_run, cpu_without_bf16, tmp_path, caplog):
+    device._warn_once.cache_clear()
+    source = tmp_path / "in.en"
+    source.write_text("a small test\n\nanother line\n", encoding="utf-8")
+    out = tmp_path / "out.de"
+    with caplog.at_level(logging.WARNING):
+        code = cli.main(["translate", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), "--input",
+                         str(source), "--output", str(out), "--precision", "bf16"])
+    assert code == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+    assert sum("--precision=bf16" in r.getMessage() for r in caplog.records) == 1
