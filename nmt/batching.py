@@ -21,7 +21,6 @@ class Batch:
     tgt_in: torch.Tensor  # (B, T) BOS y1 .. yn, padded
     tgt_out: torch.Tensor  # (B, T) y1 .. yn EOS, padded
     n_tokens: int  # real target tokens, EOS included
-    indices: list[int]  # positions of these pairs in the corpus
 
     @property
     def n_sentences(self) -> int:
@@ -31,8 +30,7 @@ class Batch:
         if device.type == "cpu":
             return self
         move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out), self.n_tokens,
-                     self.indices)
+        return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out), self.n_tokens)
 
 
 def pad(sequences: list[list[int]], prefix: list[int] = (), suffix: list[int] = ()) -> torch.Tensor:
@@ -59,7 +57,6 @@ def collate(src: list[list[int]], tgt: list[list[int]], indices: list[int]) -> B
         tgt_in=pad(targets, prefix=[BOS]),
         tgt_out=pad(targets, suffix=[EOS]),
         n_tokens=sum(len(t) + 1 for t in targets),
-        indices=indices,
     )
 
 

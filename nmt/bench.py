@@ -9,7 +9,6 @@ this machine can do the training loop gets.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import statistics
@@ -21,25 +20,13 @@ import torch
 
 from nmt.batching import collate, plan_batches
 from nmt.config import Config, load_config
-from nmt.device import autocast, cpu_name, describe_cpu, precision_reason
+from nmt.device import cpu_name, describe_cpu, precision_reason
 from nmt.distributed import World
-from nmt.evaluate import bleu
 from nmt.model import gemm
-from nmt.translate import encode_sources, translate_ids
+from nmt.scoring import bleu
+from nmt.translate import Translator, encode_sources
 
 log = logging.getLogger(__name__)
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure training tokens/s, decoding sentences/s and the FLOP bound")
-    p.add_argument("--config", default=None, help="YAML config (default: the packaged default)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--steps", type=int, default=300, help="timed training steps after the warm-up")
-    p.add_argument("--checkpoint", help="decode with this trained checkpoint (its lengths are realistic)")
-    p.add_argument("--decode-sentences", type=int, default=1000, help="test sentences to decode")
-    p.add_argument("--skip-train", action="store_true", help="only decoding")
-    p.add_argument("--json", dest="json_out", help="also write the JSON line to this file")
 
 
 def flops_per_target_token(cfg: Config, tgt_vocab: int, src_per_tgt: float, mean_src_len: float) -> float:
@@ -113,10 +100,11 @@ def bench_decoding(model, tokenizer, cfg: Config, lines: list[str], refs: list[s
     result = {}
     for name, beam in (("greedy", 1), ("beam5", 5)):
         _sync(device)
-        started = time.perf_counter()
-        hyps = translate_ids(model, sources, device=device, beam_size=beam, alpha=cfg.decode.length_penalty,
-                             max_len_ratio=cfg.decode.max_len_ratio, batch_tokens=cfg.decode.batch_tokens,
-                             precision_context=lambda: autocast(device, precision))
+        started = time.perf_counter()  # the search step's weights are laid out inside the timing, as in use
+        translator = Translator(model, tokenizer, device=device, max_len=cfg.decode.max_src_len, beam_size=beam,
+                                alpha=cfg.decode.length_penalty, max_len_ratio=cfg.decode.max_len_ratio,
+                                batch_tokens=cfg.decode.batch_tokens, precision=precision)
+        hyps = translator.translate_ids(sources)
         _sync(device)
         seconds = time.perf_counter() - started
         texts = [tokenizer.tgt.decode(h[0].tokens) for h in hyps]
@@ -154,8 +142,8 @@ def run_bench(args) -> dict:
         report["decode_sentences"] = n
 
     if args.checkpoint:
-        # decoded first, in the state of the fresh process `nmt translate` runs in: after the training window
-        # the same decoding measured 5-15% slower on the CPU
+        # decoded first, in the state of the fresh process `nmt translate` runs in: after a training window
+        # the allocator's and the caches' state slows decoding down
         started = time.perf_counter()
         loaded = checkpoint.load_for_inference(Path(args.checkpoint), device)
         report["checkpoint_load_sec"] = time.perf_counter() - started
@@ -180,38 +168,3 @@ def run_bench(args) -> dict:
     if device.type == "cuda":
         report["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return report
-
-
-def command(args) -> int:
-    report = run_bench(args)
-    rows = [
-        ("device", report.get("cpu", report["device"])),
-        ("torch / threads", f"{report['torch']} / {report['threads']}"),
-        ("precision", report["precision_choice"]),
-        ("parameters", f"{report['parameters']:,}"), ("batch", report["batch"]),
-    ]
-    if "products" in report:
-        rows.append(("products", report["products"]))
-    if "train_tokens_per_sec" in report:
-        rows += [
-            ("training target tokens/s", f"{report['train_tokens_per_sec']:,.0f}"),
-            ("training steps/s", f"{report['train_steps_per_sec']:.2f}"),
-            ("matmul bound (GFLOP/s)", f"{report['matmul_gflops']:.0f}"),
-            ("achieved (GFLOP/s)", f"{report['achieved_gflops']:.0f}"),
-            ("fraction of FLOP bound", f"{100 * report['fraction_of_flop_bound']:.0f}%"),
-        ]
-    rows += [
-        ("greedy sentences/s", f"{report['greedy_sentences_per_sec']:.0f}  (BLEU {report['greedy_bleu']:.2f})"),
-        ("beam-5 sentences/s", f"{report['beam5_sentences_per_sec']:.0f}  (BLEU {report['beam5_bleu']:.2f})"),
-        ("peak RSS (MiB)", f"{report['peak_rss_mib']:.0f}"),
-    ]
-    if "peak_gpu_memory_mib" in report:
-        rows.append(("peak GPU memory (MiB)", f"{report['peak_gpu_memory_mib']:.0f}"))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    line = json.dumps(report)
-    if args.json_out:
-        Path(args.json_out).write_text(line + "\n", encoding="utf-8")
-    print(line)
-    return 0

@@ -95,7 +95,6 @@ class Loaded:
     model: Seq2Seq
     tokenizer: Tokenizer
     config: Config
-    payload: dict
 
 
 def load_for_inference(path: Path, device: torch.device) -> Loaded:
@@ -105,4 +104,4 @@ def load_for_inference(path: Path, device: torch.device) -> Loaded:
     tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
     model = Seq2Seq(config.model, len(tokenizer.src), len(tokenizer.tgt))
     model.load_state_dict(payload["model"])
-    return Loaded(model.to(device).eval(), tokenizer, config, payload)
+    return Loaded(model.to(device).eval(), tokenizer, config)

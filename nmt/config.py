@@ -129,7 +129,7 @@ class TrainConfig:
     #: CPU threads for torch; null = torch's default.
     threads: int | None = None
     #: the decoder's time loop as one autograd function with its own backward (same results, faster):
-    #: `auto` = on the CPU (measured there); on a GPU autograd's loop with the fused CUDA LSTM cell is kept.
+    #: `auto` = on the CPU; on a GPU autograd's loop with the fused CUDA LSTM cell is kept.
     fused_recurrence: Literal["auto"] | bool = "auto"
     #: write a metrics.jsonl record (and a log line) every this many steps.
     log_every: int = 50

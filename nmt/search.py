@@ -11,6 +11,9 @@ its log-probability / penalty(limit) (with alpha 0 this ends most sentences
 first). Done sentences leave the batch. Greedy is the same search with K = 1, run through a
 leaner loop.
 
+Search runs a `DecodeStep`: the model itself (the reference step) or the fast
+step `nmt.model.search_step.for_search(model)` builds once per translation job.
+
 Work saved without changing a result: a beam's candidates are its K + 1 best tokens (a step keeps at
 most K of one beam's non-EOS extensions and its one EOS), and the first step, where a sentence's K
 beams are still one hypothesis, runs once per sentence.
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nmt.model.search_step import DecodeStep
 from nmt.tokenizer import BOS, EOS
 
 
@@ -43,7 +47,7 @@ def max_output_lengths(src_lengths: torch.Tensor, ratio: float) -> torch.Tensor:
     return (src_lengths.float() * ratio).long() + 5
 
 
-_BLOCK_ROWS = 64  # CPU rows scored per pass: a block's float32 log-softmax stays in cache (measured: 64 is best)
+_BLOCK_ROWS = 64  # CPU rows scored per pass: a block's float32 log-softmax stays in cache
 
 
 def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
@@ -52,7 +56,7 @@ def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
     The ranking is taken on the logits (normalising does not reorder a row). On the CPU the log-softmax
     runs over blocks of rows, each converted to float32 in one fused pass and read only at the chosen
     tokens: a float32 copy of the whole (N, V) matrix per step cost more than the output projection
-    itself (measured). Where a row has reached its length limit, only EOS may follow.
+    itself. Where a row has reached its length limit, only EOS may follow.
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)
     count = min(count, logits.size(1))
@@ -60,7 +64,7 @@ def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
     rows = _BLOCK_ROWS if logits.device.type == "cpu" else max(1, logits.size(0))  # a GPU wants one launch
     tokens, log_probs = [], []
     for block, block_at_limit in zip(logits.split(rows), at_limit.split(rows)):
-        # max, not argmax: argmax over bfloat16 rows is several times slower on the CPU (measured)
+        # max, not argmax: argmax over bfloat16 rows is several times slower on the CPU
         best = block.max(dim=1, keepdim=True).indices if count == 1 else block.topk(count, dim=1).indices
         if any_at_limit:
             best[block_at_limit] = EOS
@@ -73,10 +77,10 @@ def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
 
 
 @torch.inference_mode()
-def greedy(model, src: torch.Tensor, src_lengths: torch.Tensor, *, max_len_ratio: float = 2.0,
+def greedy(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *, max_len_ratio: float = 2.0,
            alpha: float = 0.0) -> list[Hypothesis]:
     """Best next token at every step; finished sentences leave the batch."""
-    memory, state = model.encode(src, src_lengths)
+    memory, state = decoder.encode(src, src_lengths)
     n = src.size(0)
     limits = max_output_lengths(src_lengths, max_len_ratio).to(src.device)
     tokens = torch.full((n,), BOS, dtype=torch.long, device=src.device)
@@ -84,9 +88,8 @@ def greedy(model, src: torch.Tensor, src_lengths: torch.Tensor, *, max_len_ratio
     outputs = torch.zeros(n, int(limits.max()), dtype=torch.long, device=src.device)
     log_probs = torch.zeros(n, device=src.device)
     lengths = limits.clone()
-    weights = model.step_weights()
     for t in range(int(limits.max())):
-        logits, state, _ = model.decode_step(tokens, memory, state, weights)
+        logits, state, _ = decoder.step(tokens, memory, state)
         best, tokens = _best_extensions(logits, 1, limits[active] <= t + 1)
         best, tokens = best.squeeze(1), tokens.squeeze(1)
         outputs[active, t] = tokens
@@ -107,14 +110,14 @@ def greedy(model, src: torch.Tensor, src_lengths: torch.Tensor, *, max_len_ratio
 
 
 @torch.inference_mode()
-def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int = 5,
+def beam_search(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int = 5,
                 alpha: float = 1.0, max_len_ratio: float = 2.0, nbest: int = 1,
                 keep_attention: bool = False) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first."""
     if not 1 <= nbest <= beam_size:
         raise ValueError("nbest must be between 1 and the beam size")
     k, device = beam_size, src.device
-    memory, state = model.encode(src, src_lengths)
+    memory, state = decoder.encode(src, src_lengths)
     n = src.size(0)
     copies = torch.arange(n, device=device).repeat_interleave(k)  # row -> sentence; memory stays per sentence
     limits = max_output_lengths(src_lengths, max_len_ratio).to(device)
@@ -128,9 +131,8 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
     finished_count = torch.zeros(n, dtype=torch.long, device=device)
     best_finished = torch.full((n,), float("-inf"), device=device)  # best length-normalised score so far
     limit_penalty = ((5.0 + limits.float()) / 6.0) ** alpha  # the largest penalty a hypothesis can reach
-    step_weights = model.step_weights()
     for t in range(int(limits.max())):
-        logits, state, weights = model.decode_step(tokens, memory, state, step_weights)  # (m * k, V)
+        logits, state, weights = decoder.step(tokens, memory, state)  # (m * k, V)
         m = active.numel()
         at_limit = limits[active] <= t + 1  # (m,)
         # what the step keeps, its k best extensions and those of the first k that end in EOS, are among
@@ -178,10 +180,10 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
             for hyps in finished]
 
 
-def search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int, alpha: float,
+def search(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int, alpha: float,
            max_len_ratio: float, nbest: int = 1, keep_attention: bool = False) -> list[list[Hypothesis]]:
     """Greedy's fast path for beam 1 (unless attention is wanted), beam search otherwise."""
     if beam_size == 1 and nbest == 1 and not keep_attention:
-        return [[h] for h in greedy(model, src, src_lengths, max_len_ratio=max_len_ratio, alpha=alpha)]
-    return beam_search(model, src, src_lengths, beam_size=beam_size, alpha=alpha,
+        return [[h] for h in greedy(decoder, src, src_lengths, max_len_ratio=max_len_ratio, alpha=alpha)]
+    return beam_search(decoder, src, src_lengths, beam_size=beam_size, alpha=alpha,
                        max_len_ratio=max_len_ratio, nbest=nbest, keep_attention=keep_attention)

@@ -65,21 +65,6 @@ def parse_setting(text: str) -> Setting:
     return setting
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("study", help="reproducible studies; `nmt study clipping --help`")
-    studies = p.add_subparsers(dest="study", required=True)
-    c = studies.add_parser("clipping", help="why clip: SGD and Adam with and without gradient-norm clipping")
-    c.add_argument("--config", required=True)
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--minutes", type=float, default=4.0, help="training budget per setting")
-    c.add_argument("--out", default="runs/clipping_study", help="output folder")
-    c.add_argument("--only", nargs="+", type=int, metavar="N",
-                   help="keep only these default settings (1-5, in the order of the table)")
-    c.add_argument("--add", action="append", default=[], metavar="OPT:LR:CLIP", help="add a setting, e.g. sgd:2.0:5")
-    c.add_argument("--max-grad-norm", nargs="+", type=float, default=[], metavar="T",
-                   help="sweep: add SGD lr 1.0 with each of these clipping thresholds")
-
-
 def choose_settings(args) -> list[Setting]:
     settings = DEFAULT_SETTINGS if not args.only else [DEFAULT_SETTINGS[i - 1] for i in args.only]
     settings = list(settings) + [parse_setting(text) for text in args.add]
@@ -96,14 +81,14 @@ def slug(name: str) -> str:
 
 def run_setting(setting: Setting, args, out: Path) -> dict:
     """Train one setting; a run that blows up is recorded, not raised."""
-    from nmt.runs import train
+    from nmt.experiment import train_and_test
 
     run_dir = out / slug(setting.name)
     overrides = [*args.overrides, *setting.overrides(), f"train.max_minutes={args.minutes}", "train.log_every=1",
                  "train.lr_schedule=none", "train.patience=null", "data.test_split=null"]
     error = None
     try:
-        train(args.config, overrides, str(run_dir))
+        train_and_test(args.config, overrides, str(run_dir))
     except NMTError as failure:  # e.g. too many non-finite steps in a row
         error = str(failure)
         log.warning("%s: %s", setting.name, error)
@@ -157,7 +142,8 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def command(args) -> int:
+def run_study(args) -> tuple[str, list[Path]]:
+    """Train every setting, then write study.md, study.json and the pictures; returns the table and them."""
     from nmt.study_plots import plot_study
 
     settings = choose_settings(args)
@@ -177,8 +163,4 @@ def command(args) -> int:
         f"Diverged = a non-finite loss, or a {DIVERGENCE_WINDOW}-step moving average of the per-token training loss "
         f"above {DIVERGENCE_FACTOR:g} x the first step's loss.\n\n{table}", encoding="utf-8")
     (out / "study.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    pictures = plot_study(rows, out)
-    print(table)
-    for picture in pictures:
-        print(picture)
-    return 0
+    return table, plot_study(rows, out)

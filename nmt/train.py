@@ -23,17 +23,18 @@ from tqdm import tqdm
 from nmt import checkpoint
 from nmt.batching import collate, plan_batches, shard
 from nmt.config import Config
+from nmt.data.prepare import PreparedData, prepare
 from nmt.device import autocast, precision_reason, resolve_device, resolve_precision, set_threads
 from nmt.distributed import World, any_rank, barrier, broadcast_object
 from nmt.errors import NMTError
-from nmt.evaluate import bleu
 from nmt.interrupt import Interrupted, StopSignals
+from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq
-from nmt.prepare import PreparedData, prepare
 from nmt.schedule import LRSchedule, budget_fraction
+from nmt.scoring import bleu
 from nmt.tokenizer import PAD, Tokenizer
-from nmt.translate import translate_lines
+from nmt.translate import Translator
 
 log = logging.getLogger(__name__)
 
@@ -56,39 +57,6 @@ class Progress:
     steps_in_epoch: int = 0
 
 
-class _SummedNLL(torch.autograd.Function):
-    """The summed, optionally label-smoothed, NLL of logits, with a backward of two passes over the
-    (n, V) matrix: exp, then scale-and-cast. Autograd's log_softmax + nll_loss backward builds a zero
-    matrix, scatters into it, reads it back with the log-probabilities and casts the result: four."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, label_smoothing):
-        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        loss = -log_probs.gather(1, targets.unsqueeze(1)).sum()
-        if label_smoothing:
-            loss = (1.0 - label_smoothing) * loss - label_smoothing * log_probs.mean(dim=-1).sum()
-        ctx.save_for_backward(log_probs, targets)
-        ctx.label_smoothing, ctx.logits_dtype = label_smoothing, logits.dtype
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):
-        log_probs, targets = ctx.saved_tensors
-        smoothing = ctx.label_smoothing
-        grad_logits = log_probs.exp()  # softmax, minus the target distribution below
-        if smoothing:
-            grad_logits.sub_(smoothing / log_probs.size(1))
-        rows = torch.arange(targets.numel(), device=targets.device)
-        grad_logits[rows, targets] -= 1.0 - smoothing
-        return torch.mul(grad_logits, grad, out=torch.empty_like(grad_logits, dtype=ctx.logits_dtype)), None, None
-
-
-def summed_nll(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """`F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=...)`: the log-softmax
-    in float32 (at least), fused with the cast from bf16 logits, and a leaner backward."""
-    return _SummedNLL.apply(logits, targets, label_smoothing)
-
-
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, world: World, payload: dict | None):
         self.cfg, self.run_dir, self.world = cfg, run_dir, world
@@ -102,9 +70,10 @@ class Trainer:
         self.data: PreparedData = prepare(cfg, tokenizer)
         self.tokenizer = self.data.tokenizer
         torch.manual_seed(cfg.train.seed)
-        self.model = Seq2Seq(cfg.model, len(self.tokenizer.src), len(self.tokenizer.tgt)).to(self.device)
         fused = cfg.train.fused_recurrence
-        self.model.decoder.fused_recurrence = fused is True or (fused == "auto" and self.device.type == "cpu")
+        fused = fused is True or (fused == "auto" and self.device.type == "cpu")
+        self.model = Seq2Seq(cfg.model, len(self.tokenizer.src), len(self.tokenizer.tgt),
+                             fused_recurrence=fused).to(self.device)
         self.train_model = self.model
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -207,11 +176,11 @@ class Trainer:
                 total_nll += summed_nll(logits, batch.tgt_out[real]).item()
                 total_tokens += batch.n_tokens
         decode = self.cfg.decode
-        hypotheses = translate_lines(
-            self.model, self.tokenizer, data.valid.src, max_len=decode.max_src_len, device=self.device,
+        hypotheses = Translator(
+            self.model, self.tokenizer, device=self.device, max_len=decode.max_src_len,
             beam_size=decode.valid_beam_size, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
-            batch_tokens=decode.batch_tokens, precision_context=lambda: autocast(self.device, self.precision),
-        )
+            batch_tokens=decode.batch_tokens, precision=self.precision,
+        ).translate(data.valid.src)
         self.model.train()
         self.signals.abandon_now = False
         valid_loss = total_nll / max(1, total_tokens)

@@ -8,13 +8,14 @@ truncated (with one warning for the whole input), never dropped.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
 from tqdm import tqdm
 
 from nmt.batching import source_tensor
+from nmt.device import autocast
+from nmt.model.search_step import for_search
 from nmt.search import Hypothesis, search
 from nmt.tokenizer import Tokenizer
 
@@ -36,24 +37,44 @@ def plan_decoding_batches(lengths: list[int], batch_tokens: int, max_sentences: 
     return batches
 
 
-def translate_ids(model, sources: list[list[int]], *, device: torch.device, beam_size: int, alpha: float,
-                  max_len_ratio: float, batch_tokens: int, nbest: int = 1, keep_attention: bool = False,
-                  precision_context=None, progress: bool = False) -> list[list[Hypothesis]]:
-    """Hypotheses for each source (a list of model ids); an empty source gets one empty hypothesis."""
-    results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
-    batches = plan_decoding_batches([len(s) for s in sources], batch_tokens)
-    bar = tqdm(total=sum(map(len, batches)), unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
-    model.eval()
-    for indices in batches:
-        src, src_lengths = source_tensor([sources[i] for i in indices])
-        with (precision_context or contextlib.nullcontext)():
-            hypotheses = search(model, src.to(device), src_lengths, beam_size=beam_size, alpha=alpha,
-                                max_len_ratio=max_len_ratio, nbest=nbest, keep_attention=keep_attention)
-        for i, hyps in zip(indices, hypotheses):
-            results[i] = hyps
-        bar.update(len(indices))
-    bar.close()
-    return results
+class Translator:
+    """A model ready to translate with fixed decoding settings: in eval mode, its search step built once
+    in the decoding precision (`search_step.for_search`). Build a new one after the weights change."""
+
+    def __init__(self, model, tokenizer: Tokenizer, *, device: torch.device, max_len: int, beam_size: int,
+                 alpha: float, max_len_ratio: float, batch_tokens: int, precision: str = "fp32"):
+        self.tokenizer, self.device, self.max_len, self.precision = tokenizer, device, max_len, precision
+        self.beam_size, self.alpha, self.max_len_ratio = beam_size, alpha, max_len_ratio
+        self.batch_tokens = batch_tokens
+        model.eval()
+        with autocast(device, precision):
+            self.decoder = for_search(model)
+
+    def encode(self, lines: list[str]) -> list[list[int]]:
+        return encode_sources(self.tokenizer, lines, self.max_len)
+
+    def translate_ids(self, sources: list[list[int]], *, nbest: int = 1, keep_attention: bool = False,
+                      progress: bool = False) -> list[list[Hypothesis]]:
+        """Hypotheses for each source (a list of model ids); an empty source gets one empty hypothesis."""
+        results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
+        batches = plan_decoding_batches([len(s) for s in sources], self.batch_tokens)
+        bar = tqdm(total=sum(map(len, batches)), unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
+        for indices in batches:
+            src, src_lengths = source_tensor([sources[i] for i in indices])
+            with autocast(self.device, self.precision):
+                hypotheses = search(self.decoder, src.to(self.device), src_lengths, beam_size=self.beam_size,
+                                    alpha=self.alpha, max_len_ratio=self.max_len_ratio, nbest=nbest,
+                                    keep_attention=keep_attention)
+            for i, hyps in zip(indices, hypotheses):
+                results[i] = hyps
+            bar.update(len(indices))
+        bar.close()
+        return results
+
+    def translate(self, lines: list[str], progress: bool = False) -> list[str]:
+        """The best translation of each line, detokenized."""
+        hypotheses = self.translate_ids(self.encode(lines), progress=progress)
+        return [self.tokenizer.tgt.decode(hyps[0].tokens) for hyps in hypotheses]
 
 
 def encode_sources(tokenizer: Tokenizer, lines: list[str], max_len: int) -> list[list[int]]:
@@ -65,12 +86,6 @@ def encode_sources(tokenizer: Tokenizer, lines: list[str], max_len: int) -> list
                     len(too_long), max_len, too_long[0] + 1)
         sources = [ids[:max_len] for ids in sources]
     return sources
-
-
-def translate_lines(model, tokenizer: Tokenizer, lines: list[str], *, max_len: int, **options) -> list[str]:
-    """The best translation of each line, detokenized."""
-    sources = encode_sources(tokenizer, lines, max_len)
-    return [tokenizer.tgt.decode(hyps[0].tokens) for hyps in translate_ids(model, sources, **options)]
 
 
 def format_nbest(hypotheses: list[list[Hypothesis]], tokenizer: Tokenizer) -> list[str]:

@@ -37,10 +37,23 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from nmt.config import TokenizerConfig
-    from nmt.data import read_text_lines
+    from nmt.data.sources import read_text_lines
     from nmt.tokenizer import prune_to_training_data, train_tokenizer
 
     src, tgt = read_text_lines(TINY_DATA / "train.en"), read_text_lines(TINY_DATA / "train.de")
     tokenizer = train_tokenizer(TokenizerConfig(vocab_size=120), src, tgt)
     prune_to_training_data(tokenizer, src, tgt)
     return tokenizer
+
+
+@pytest.fixture(params=["onednn", "torch"])
+def route(request):
+    """Every test that takes this runs once with each float32 product route (oneDNN with prepacked search
+    weights, and torch's BLAS), whatever this machine would choose: both ship."""
+    from nmt.model import gemm
+
+    if request.param == "onednn" and not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    previous = gemm.set_routes(request.param, request.param, request.param == "onednn")
+    yield request.param
+    gemm.restore_routes(previous)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from nmt.config import DataConfig
-from nmt.data import drop_empty, filter_by_length, load_splits, read_text_lines
+from nmt.data.sources import drop_empty, filter_by_length, load_splits, read_text_lines
 from nmt.errors import NMTError
 
 
@@ -82,7 +82,7 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
 
 
 def test_drop_empty_and_length_filters():
-    from nmt.data import Corpus
+    from nmt.data.sources import Corpus
 
     corpus, dropped = drop_empty(Corpus(["a", " ", "b", "c"], ["x", "y", "", "z"], "t"))
     assert (corpus.src, corpus.tgt, dropped) == (["a", "c"], ["x", "z"], 2)

@@ -10,14 +10,6 @@ import torch.nn.functional as F
 from nmt.model import gemm
 
 
-@pytest.fixture(params=["onednn", "torch"] if gemm.ONEDNN else ["torch"])
-def route(request):
-    """Every test that takes this runs once with each route, whatever this machine would choose."""
-    previous = gemm.set_routes(request.param, request.param, request.param == "onednn")
-    yield request.param
-    gemm.restore_routes(previous)
-
-
 @pytest.fixture
 def onednn_routes():
     if not gemm.ONEDNN:

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from nmt.config import ModelConfig
-from nmt.model import Seq2Seq
+from nmt.model import DecoderState, Seq2Seq
+from nmt.model.search_step import FastStep, for_search
 from nmt.tokenizer import EOS, PAD
 
 
@@ -31,7 +32,7 @@ def test_attention_weights_sum_to_one_and_skip_padding(attention):
     model = make_model(attention)
     src = torch.tensor([[5, 6, EOS, PAD, PAD], [5, 6, 7, 8, EOS]])
     memory, state = model.encode(src, torch.tensor([3, 5]))
-    _, _, weights = model.decode_step(torch.tensor([2, 2]), memory, state)
+    _, _, weights = model.step(torch.tensor([2, 2]), memory, state)
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(2))
     assert torch.all(weights[0, 3:] == 0)
     assert torch.all(weights[0, :3] > 0)
@@ -43,9 +44,7 @@ def test_first_layer_with_hoisted_embedding_projection_equals_a_plain_lstm_cell(
     decoder = model.decoder
     tokens = torch.tensor([4, 9, 11])
     feed, h, c = torch.randn(3, 24), torch.randn(3, 24), torch.randn(3, 24)
-    emb_gates = decoder._embedding_gates(tokens)
-    ours = torch.lstm_cell(feed, (h, c), decoder.cells[0].weight_ih[:, 16:], decoder.cells[0].weight_hh,
-                           emb_gates, None)
+    ours = decoder._first_layer(decoder._embedding_gates(tokens), DecoderState([h, h], [c, c], feed))
     reference = decoder.cells[0](torch.cat([decoder.embed(tokens), feed], dim=1), (h, c))
     torch.testing.assert_close(ours[0], reference[0])
     torch.testing.assert_close(ours[1], reference[1])
@@ -68,50 +67,58 @@ def test_tied_embeddings_share_one_matrix():
 
 
 @pytest.mark.parametrize("attention,input_feed,layers", [("general", True, 2), ("dot", False, 1), ("dot", True, 3)])
-def test_search_steps_with_prepared_weights_equal_the_defining_step(attention, input_feed, layers):
-    """`step` with `step_weights` (one product per layer, sigmoid for tanh) computes `_advance`'s step."""
+def test_the_fast_search_step_equals_the_defining_step_in_float64(attention, input_feed, layers):
+    """`FastStep` (one product per layer, sigmoid for tanh, an embedding-gate table) computes `_advance`'s step."""
     model = make_model(attention, input_feed, layers).double()
+    fast = for_search(model)
+    assert isinstance(fast, FastStep)
+    assert_same_steps(model, fast, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", ["dot", "general"])
+def test_the_shipped_float32_search_step_equals_the_defining_step(attention, route):
+    """In float32, through each product route this machine may pick (oneDNN with prepacked weights, or
+    torch's BLAS): the step search actually runs, against the reference, within float32 rounding."""
+    model = make_model(attention)
+    assert_same_steps(model, for_search(model), rtol=1e-4, atol=1e-5)
+
+
+def assert_same_steps(model, fast, rtol, atol):
     src = torch.tensor([[5, 6, EOS, PAD, PAD], [5, 6, 7, 8, EOS]])
     memory, state = model.encode(src, torch.tensor([3, 5]))
-    fast_state, weights = state, model.step_weights()
-    assert weights is not None
+    fast_state = state
     for tokens in ([2, 2], [9, 4], [11, 3]):
         tokens = torch.tensor(tokens)
-        logits, state, attention_weights = model.decode_step(tokens, memory, state)
-        fast_logits, fast_state, fast_attention = model.decode_step(tokens, memory, fast_state, weights)
-        torch.testing.assert_close(fast_logits, logits, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(fast_attention, attention_weights, rtol=1e-9, atol=1e-12)
-        for fast, slow in zip(fast_state.h + fast_state.c + [fast_state.feed], state.h + state.c + [state.feed]):
-            torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
+        logits, state, attention_weights = model.step(tokens, memory, state)
+        fast_logits, fast_state, fast_attention = fast.step(tokens, memory, fast_state)
+        torch.testing.assert_close(fast_logits, logits, rtol=rtol, atol=atol)
+        torch.testing.assert_close(fast_attention, attention_weights, rtol=rtol, atol=atol)
+        for got, want in zip(fast_state.h + fast_state.c + [fast_state.feed], state.h + state.c + [state.feed]):
+            torch.testing.assert_close(got.to(want.dtype), want, rtol=rtol, atol=atol)
 
 
-def test_concat_attention_keeps_the_defining_step():
-    assert make_model("concat").step_weights() is None
+def test_concat_attention_searches_with_the_defining_step():
+    model = make_model("concat")
+    assert for_search(model) is model
 
 
-def test_search_weights_are_laid_out_again_after_any_parameter_changes():
-    """They are kept between searches, so an optimizer step or a loaded checkpoint must invalidate them."""
+def test_the_fast_step_is_laid_out_in_the_decoding_precision():
     model = make_model()
-    weights = model.step_weights()
-    assert model.step_weights() is weights  # nothing changed: no new ~6 GFLOP table
-    with torch.no_grad():
-        model.decoder.embed.weight[7] += 1.0  # in place, as SGD does
-    fresh = model.step_weights()
-    assert fresh is not weights and not torch.equal(fresh.emb_gates[7], weights.emb_gates[7])
-    model.load_state_dict(make_model(seed=1).state_dict())
-    assert model.step_weights() is not fresh
+    assert for_search(model).dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model.step_weights().dtype == torch.bfloat16
+        fast = for_search(model)
+    assert fast.dtype == torch.bfloat16 and all(w.dtype == torch.bfloat16 for w in fast.layers)
 
 
 def test_a_model_that_has_searched_can_still_be_copied_and_saved(tmp_path):
-    """The search weights' cache holds oneDNN tensors, which cannot be copied: it is not part of the state."""
+    """Training deep-copies and saves the model after validating with a search: the fast step's oneDNN
+    tensors must not be part of the model."""
     import copy
 
     model = make_model()
-    model.step_weights()
+    fast = for_search(model)
+    fast.step(torch.tensor([2]), *model.encode(torch.tensor([[5, EOS]]), torch.tensor([2])))
     clone = copy.deepcopy(model)
     torch.save(model, tmp_path / "model.pt")
     for a, b in zip(clone.parameters(), model.parameters()):
         assert torch.equal(a, b)
-    assert clone.step_weights() is not None

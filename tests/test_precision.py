@@ -31,14 +31,14 @@ def cpu_without_bf16(monkeypatch):
 
 @pytest.fixture
 def no_data_may_be_read(monkeypatch):
-    import nmt.data
-    import nmt.prepare  # imported first: imported under the patch, it would keep the refusing function
+    import nmt.data.prepare
+    import nmt.data.sources
 
     def refuse(*args, **kwargs):
         raise AssertionError("data was read before the precision was checked")
 
-    monkeypatch.setattr(nmt.data, "load_splits", refuse)
-    monkeypatch.setattr(nmt.prepare, "load_splits", refuse)
+    monkeypatch.setattr(nmt.data.sources, "load_splits", refuse)
+    monkeypatch.setattr(nmt.data.prepare, "load_splits", refuse)
 
 
 @pytest.mark.parametrize("support, expected", [("native", "bf16"), ("emulated", "fp32"), ("none", "fp32")])

@@ -17,8 +17,7 @@ def outputs_and_gradients(fused, attention="general", input_feed=True, layers=2,
     torch.manual_seed(0)
     cfg = ModelConfig(emb_dim=16, hidden_size=24, layers=layers, attention=attention, input_feed=input_feed,
                       dropout=0.3)
-    model = Seq2Seq(cfg, 30, 40).to(dtype).train()
-    model.decoder.fused_recurrence = fused
+    model = Seq2Seq(cfg, 30, 40, fused_recurrence=fused).to(dtype).train()
     torch.manual_seed(1)  # the same dropout masks for both paths
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits = model(SRC, SRC_LENGTHS, TGT_IN)
@@ -76,3 +75,13 @@ def test_trainer_fuses_on_the_cpu_unless_told_not_to(tmp_path):
 
     assert fused("auto") and fused("true") and not fused("false")
 
+
+
+@pytest.mark.parametrize("attention", ["general", "dot"])
+def test_the_shipped_float32_training_loop_equals_autograds(attention, route):
+    """In float32 through each product route this machine may pick: the loop training actually runs."""
+    reference, reference_grads = outputs_and_gradients(False, attention, dtype=torch.float32)
+    fused, fused_grads = outputs_and_gradients(True, attention, dtype=torch.float32)
+    torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-3, atol=1e-4, msg=name)

@@ -43,10 +43,7 @@ class MarkovModel:
     def encode(self, src, src_lengths):
         return NoMemory(src.size(0)), LastToken(torch.full((src.size(0),), BOS))
 
-    def step_weights(self):
-        return None
-
-    def decode_step(self, tokens, memory, state, weights=None):
+    def step(self, tokens, memory, state):
         return self.logp[tokens].clone(), LastToken(tokens), torch.ones(tokens.size(0), 1)
 
 
@@ -202,11 +199,33 @@ def test_the_first_beam_step_runs_once_per_sentence():
     rows = []
 
     class Counting(MarkovModel):
-        def decode_step(self, tokens, memory, state, weights=None):
+        def step(self, tokens, memory, state):
             rows.append(tokens.size(0))
-            return super().decode_step(tokens, memory, state, weights)
+            return super().step(tokens, memory, state)
 
     model = Counting({BOS: {A: 0.5, B: 0.5}, A: {C: 0.6, EOS: 0.4}, B: {C: 0.7, EOS: 0.3}, C: {EOS: 1.0}})
     src = torch.cat([SRC, SRC])
     beam_search(model, src, torch.tensor([4, 4]), beam_size=3)
     assert rows[:2] == [2, 2 * 3]
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_the_fast_search_finds_the_reference_searchs_hypotheses_on_a_trained_model(tiny_run, beam_size, route):
+    """The search that ships (fast step, this machine's products) against the defining step, on real sentences."""
+    from nmt import checkpoint
+    from nmt.batching import source_tensor
+    from nmt.data.sources import read_text_lines
+    from nmt.model.search_step import FastStep, for_search
+    from nmt.search import search
+    from tests.conftest import TINY_DATA
+
+    loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
+    fast = for_search(loaded.model)
+    assert isinstance(fast, FastStep)
+    lines = read_text_lines(TINY_DATA / "test.en")[:40]
+    src, src_lengths = source_tensor(loaded.tokenizer.src.encode(lines))
+    options = dict(beam_size=beam_size, alpha=1.0, max_len_ratio=2.0)
+    got = search(fast, src, src_lengths, **options)
+    want = search(loaded.model, src, src_lengths, **options)
+    assert [h[0].tokens for h in got] == [h[0].tokens for h in want]
+    assert [h[0].score for h in got] == pytest.approx([h[0].score for h in want], abs=1e-3)

@@ -117,7 +117,7 @@ def test_resume_falls_back_to_an_intact_checkpoint(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_summed_nll_is_cross_entropy(label_smoothing):
-    from nmt.train import summed_nll
+    from nmt.loss import summed_nll
 
     logits = torch.randn(50, 30, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 30, (50,))

@@ -1,52 +1,12 @@
-"""The sequence-to-sequence model: `Encoder` -> `Attention` -> `Decoder`, put together by `Seq2Seq`."""
+"""The sequence-to-sequence model: `Encoder` -> `Attention` -> `Decoder`, put together by `Seq2Seq`.
 
-from __future__ import annotations
+`decoder.Decoder._advance` defines one decoder step. Two fast paths compute the same thing, each behind
+one seam: `recurrence.Recurrence`, the teacher-forced training loop with its own backward (chosen when the
+model is built, `fused_recurrence=True`), and `search_step.FastStep`, the step search runs, built once per
+translation job by `search_step.for_search(model)`. `layout` builds the per-layer weight matrices both use.
+"""
 
-import torch
-from torch import nn
-
-from nmt.config import ModelConfig
-from nmt.model.decoder import Decoder, DecoderState, Memory
-from nmt.model.encoder import Encoder
-from nmt.tokenizer import PAD
+from nmt.model.decoder import DecoderState, Memory
+from nmt.model.seq2seq import Seq2Seq
 
 __all__ = ["Seq2Seq", "Memory", "DecoderState"]
-
-
-class Seq2Seq(nn.Module):
-    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
-        super().__init__()
-        self.encoder = Encoder(src_vocab_size, cfg.emb_dim, cfg.hidden_size, cfg.layers, cfg.dropout)
-        self.decoder = Decoder(tgt_vocab_size, cfg.emb_dim, cfg.hidden_size, cfg.layers, cfg.attention,
-                               cfg.input_feed, cfg.dropout)
-        for parameter in self.parameters():
-            nn.init.uniform_(parameter, -cfg.init_range, cfg.init_range)
-        with torch.no_grad():
-            self.encoder.embed.weight[PAD].zero_()
-            self.decoder.embed.weight[PAD].zero_()
-        if cfg.tie_embeddings:
-            if cfg.emb_dim != cfg.hidden_size:
-                raise ValueError("model.tie_embeddings needs model.emb_dim == model.hidden_size")
-            self.decoder.generator.weight = self.decoder.embed.weight
-
-    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
-        outputs, final = self.encoder(src, src_lengths)
-        mask = src != PAD  # (B, S)
-        return Memory(outputs, self.decoder.attention.keys(outputs), mask), self.decoder.init_state(final)
-
-    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) for the targets whose inputs are tgt_in (B, T); with `keep`
-        (B, T) bool, only the kept positions' logits (n, V), in row-major order."""
-        memory, state = self.encode(src, src_lengths)
-        return self.decoder(tgt_in, memory, state, keep)
-
-    def step_weights(self):
-        return self.decoder.step_weights()
-
-    def decode_step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState, weights=None):
-        """tokens (N,) -> logits (N, V), the new state and the attention weights (N, S)."""
-        return self.decoder.step(tokens, memory, state, weights)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

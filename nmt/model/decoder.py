@@ -10,7 +10,8 @@ all steps at once. The dropout masks of every step are drawn at once too.
 
 `_advance` defines a step. For training, `fused_recurrence` swaps autograd's
 step loop for `recurrence.Recurrence`, the same computation with its own
-backward pass (dot and general attention).
+backward pass (dot and general attention); search's fast step is
+`search_step.FastStep`. Both are held to `_advance` by the tests.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from nmt.model import recurrence
 from nmt.model.attention import Attention
 from nmt.model.dropout import dropout
-from nmt.model.gemm import linear, prepacked, product
+from nmt.model.gemm import linear
 from nmt.tokenizer import PAD
 
 
@@ -42,20 +43,6 @@ class Memory:
 
 
 @dataclass
-class StepWeights:
-    """The decoder's weights for search steps, in the compute dtype: per layer [W_ih W_hh] as one matrix.
-    The matrices are in oneDNN's blocked layout where products use oneDNN (`gemm.prepacked`)."""
-
-    emb_gates: torch.Tensor  # (V, 4H) layer 0's input projection of every target embedding, biases included
-    layers: list[torch.Tensor]  # per layer (4H, in + H); layer 0's input is the attentional vector
-    biases: list[torch.Tensor | None]  # per layer above 0, both biases summed (float32)
-    combine: torch.Tensor  # (H, 2H)
-    generator: torch.Tensor  # (V, H)
-    generator_bias: torch.Tensor  # (V,)
-    dtype: torch.dtype
-
-
-@dataclass
 class DecoderState:
     h: list[torch.Tensor]  # per layer (N, H)
     c: list[torch.Tensor]  # per layer (N, H)
@@ -68,7 +55,7 @@ class DecoderState:
 
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, emb_dim: int, hidden_size: int, layers: int, attention: str,
-                 input_feed: bool, dropout: float):
+                 input_feed: bool, dropout: float, *, fused_recurrence: bool = False):
         super().__init__()
         self.emb_dim, self.hidden_size, self.input_feed = emb_dim, hidden_size, input_feed
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
@@ -81,12 +68,7 @@ class Decoder(nn.Module):
         self.dropout_p = dropout
         self.generator = nn.Linear(hidden_size, vocab_size)
         self.layers = layers
-        self.fused_recurrence = False  # set by the trainer (train.fused_recurrence)
-        self._step_weights_cache = None  # (parameter versions and dtype, StepWeights)
-
-    def __getstate__(self):
-        # the cached search weights are derived, and oneDNN's blocked tensors cannot be copied or pickled
-        return {**super().__getstate__(), "_step_weights_cache": None}
+        self.fused_recurrence = fused_recurrence
 
     def init_state(self, encoder_final: tuple[torch.Tensor, torch.Tensor]) -> DecoderState:
         h, c = encoder_final  # (layers, N, H) each
@@ -175,64 +157,7 @@ class Decoder(nn.Module):
     def _generate(self, attentional: torch.Tensor) -> torch.Tensor:
         return linear(attentional, self.generator.weight, self.generator.bias)  # (..., V)
 
-    def step_weights(self) -> StepWeights | None:
-        """The weights laid out for `step`, in the compute dtype (the autocast dtype inside autocast); None
-        where `step` keeps autograd's cells (concat attention, and CUDA, whose fused cell was measured).
-        Kept until a parameter changes, so a search of one line does not redo the ~6 GFLOP table."""
-        if self.attention.kind not in ("dot", "general") or self.generator.weight.is_cuda:
-            return None
-        dtype = recurrence.compute_dtype(self.generator.weight)
-        key = (dtype, *((p.data_ptr(), p._version) for p in self.parameters()))
-        if self._step_weights_cache is None or self._step_weights_cache[0] != key:
-            self._step_weights_cache = (key, self._lay_out_step_weights(dtype))
-        return self._step_weights_cache[1]
-
-    @torch.no_grad()
-    def _lay_out_step_weights(self, dtype: torch.dtype) -> StepWeights:
-        # the cell-input gate's rows doubled: tanh(x) = 2 sigmoid(2x) - 1, and one sigmoid over all four
-        # gates is far cheaper than a tanh over one of them (float32 tanh is slow on the CPU); x2 is exact
-        doubled = torch.ones(4 * self.hidden_size, 1, device=self.generator.weight.device)
-        doubled[2 * self.hidden_size: 3 * self.hidden_size] = 2.0
-        first = self.cells[0]
-        layers = [(torch.cat([first.weight_ih[:, self.emb_dim:], first.weight_hh], 1) * doubled).to(dtype)]
-        biases = [None]
-        for cell in self.cells[1:]:
-            layers.append((torch.cat([cell.weight_ih, cell.weight_hh], 1) * doubled).to(dtype))
-            biases.append((cell.bias_ih + cell.bias_hh) * doubled.squeeze(1))
-        # a token's embedding gates are a row of this table: a lookup instead of a product per step
-        emb_gates = product(self.embed.weight.to(dtype), (first.weight_ih[:, : self.emb_dim] * doubled).to(dtype),
-                            ((first.bias_ih + first.bias_hh) * doubled.squeeze(1)).to(dtype))
-        return StepWeights(
-            emb_gates=emb_gates, layers=[prepacked(w) for w in layers], biases=biases,
-            combine=prepacked(self.combine.weight.to(dtype)),
-            generator=prepacked(self.generator.weight.to(dtype)), generator_bias=self.generator.bias.to(dtype),
-            dtype=dtype,
-        )
-
-    def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState, weights: StepWeights | None = None):
-        """tokens (N,) -> logits (N, V), the new state, attention weights (N, S). With `weights`, the
-        same computation as `_advance` in fewer operations: one product per layer on [input; h]."""
-        if weights is None:
-            attentional, state, attention = self._advance(self._embedding_gates(tokens), memory, state)
-            return self._generate(attentional), state, attention
-        dtype, hidden = weights.dtype, self.hidden_size
-        accumulate = torch.promote_types(dtype, torch.float32)  # gates and cell state
-        emb_gates = weights.emb_gates.index_select(0, tokens)  # (N, 4H)
-        below = state.feed.to(dtype)  # layer 0's input: the previous attentional vector
-        hs, cs = [], []
-        for n, (w, bias) in enumerate(zip(weights.layers, weights.biases)):
-            gates = product(torch.cat([below, state.h[n].to(dtype)], 1), w, step=True).to(accumulate)  # (N, 4H)
-            gates += emb_gates if n == 0 else bias
-            torch.sigmoid_(gates)[:, 2 * hidden: 3 * hidden].mul_(2).sub_(1)  # tanh: those rows were doubled
-            i, f, cell_input, o = gates.chunk(4, 1)
-            c = torch.addcmul(f * state.c[n], i, cell_input)
-            # o * tanh(c), kept in the compute dtype: h only ever enters products
-            below = (o * torch.sigmoid(2 * c).mul_(2).sub_(1)).to(dtype)
-            hs.append(below)
-            cs.append(c)
-        context, attention = self.attention(below, memory.keys, memory.outputs, memory.mask)
-        combine_in = torch.cat([context.to(dtype), below], 1)  # (N, 2H)
-        attentional = torch.tanh(product(combine_in, weights.combine, step=True))  # (N, H)
-        logits = product(attentional, weights.generator, weights.generator_bias, step=True)
-        feed = attentional if self.input_feed else state.feed
-        return logits, DecoderState(hs, cs, feed), attention
+    def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
+        """The reference decoding step: tokens (N,) -> logits (N, V), the new state, attention (N, S)."""
+        attentional, state, attention = self._advance(self._embedding_gates(tokens), memory, state)
+        return self._generate(attentional), state, attention

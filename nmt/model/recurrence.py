@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from nmt.model.gemm import product
+from nmt.model.layout import stacked_layers
 
 sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 tanh_backward = torch.ops.aten.tanh_backward.grad_input
@@ -72,13 +73,9 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     batch, steps, four_h = emb_gates.shape
     hidden, feed = four_h // 4, w[0].shape[1]
     widths = [feed] + [hidden] * (n_layers - 1)  # each layer's input width, before its own h
-    # per layer, [W_in W_hh] (4H, in + H) so that a step is one product with [x; h_prev]
-    weights = [torch.cat([w[0], w[1]], 1).to(cd)]
-    biases: list[Tensor | None] = [None]  # layer 0's biases are inside emb_gates
-    for k in range(n_layers - 1):
-        w_ih, w_hh, b_ih, b_hh = w[2 + 4 * k: 6 + 4 * k]
-        weights.append(torch.cat([w_ih, w_hh], 1).to(cd))
-        biases.append((b_ih + b_hh).to(acc))
+    # layer 0's biases are inside emb_gates
+    upper = [tuple(w[2 + 4 * k: 6 + 4 * k]) for k in range(n_layers - 1)]
+    weights, biases = stacked_layers((w[0], w[1]), upper, cd, acc)
     w_combine = w[-1].to(cd)  # (H, 2H)
     keys_t, memory_cd = keys.to(cd).transpose(1, 2), memory.to(cd)  # (B, H, S), (B, S, H)
 

@@ -1,17 +1,8 @@
-"""`nmt train | translate | evaluate | plot | bench | study`: parse, call, print."""
+"""The one command-line parser: `nmt train | translate | evaluate | plot | bench | study`."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import sys
-from pathlib import Path
-
-from nmt.errors import NMTError
-
-log = logging.getLogger("nmt")
 
 
 def _add_train(sub) -> None:
@@ -66,6 +57,33 @@ def _add_plot(sub) -> None:
     p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure training tokens/s, decoding sentences/s and the FLOP bound")
+    p.add_argument("--config", default=None, help="YAML config (default: the packaged default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=300, help="timed training steps after the warm-up")
+    p.add_argument("--checkpoint", help="decode with this trained checkpoint (its lengths are realistic)")
+    p.add_argument("--decode-sentences", type=int, default=1000, help="test sentences to decode")
+    p.add_argument("--skip-train", action="store_true", help="only decoding")
+    p.add_argument("--json", dest="json_out", help="also write the JSON line to this file")
+
+
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="reproducible studies; `nmt study clipping --help`")
+    studies = p.add_subparsers(dest="study", required=True)
+    c = studies.add_parser("clipping", help="why clip: SGD and Adam with and without gradient-norm clipping")
+    c.add_argument("--config", required=True)
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--minutes", type=float, default=4.0, help="training budget per setting")
+    c.add_argument("--out", default="runs/clipping_study", help="output folder")
+    c.add_argument("--only", nargs="+", type=int, metavar="N",
+                   help="keep only these default settings (1-5, in the order of the table)")
+    c.add_argument("--add", action="append", default=[], metavar="OPT:LR:CLIP", help="add a setting, e.g. sgd:2.0:5")
+    c.add_argument("--max-grad-norm", nargs="+", type=float, default=[], metavar="T",
+                   help="sweep: add SGD lr 1.0 with each of these clipping thresholds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nmt", description="LSTM-attention neural machine translation")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -74,89 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_translate(sub)
     _add_evaluate(sub)
     _add_plot(sub)
-    from nmt.bench import add_parser as add_bench
-    from nmt.study import add_parser as add_study
-
-    add_bench(sub)
-    add_study(sub)
+    _add_bench(sub)
+    _add_study(sub)
     return parser
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    for noisy in ("datasets", "huggingface_hub", "fsspec", "urllib3", "matplotlib", "sacrebleu"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-def cmd_train(args) -> int:
-    from nmt.runs import train
-
-    results = train(args.config, args.overrides, args.run_dir, args.resume)
-    if "test_bleu" in results:
-        print(f"test BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  "
-              f"({results['bleu_signature']})")
-    return 0
-
-
-def cmd_translate(args) -> int:
-    from nmt.inference import translate_command
-
-    return translate_command(args)
-
-
-def cmd_evaluate(args) -> int:
-    from nmt.inference import evaluate_command
-
-    result = evaluate_command(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(result["bleu_text"])
-        print(f"  signature: {result['bleu_signature']}")
-        print(f"chrF2 = {result['chrf']:.2f}\n  signature: {result['chrf_signature']}")
-        print(f"TER = {result['ter']:.2f}\n  signature: {result['ter_signature']}")
-    return 0
-
-
-def cmd_plot(args) -> int:
-    from nmt.plot import plot_run
-
-    print(plot_run(Path(args.run_dir), Path(args.out) if args.out else None))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging()
-    handlers = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "plot": cmd_plot}
-    if args.command == "bench":
-        from nmt.bench import command as handler
-    elif args.command == "study":
-        from nmt.study import command as handler
-    else:
-        handler = handlers[args.command]
-    try:
-        return handler(args)
-    except NMTError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - only Interrupted is expected here
-        from nmt.interrupt import Interrupted
-
-        if isinstance(error, Interrupted):
-            print(str(error) or "interrupted", file=sys.stderr)
-            return 128 + error.signum
-        if args.debug or os.environ.get("NMT_DEBUG"):
-            raise
-        print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from nmt.config import Config
-from nmt.data import Corpus, drop_empty, filter_by_length, load_splits
+from nmt.data.sources import Corpus, drop_empty, filter_by_length, load_splits
 from nmt.errors import NMTError
 from nmt.tokenizer import Tokenizer, prune_to_training_data, train_tokenizer
 

@@ -9,29 +9,28 @@ from pathlib import Path
 
 from nmt import checkpoint
 from nmt.config import DataConfig
-from nmt.data import load_splits, read_text_lines
-from nmt.device import autocast, resolve_device, resolve_precision
+from nmt.data.sources import load_splits, read_text_lines
+from nmt.device import resolve_device, resolve_precision
 from nmt.errors import NMTError
-from nmt.evaluate import score, score_files
-from nmt.translate import encode_sources, format_nbest, translate_ids
+from nmt.scoring import score, score_files
+from nmt.translate import Translator, format_nbest
 
 log = logging.getLogger(__name__)
 
 
-def _decoding_options(args, loaded, device) -> dict:
+def _translator(args, loaded, device) -> Translator:
+    """The checkpoint's model with its decoding settings, overridden by the command line's."""
     decode = loaded.config.decode
     precision = resolve_precision(args.precision, device, setting="--precision", training=False)
-    options = dict(
-        device=device,
-        beam_size=args.beam_size or decode.beam_size,
+    beam_size = args.beam_size or decode.beam_size
+    if beam_size < 1:
+        raise NMTError("--beam-size must be at least 1")
+    return Translator(
+        loaded.model, loaded.tokenizer, device=device, max_len=decode.max_src_len, beam_size=beam_size,
         alpha=decode.length_penalty if args.length_penalty is None else args.length_penalty,
         max_len_ratio=args.max_len_ratio or decode.max_len_ratio,
-        batch_tokens=args.batch_tokens or decode.batch_tokens,
-        precision_context=lambda: autocast(device, precision),
+        batch_tokens=args.batch_tokens or decode.batch_tokens, precision=precision,
     )
-    if options["beam_size"] < 1:
-        raise NMTError("--beam-size must be at least 1")
-    return options
 
 
 def _write_atomically(path: Path, lines: list[str]) -> None:
@@ -52,18 +51,16 @@ def _one_line(text: str) -> str:
 def translate_command(args) -> int:
     device = resolve_device(args.device)
     loaded = checkpoint.load_for_inference(Path(args.checkpoint), device)
-    options = _decoding_options(args, loaded, device)
+    translator = _translator(args, loaded, device)
     nbest = args.nbest
-    if not 1 <= nbest <= options["beam_size"]:
-        raise NMTError(f"--nbest {nbest} must be between 1 and --beam-size {options['beam_size']}")
-    max_len = loaded.config.decode.max_src_len
+    if not 1 <= nbest <= translator.beam_size:
+        raise NMTError(f"--nbest {nbest} must be between 1 and --beam-size {translator.beam_size}")
     tokenizer = loaded.tokenizer
     keep_attention = bool(args.attention_plots)
 
     def run(lines: list[str], progress: bool):
-        sources = encode_sources(tokenizer, lines, max_len)
-        return translate_ids(loaded.model, sources, nbest=nbest, keep_attention=keep_attention,
-                             progress=progress, **options)
+        return translator.translate_ids(translator.encode(lines), nbest=nbest, keep_attention=keep_attention,
+                                        progress=progress)
 
     if args.input == "-" and sys.stdin.isatty():  # typed at a terminal: answer line by line
         for line in sys.stdin:
@@ -98,7 +95,7 @@ def translate_command(args) -> int:
             best = hyps[0]
             if best.attention is None or not line.strip():
                 continue
-            src_ids = encode_sources(tokenizer, [line], max_len)[0]
+            src_ids = translator.encode([line])[0]
             plot_attention(best.attention, tokenizer.src.pieces(src_ids) + ["</s>"],
                            tokenizer.tgt.pieces(best.tokens) + ["</s>"], folder / f"attention_{i + 1:04d}.png",
                            title=f"line {i + 1}")
@@ -119,17 +116,15 @@ def evaluate_command(args) -> dict:
     cfg = DataConfig(dataset=args.dataset, dataset_config=args.dataset_config,
                      src_lang=args.src_lang or data_cfg.src_lang, tgt_lang=args.tgt_lang or data_cfg.tgt_lang)
     corpus = load_splits(cfg, [args.split])[0]
-    options = _decoding_options(args, loaded, device)
-    sources = encode_sources(loaded.tokenizer, corpus.src, loaded.config.decode.max_src_len)
-    hypotheses = [loaded.tokenizer.tgt.decode(h[0].tokens)
-                  for h in translate_ids(loaded.model, sources, progress=sys.stderr.isatty(), **options)]
+    translator = _translator(args, loaded, device)
+    hypotheses = translator.translate(corpus.src, progress=sys.stderr.isatty())
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
     out.mkdir(parents=True, exist_ok=True)
     hyp_path = out / f"{args.split}.hyp.{cfg.tgt_lang}"
     _write_atomically(hyp_path, [_one_line(h) for h in hypotheses])
     result = score(hypotheses, [corpus.tgt])
-    result.update(hypotheses=str(hyp_path), split=corpus.name, beam_size=options["beam_size"])
+    result.update(hypotheses=str(hyp_path), split=corpus.name, beam_size=translator.beam_size)
     import json
 
     (out / f"{args.split}.scores.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

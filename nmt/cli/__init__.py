@@ -1,0 +1,51 @@
+"""`nmt train | translate | evaluate | plot | bench | study`: parse (`parser`), call the command's handler
+(`commands`, `translate`), print; every expected failure is one line on stderr and exit status 1."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from nmt.cli import commands
+from nmt.cli.parser import build_parser
+from nmt.errors import NMTError
+
+log = logging.getLogger("nmt")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    for noisy in ("datasets", "huggingface_hub", "fsspec", "urllib3", "matplotlib", "sacrebleu"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    handler = getattr(commands, args.command)
+    try:
+        return handler(args)
+    except NMTError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - only Interrupted is expected here
+        from nmt.interrupt import Interrupted
+
+        if isinstance(error, Interrupted):
+            print(str(error) or "interrupted", file=sys.stderr)
+            return 128 + error.signum
+        if args.debug or os.environ.get("NMT_DEBUG"):
+            raise
+        print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""One handler per command, named as the command: call the library, print the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def train(args) -> int:
+    from nmt.experiment import train_and_test
+
+    results = train_and_test(args.config, args.overrides, args.run_dir, args.resume)
+    if "test_bleu" in results:
+        print(f"test BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  "
+              f"({results['bleu_signature']})")
+    return 0
+
+
+def translate(args) -> int:
+    from nmt.cli.translate import translate_command
+
+    return translate_command(args)
+
+
+def evaluate(args) -> int:
+    from nmt.cli.translate import evaluate_command
+
+    result = evaluate_command(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(result["bleu_text"])
+        print(f"  signature: {result['bleu_signature']}")
+        print(f"chrF2 = {result['chrf']:.2f}\n  signature: {result['chrf_signature']}")
+        print(f"TER = {result['ter']:.2f}\n  signature: {result['ter_signature']}")
+    return 0
+
+
+def plot(args) -> int:
+    from nmt.plot import plot_run
+
+    print(plot_run(Path(args.run_dir), Path(args.out) if args.out else None))
+    return 0
+
+
+def bench(args) -> int:
+    from nmt.bench import run_bench
+
+    report = run_bench(args)
+    rows = [
+        ("device", report.get("cpu", report["device"])),
+        ("torch / threads", f"{report['torch']} / {report['threads']}"),
+        ("precision", report["precision_choice"]),
+        ("parameters", f"{report['parameters']:,}"), ("batch", report["batch"]),
+    ]
+    if "products" in report:
+        rows.append(("products", report["products"]))
+    if "train_tokens_per_sec" in report:
+        rows += [
+            ("training target tokens/s", f"{report['train_tokens_per_sec']:,.0f}"),
+            ("training steps/s", f"{report['train_steps_per_sec']:.2f}"),
+            ("matmul bound (GFLOP/s)", f"{report['matmul_gflops']:.0f}"),
+            ("achieved (GFLOP/s)", f"{report['achieved_gflops']:.0f}"),
+            ("fraction of FLOP bound", f"{100 * report['fraction_of_flop_bound']:.0f}%"),
+        ]
+    rows += [
+        ("greedy sentences/s", f"{report['greedy_sentences_per_sec']:.0f}  (BLEU {report['greedy_bleu']:.2f})"),
+        ("beam-5 sentences/s", f"{report['beam5_sentences_per_sec']:.0f}  (BLEU {report['beam5_bleu']:.2f})"),
+        ("peak RSS (MiB)", f"{report['peak_rss_mib']:.0f}"),
+    ]
+    if "peak_gpu_memory_mib" in report:
+        rows.append(("peak GPU memory (MiB)", f"{report['peak_gpu_memory_mib']:.0f}"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    line = json.dumps(report)
+    if args.json_out:
+        Path(args.json_out).write_text(line + "\n", encoding="utf-8")
+    print(line)
+    return 0
+    return 0
+
+
+def study(args) -> int:
+    from nmt.study import run_study
+
+    table, pictures = run_study(args)
+    print(table)
+    for picture in pictures:
+        print(picture)
+    return 0

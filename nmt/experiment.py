@@ -1,0 +1,111 @@
+"""An experiment: open a run directory (or resume one), train, then translate and score the test split
+with the best checkpoint (`results.json`). `nmt train` runs `train_and_test`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from nmt import checkpoint
+from nmt.config import apply_overrides, config_from_dict, load_config, save_config
+from nmt.device import resolve_device
+from nmt.distributed import barrier, init_world, shutdown
+from nmt.errors import NMTError
+from nmt.scoring import score
+from nmt.train import Trainer
+from nmt.translate import Translator
+
+log = logging.getLogger(__name__)
+
+
+def open_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: bool):
+    """The run's config and directory, and the checkpoint payload to resume from (or None)."""
+    if resume:
+        if not run_dir:
+            raise NMTError("--resume needs --run-dir, the folder of the run to continue")
+        folder = Path(run_dir)
+        if not folder.is_dir():
+            raise NMTError(f"{folder}: no such run directory to resume")
+        path, payload = checkpoint.newest_intact(folder / "checkpoints")
+        log.info("resuming from %s", path)
+        cfg = config_from_dict(apply_overrides(payload["config"], overrides), f"{path} (embedded config)")
+        return cfg, folder, payload
+    cfg = load_config(config_path, overrides)
+    if run_dir is None:
+        stem = Path(config_path).stem if config_path else "multi30k_en_de"
+        run_dir = f"{os.environ.get('NMT_RUNS', 'runs')}/{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(run_dir)
+    if (folder / "metrics.jsonl").exists() or any((folder / "checkpoints").glob("*.pt")):
+        raise NMTError(f"{folder} already holds a run; continue it with --resume, or choose another --run-dir")
+    return cfg, folder, None
+
+
+def train_and_test(config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
+          resume: bool = False) -> dict:
+    """Train, then score the test split with the best checkpoint; returns results.json's content."""
+    cfg, folder, payload = open_run(config_path, list(overrides), run_dir, resume)
+    world = init_world(resolve_device(cfg.train.device).type)
+    try:
+        started = time.time()
+        trainer = Trainer(cfg, folder, world, payload)  # loads the data first: bad input fails before writing
+        if world.is_main:
+            (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_config(cfg, folder / "config.yaml")
+            trainer.tokenizer.save_models(folder)
+            log.info("run directory: %s", folder)
+        barrier(world)
+        reason = trainer.run()
+        results = final_test_evaluation(trainer, reason, time.time() - started) if world.is_main else {}
+        barrier(world)
+        return results
+    finally:
+        shutdown(world)
+
+
+def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dict:
+    cfg, run_dir, progress = trainer.cfg, trainer.run_dir, trainer.progress
+    results = {
+        "steps": progress.step,
+        "epochs_completed": progress.epoch - 1,
+        "train_minutes": round(progress.elapsed / 60, 2),
+        "wall_minutes": round(wall_seconds / 60, 2),
+        "stopped": stop_reason,
+        "best_valid_bleu": progress.best_bleu,
+        "non_finite_steps": progress.bad_steps,
+        "parameters": trainer.model.num_parameters(),
+        "device": str(trainer.device),
+        "precision": trainer.precision,
+    }
+    if trainer.device.type == "cuda":
+        import torch
+
+        results["gpu"] = torch.cuda.get_device_name(trainer.device)
+        results["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(trainer.device) / 2**20)
+    test = trainer.data.test
+    if test is not None:
+        best = run_dir / "checkpoints" / "best.pt"
+        trainer.model.load_state_dict(checkpoint.load(best)["model"])
+        decode = cfg.decode
+        hypotheses = Translator(
+            trainer.model, trainer.tokenizer, device=trainer.device, max_len=decode.max_src_len,
+            beam_size=decode.beam_size, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
+            batch_tokens=decode.batch_tokens,  # float32, as `nmt translate` decodes by default: the same BLEU
+        ).translate(test.src)
+        hyp_path = run_dir / f"test.hyp.{cfg.data.tgt_lang}"
+        hyp_path.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        scores = score(hypotheses, [test.tgt])
+        results.update({
+            "test_split": test.name, "checkpoint": str(best), "beam_size": decode.beam_size,
+            "length_penalty": decode.length_penalty, "hypotheses": str(hyp_path),
+            "test_bleu": scores["bleu"], "test_chrf": scores["chrf"], "test_ter": scores["ter"],
+            "bleu_signature": scores["bleu_signature"], "chrf_signature": scores["chrf_signature"],
+            "ter_signature": scores["ter_signature"],
+        })
+        log.info("test %s: %s", test.name, scores["bleu_text"])
+        log.info("BLEU signature: %s", scores["bleu_signature"])
+        log.info("chrF2 = %.2f  (%s)", scores["chrf"], scores["chrf_signature"])
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results

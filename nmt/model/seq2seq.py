@@ -1,0 +1,51 @@
+"""`Seq2Seq`: the encoder, the decoder and the one reference decoding step search may call."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.config import ModelConfig
+from nmt.model.decoder import Decoder, DecoderState, Memory
+from nmt.model.encoder import Encoder
+from nmt.tokenizer import PAD
+
+
+class Seq2Seq(nn.Module):
+    """`fused_recurrence` trains the decoder's loop through `recurrence.Recurrence` (dot and general
+    attention) instead of autograd's step loop: the same function and gradients, fewer operations."""
+
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, *,
+                 fused_recurrence: bool = False):
+        super().__init__()
+        self.encoder = Encoder(src_vocab_size, cfg.emb_dim, cfg.hidden_size, cfg.layers, cfg.dropout)
+        self.decoder = Decoder(tgt_vocab_size, cfg.emb_dim, cfg.hidden_size, cfg.layers, cfg.attention,
+                               cfg.input_feed, cfg.dropout, fused_recurrence=fused_recurrence)
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -cfg.init_range, cfg.init_range)
+        with torch.no_grad():
+            self.encoder.embed.weight[PAD].zero_()
+            self.decoder.embed.weight[PAD].zero_()
+        if cfg.tie_embeddings:
+            if cfg.emb_dim != cfg.hidden_size:
+                raise ValueError("model.tie_embeddings needs model.emb_dim == model.hidden_size")
+            self.decoder.generator.weight = self.decoder.embed.weight
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
+        outputs, final = self.encoder(src, src_lengths)
+        mask = src != PAD  # (B, S)
+        return Memory(outputs, self.decoder.attention.keys(outputs), mask), self.decoder.init_state(final)
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for the targets whose inputs are tgt_in (B, T); with `keep`
+        (B, T) bool, only the kept positions' logits (n, V), in row-major order."""
+        memory, state = self.encode(src, src_lengths)
+        return self.decoder(tgt_in, memory, state, keep)
+
+    def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
+        """The reference decoding step: tokens (N,) -> logits (N, V), the new state, attention (N, S)."""
+        return self.decoder.step(tokens, memory, state)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
