@@ -58,7 +58,10 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, world: World, payload: dict | None):
+    def __init__(self, cfg: Config, run_dir: Path, world: World, payload: dict | None,
+                 data: PreparedData | None = None):
+        """`payload`: a checkpoint to resume from. `data`: prepared data to train on instead of preparing
+        `cfg.data` (tests build small trainers this way)."""
         self.cfg, self.run_dir, self.world = cfg, run_dir, world
         set_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
@@ -66,8 +69,9 @@ class Trainer:
             self.device = torch.device("cuda", world.local_rank)
             torch.cuda.set_device(self.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        tokenizer = Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None
-        self.data: PreparedData = prepare(cfg, tokenizer)
+        if data is None:
+            data = prepare(cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None)
+        self.data = data
         self.tokenizer = self.data.tokenizer
         torch.manual_seed(cfg.train.seed)
         fused = cfg.train.fused_recurrence
@@ -310,14 +314,14 @@ class Trainer:
                             self._log_window(window, norm, clipped, batch, bar)
                     reason = self._out_of_budget()
                     if cfg.valid_every and progress.step % cfg.valid_every == 0 and self._timed_validation():
-                        reason = "early stopping"
+                        reason = self._patience_ran_out()
                     if reason:
                         break
                 bar.close()
                 if progress.batch_in_epoch >= len(plan):
                     self._end_epoch()
                     if progress.validated_step != progress.step and self._timed_validation():
-                        reason = reason or "early stopping"
+                        reason = reason or self._patience_ran_out()
                     self.schedule.after_epoch(progress.epoch)
                     progress.epoch += 1
                     progress.batch_in_epoch = 0
@@ -329,6 +333,9 @@ class Trainer:
         barrier(self.world)
         log.info("training stopped: %s (step %d, %.1f minutes)", reason, progress.step, progress.elapsed / 60)
         return reason
+
+    def _patience_ran_out(self) -> str:
+        return f"early stopping: train.patience={self.cfg.train.patience} validations without a better BLEU"
 
     def _timed_validation(self) -> bool:
         """Validate and checkpoint, counting the time in the budget; True when early stopping says stop."""

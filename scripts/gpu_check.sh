@@ -6,7 +6,7 @@
 #
 # DATA_DIR is a local dataset folder (hub layout, or {split}.{lang} text files); extra --set options go to
 # training and to the benchmark, e.g. for Multi30k's raw text files:
-#   scripts/gpu_check.sh ../shared/data/multi30k/raw --set data.valid_split=val --set data.test_split=test_2016_flickr
+#   scripts/gpu_check.sh MULTI30K_TEXT_FOLDER --set data.valid_split=val --set data.test_split=test_2016_flickr
 # On a machine without a CUDA GPU it says so, runs the GPU tests (which then skip) and stops.
 set -uo pipefail
 cd "$(dirname "$0")/.."

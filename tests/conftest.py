@@ -57,3 +57,21 @@ def route(request):
     previous = gemm.set_routes(request.param, request.param, request.param == "onednn")
     yield request.param
     gemm.restore_routes(previous)
+
+
+def trainer_from_parts(cfg, src: list[list[int]], tgt: list[list[int]], vocab_sizes: tuple[int, int]):
+    """A `Trainer` on a few pairs of model ids, without a corpus or a tokenizer; returns it and one batch of
+    all the pairs (on the trainer's device)."""
+    from types import SimpleNamespace
+
+    from nmt.batching import collate
+    from nmt.data.prepare import PreparedData
+    from nmt.data.sources import Corpus
+    from nmt.distributed import World
+    from nmt.train import Trainer
+
+    sizes = SimpleNamespace(src=range(vocab_sizes[0]), tgt=range(vocab_sizes[1]))  # only their lengths are read
+    text = Corpus(["x"] * len(src), ["y"] * len(tgt), "pairs")
+    data = PreparedData(sizes, src, tgt, text, src, tgt, None)
+    trainer = Trainer(cfg, Path(tempfile.mkdtemp()), World(), None, data=data)
+    return trainer, collate(src, tgt, list(range(len(src)))).to(trainer.device)

@@ -22,7 +22,7 @@ def test_bench_reports_every_figure_as_its_last_line_and_in_the_json_file(tmp_pa
     for name in FIGURES:
         assert report[name] > 0, name
     assert report["decode_sentences"] == 10 and report["precision"] == "fp32"
-    # a few training steps translate nothing right; the trained tiny checkpoint does
-    assert report["beam5_bleu"] > 0 if with_checkpoint else report["beam5_bleu"] >= 0
+    if with_checkpoint:  # a few training steps translate nothing right; the trained tiny checkpoint does
+        assert report["beam5_bleu"] > 0 and report["greedy_bleu"] > 0
     assert ("checkpoint_load_sec" in report) == with_checkpoint
     assert "beam-5 sentences/s" in result.stdout

@@ -5,30 +5,18 @@ import math
 import pytest
 import torch
 
-from nmt.batching import collate
 from nmt.config import Config, ModelConfig
-from nmt.model import Seq2Seq
+from tests.conftest import trainer_from_parts
 
 
 class StepHarness:
-    """The trainer's own train_step on a small model, without data loading."""
+    """The trainer's own train_step on a small model, built from prepared parts instead of a corpus."""
 
     def __init__(self, max_grad_norm):
-        from nmt.train import Trainer
-
         cfg = Config()
-        cfg.train.max_grad_norm = max_grad_norm
+        cfg.train.max_grad_norm, cfg.train.precision, cfg.train.device = max_grad_norm, "fp32", "cpu"
         cfg.model = ModelConfig(emb_dim=8, hidden_size=8, layers=1, dropout=0.0)
-        torch.manual_seed(0)
-        self.trainer = Trainer.__new__(Trainer)
-        self.trainer.cfg = cfg
-        self.trainer.model = self.trainer.train_model = Seq2Seq(cfg.model, 20, 20)
-        self.trainer.params = list(self.trainer.model.parameters())
-        self.trainer.optimizer = torch.optim.SGD(self.trainer.params, lr=1.0)
-        self.trainer.scaler = None
-        self.trainer.device = torch.device("cpu")
-        self.trainer.precision = "fp32"
-        self.batch = collate([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], [0, 1])
+        self.trainer, self.batch = trainer_from_parts(cfg, [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], (20, 20))
 
     def true_gradient(self):
         model = self.trainer.model

@@ -1,10 +1,15 @@
-"""The Dockerfile lints clean and says what the README says it does."""
+"""The Dockerfile lints clean, and every `docker run` the docs show works with the image as built: its
+volumes are the image's, and what follows the image name is a valid `nmt` command line."""
 
+import json
+import re
+import shlex
 import shutil
 import subprocess
 
 import pytest
 
+from nmt.cli.parser import build_parser
 from tests.conftest import ROOT
 
 
@@ -16,14 +21,51 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_entrypoint_volumes_and_default_config_match_the_readme():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    readme = (ROOT / "README.md").read_text()
-    assert 'ENTRYPOINT ["nmt"]' in dockerfile
-    assert 'CMD ["train", "--config", "/app/configs/multi30k_en_de.yaml"]' in dockerfile
-    assert "HF_HOME=/data/hf" in dockerfile and "NMT_RUNS=/runs" in dockerfile
-    assert "-v nmt-data:/data" in readme and "-v \"$PWD/runs\":/runs" in readme
-    assert (ROOT / "configs" / "multi30k_en_de.yaml").exists()
+def dockerfile_instructions() -> dict[str, list[str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            found.setdefault(word.upper(), []).append(rest.strip())
+    return found
+
+
+def documented_docker_runs() -> list[list[str]]:
+    runs = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"\\\n\s*", " ", doc.read_text())
+        runs += [shlex.split(m) for m in re.findall(r"^docker run (.+)$", text, flags=re.M)]
+    return runs
+
+
+def test_every_documented_docker_run_uses_the_images_volumes_and_a_valid_command(tmp_path):
+    instructions = dockerfile_instructions()
+    entrypoint = json.loads(instructions["ENTRYPOINT"][-1])
+    volumes = set(json.loads(instructions["VOLUME"][-1]))
+    runs = documented_docker_runs()
+    assert runs, "the docs show no docker run"
+    for args in runs:
+        image_at = args.index("nmt")  # the image's tag in the docs
+        options, command = args[:image_at], args[image_at + 1:]
+        mounts = [options[i + 1].split(":")[1] for i, a in enumerate(options) if a == "-v"]
+        assert set(mounts) - {"/work"} <= volumes, (args, volumes)  # /work: the user's own folder
+        if "--entrypoint" in options:
+            program = options[options.index("--entrypoint") + 1]
+            assert program == "torchrun" and command[command.index("-m") + 1] == "nmt", args
+            command = command[command.index("-m") + 2:]
+        else:
+            assert entrypoint == ["nmt"]
+            command = command or json.loads(instructions["CMD"][-1])
+        build_parser().parse_args(command)  # exits (fails the test) on an invalid command line
+        config = next((command[i + 1] for i, a in enumerate(command) if a == "--config"), None)
+        if config:
+            assert config.startswith("/app/configs/") and (ROOT / "configs" / config.split("/")[-1]).exists()
+
+
+def test_the_image_keeps_caches_and_runs_on_its_volumes_and_ships_no_runs():
+    env = " ".join(dockerfile_instructions()["ENV"])
+    assert "HF_HOME=/data/hf" in env and "NMT_CACHE=/data/nmt-cache" in env and "NMT_RUNS=/runs" in env
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", "runs", "**/*.pt"):
         assert entry in ignored

@@ -3,31 +3,20 @@
 import pytest
 import torch
 
-from nmt.batching import collate, source_tensor
+from nmt.batching import source_tensor
 from nmt.config import Config, ModelConfig
 from nmt.model import Seq2Seq
 from nmt.search import beam_search, greedy
+from tests.conftest import trainer_from_parts
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
 
 def harness(precision):
-    from nmt.train import Trainer
-
     cfg = Config()
     cfg.model = ModelConfig(emb_dim=64, hidden_size=128, layers=2, dropout=0.0)
-    cfg.train.precision = precision
-    torch.manual_seed(0)
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg = cfg
-    trainer.device = torch.device("cuda")
-    trainer.precision = precision
-    trainer.model = trainer.train_model = Seq2Seq(cfg.model, 50, 60).cuda()
-    trainer.params = list(trainer.model.parameters())
-    trainer.optimizer = torch.optim.SGD(trainer.params, lr=1.0)
-    trainer.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    batch = collate([[5, 6, 7, 8], [9, 10]], [[11, 12], [13, 14, 15]], [0, 1]).to(torch.device("cuda"))
-    return trainer, batch
+    cfg.train.precision, cfg.train.device = precision, "cuda"
+    return trainer_from_parts(cfg, [[5, 6, 7, 8], [9, 10]], [[11, 12], [13, 14, 15]], (50, 60))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

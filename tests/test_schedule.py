@@ -53,3 +53,60 @@ def test_a_run_limited_by_steps_decays_at_the_budget_fractions(tmp_path):
     assert lrs == pytest.approx(expected)
     assert lrs[10] == 1.0 and lrs[11] == 0.5 and lrs[20] == 0.5 ** 5
     assert "lr 1 -> 0.5 (50% of the training budget spent)" in result.stderr
+
+
+def sgd_schedule(**settings):
+    import torch
+
+    from nmt.schedule import LRSchedule
+
+    cfg = TrainConfig(lr=1.0, **settings)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    return LRSchedule(cfg, optimizer)
+
+
+def test_plateau_halves_only_when_validation_perplexity_fails_to_improve():
+    schedule = sgd_schedule(lr_schedule="plateau", lr_decay=0.5)
+    lrs = []
+    for ppl in [50.0, 40.0, 40.0, 30.0, 35.0, 31.0, 29.0]:
+        schedule.after_validation(ppl)
+        lrs.append(schedule.lr)
+    # 40 does not beat 40; 35 and 31 do not beat 30; 29 does
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.125, 0.125]
+    schedule.after_epoch(10)  # epochs mean nothing to the plateau schedule
+    assert schedule.lr == 0.125
+
+
+def test_no_schedule_goes_below_min_lr():
+    schedule = sgd_schedule(lr_schedule="plateau", lr_decay=0.1, min_lr=0.05)
+    for ppl in [10.0, 11.0, 12.0, 13.0]:
+        schedule.after_validation(ppl)
+    assert schedule.lr == pytest.approx(0.05)
+    epochs = sgd_schedule(lr_schedule="epoch", lr_decay=0.5, decay_start_epoch=3, min_lr=0.2)
+    for epoch in range(1, 8):
+        epochs.after_epoch(epoch)
+    assert epochs.lr == pytest.approx(0.2)  # 1 -> 0.5 (3) -> 0.25 (4) -> 0.2 floor
+
+
+def test_epoch_schedule_decays_from_its_start_epoch_and_none_never():
+    schedule = sgd_schedule(lr_schedule="epoch", lr_decay=0.5, decay_start_epoch=3)
+    lrs = []
+    for epoch in range(1, 6):
+        schedule.after_epoch(epoch)
+        lrs.append(schedule.lr)
+    assert lrs == [1.0, 1.0, 0.5, 0.25, 0.125]
+    constant = sgd_schedule(lr_schedule="none")
+    for epoch in range(1, 6):
+        constant.after_epoch(epoch)
+        constant.after_validation(100.0 + epoch)
+        constant.follow_budget(0.99)
+    assert constant.lr == 1.0
+
+
+def test_plateau_state_survives_a_resume():
+    schedule = sgd_schedule(lr_schedule="plateau")
+    schedule.after_validation(20.0)
+    resumed = sgd_schedule(lr_schedule="plateau")
+    resumed.load_state_dict(schedule.state_dict())
+    resumed.after_validation(25.0)
+    assert resumed.lr == 0.5

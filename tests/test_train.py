@@ -126,3 +126,34 @@ def test_summed_nll_is_cross_entropy(label_smoothing):
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(torch.autograd.grad(3 * ours, logits)[0], torch.autograd.grad(3 * expected, logits)[0],
                                rtol=1e-12, atol=1e-12)
+
+
+def test_validation_cadence_patience_pair_limit_and_per_side_tokenizers(tmp_path):
+    """valid_every validates every N steps; patience stops after N validations without a better BLEU (a
+    rate too small to change the model never improves); max_train_pairs takes the first N pairs;
+    tokenizer.joint=false trains one sentencepiece model per side."""
+    run_dir = tmp_path / "run"
+    result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir), "--set", "train.lr=1e-9",
+                     "--set", "train.patience=2", "--set", "train.valid_every=5", "--set", "train.max_steps=100",
+                     "--set", "data.max_train_pairs=200", "--set", "tokenizer.joint=false",
+                     "--set", "data.test_split=null")
+    assert result.returncode == 0, result.stderr
+    assert "of 200; vocabulary" in result.stderr
+    validations = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "valid_bleu" in r]
+    assert validations == [5, 10, 15]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 15 and results["stopped"].startswith("early stopping: train.patience=2")
+    assert (run_dir / "spm.src.model").exists() and (run_dir / "spm.tgt.model").exists()
+    assert not (run_dir / "spm.model").exists()
+
+
+def test_plot_draws_the_runs_curves(tiny_run, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "curves.png"
+    result = run_nmt("plot", str(tiny_run), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    with Image.open(out) as picture:
+        assert picture.width > 400 and picture.height > 300
+        assert sum(count > 0 for count in picture.convert("L").histogram()) > 10  # drawn, not blank

@@ -33,6 +33,7 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
     test = corpora[2] if data.test_split else None
     if data.max_train_pairs:
         train = Corpus(train.src[: data.max_train_pairs], train.tgt[: data.max_train_pairs], train.name)
+    offered = len(train)  # after data.max_train_pairs
     train, empty = drop_empty(train)
     if empty:
         log.info("%s: dropped %d pair(s) with an empty side", train.name, empty)
@@ -55,7 +56,7 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
         raise NMTError(f"{train.name}: filtering dropped every pair ({', '.join(dropped)}); "
                        f"raise data.max_len or data.max_len_ratio")
     log.info("training pairs: %d kept of %d; vocabulary: %d source, %d target pieces",
-             len(keep), len(corpora[0]), len(tokenizer.src), len(tokenizer.tgt))
+             len(keep), offered, len(tokenizer.src), len(tokenizer.tgt))
 
     valid_src, valid_tgt = tokenizer.src.encode(valid.src), tokenizer.tgt.encode(valid.tgt)
     valid_keep, _ = filter_by_length([len(s) for s in valid_src], [len(t) for t in valid_tgt],
