@@ -72,22 +72,23 @@ def load(path: Path) -> dict:
     return payload
 
 
-def newest_intact(folder: Path, names: tuple[str, ...] = ("last.pt", "best.pt")) -> tuple[Path, dict]:
-    """The newest checkpoint in `folder` that loads, saying so when it had to fall back."""
-    candidates = sorted((p for p in map(folder.joinpath, names) if p.is_file()),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
-    if not candidates:
-        raise NMTError(f"{folder}: no checkpoint to resume from (expected {' or '.join(names)})")
-    for i, path in enumerate(candidates):
+def latest_intact(folder: Path) -> tuple[Path, dict] | None:
+    """The intact checkpoint in `folder` with the most training steps (last.pt on a tie), or None when there is
+    none; unreadable ones are named and skipped."""
+    found = []
+    for path in sorted(folder.glob("*.pt"), key=lambda p: p.name != "last.pt"):
         try:
             payload = load(path)
         except NMTError as error:
-            log.warning("%s; trying an older checkpoint", error)
+            log.warning("%s; skipping it", error)
             continue
-        if i:
-            log.warning("resuming from %s, the newest intact checkpoint", path)
-        return path, payload
-    raise NMTError(f"{folder}: every checkpoint there is unreadable; start a new run in another --run-dir")
+        found.append((payload.get("progress", {}).get("step", -1), path, payload))
+    if not found:
+        return None
+    step, path, payload = max(found, key=lambda item: item[0])  # max keeps the first (last.pt) on ties
+    others = [f"{p.name} at step {s}" for s, p, _ in found if p != path]
+    log.info("resuming from %s at step %d%s", path, step, f" (also found: {', '.join(others)})" if others else "")
+    return path, payload
 
 
 @dataclass
@@ -100,6 +101,9 @@ class Loaded:
 def load_for_inference(path: Path, device: torch.device) -> Loaded:
     """Model in eval mode, tokenizer and config, from the checkpoint alone."""
     payload = load(path)
+    missing = [key for key in ("config", "tokenizer", "model") if key not in payload]
+    if missing:
+        raise NMTError(f"{path}: an incomplete nmt checkpoint (no {', '.join(missing)}); use another checkpoint")
     config = config_from_dict(payload["config"], f"{path} (embedded config)")
     tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
     model = Seq2Seq(config.model, len(tokenizer.src), len(tokenizer.tgt))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,19 @@ from typing import Literal
 import yaml
 
 from nmt.errors import NMTError
+
+_POSITIVE = ("a finite number above 0", lambda v: math.isfinite(v) and v > 0)
+_AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+_AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
+_FRACTION_BELOW_1 = ("at least 0 and below 1", lambda v: 0 <= v < 1)
+
+
+def _check_ranges(section: str, config, rules: dict) -> None:
+    """One line naming the key, the value and the allowed range; null passes where the key allows it."""
+    for key, (allowed, ok) in rules.items():
+        value = getattr(config, key)
+        if value is not None and not ok(value):
+            raise NMTError(f"{section}.{key}={value}: must be {allowed}")
 
 
 @dataclass
@@ -44,6 +58,10 @@ class DataConfig:
     #: use at most this many training pairs (the first ones); null = all. For very large corpora.
     max_train_pairs: int | None = None
 
+    def __post_init__(self):
+        _check_ranges("data", self, {"max_len": _AT_LEAST_1, "max_len_ratio": ("at least 1", lambda v: v >= 1),
+                                     "max_train_pairs": _AT_LEAST_1})
+
 
 @dataclass
 class TokenizerConfig:
@@ -57,6 +75,12 @@ class TokenizerConfig:
     character_coverage: float = 1.0
     #: sentences sampled to train sentencepiece (0 = all); bounds memory on large corpora.
     max_sentences: int = 2_000_000
+
+    def __post_init__(self):
+        # sentencepiece needs room for its 4 special pieces and at least a few real ones
+        _check_ranges("tokenizer", self, {"vocab_size": ("at least 8", lambda v: v >= 8),
+                                          "character_coverage": ("above 0 and at most 1", lambda v: 0 < v <= 1),
+                                          "max_sentences": _AT_LEAST_0})
 
 
 @dataclass
@@ -77,6 +101,13 @@ class ModelConfig:
     tie_embeddings: bool = False
     #: parameters start uniform in [-init_range, init_range].
     init_range: float = 0.1
+
+    def __post_init__(self):
+        _check_ranges("model", self, {"emb_dim": _AT_LEAST_1, "hidden_size": _AT_LEAST_1, "layers": _AT_LEAST_1,
+                                      "dropout": _FRACTION_BELOW_1, "init_range": _POSITIVE})
+        if self.hidden_size % 2:
+            raise NMTError(f"model.hidden_size={self.hidden_size}: must be even (the encoder's two directions "
+                           "have half each)")
 
 
 @dataclass
@@ -102,6 +133,9 @@ class TrainConfig:
     max_minutes: float | None = None
     #: validate every this many steps (and always at each epoch end); null = epoch ends only.
     valid_every: int | None = None
+    #: also save last.pt every this many minutes of training, so that a killed run loses at most this
+    #: much work; null = only at validations and epoch ends.
+    save_every_minutes: float | None = 10.0
     #: `budget`: constant until `budget_decay_start` of the run's budget is spent, then multiplied by
     #: `lr_decay` at `budget_decays` evenly spaced points before the end. The budget is whichever of
     #: `max_minutes`, `max_steps` and `max_epochs` is nearer to ending the run, so the rate anneals on a slow
@@ -139,12 +173,18 @@ class TrainConfig:
     max_oom_batches: int = 5
 
     def __post_init__(self):
-        if not 0.0 <= self.budget_decay_start < 1.0:
-            raise NMTError(f"train.budget_decay_start={self.budget_decay_start}: must be at least 0 and below 1 "
-                           "(the fraction of the budget spent at the first decay)")
         if self.budget_decays < 1:
             raise NMTError(f"train.budget_decays={self.budget_decays}: must be at least 1; "
                            "for a constant rate use train.lr_schedule=none")
+        _check_ranges("train", self, {
+            "lr": _POSITIVE, "max_grad_norm": _POSITIVE, "label_smoothing": _FRACTION_BELOW_1,
+            "batch_tokens": _AT_LEAST_1, "batch_sentences": _AT_LEAST_1, "max_epochs": _AT_LEAST_1,
+            "max_steps": _AT_LEAST_1, "max_minutes": _POSITIVE, "valid_every": _AT_LEAST_1,
+            "lr_decay": ("above 0 and at most 1", lambda v: 0 < v <= 1), "decay_start_epoch": _AT_LEAST_1,
+            "min_lr": _AT_LEAST_0, "budget_decay_start": _FRACTION_BELOW_1, "patience": _AT_LEAST_1,
+            "threads": _AT_LEAST_1, "log_every": _AT_LEAST_1, "max_bad_steps": _AT_LEAST_1,
+            "max_oom_batches": _AT_LEAST_1, "save_every_minutes": _POSITIVE,
+        })
 
 
 @dataclass
@@ -163,6 +203,11 @@ class DecodeConfig:
     max_src_len: int = 250
     #: validation BLEU is computed with greedy search (fast) or with `beam_size`.
     valid_beam_size: int = 1
+
+    def __post_init__(self):
+        _check_ranges("decode", self, {"beam_size": _AT_LEAST_1, "length_penalty": _AT_LEAST_0,
+                                       "max_len_ratio": _POSITIVE, "batch_tokens": _AT_LEAST_1,
+                                       "max_src_len": _AT_LEAST_1, "valid_beam_size": _AT_LEAST_1})
 
 
 @dataclass
@@ -228,7 +273,10 @@ def _build(cls, values: dict, prefix: str, source: str):
             kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.", source)
         else:
             kwargs[key] = _coerce(value, hint, f"{source}: {prefix}{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except NMTError as error:  # a range check: name where the value came from
+        raise NMTError(f"{source}: {error}") from None
 
 
 def config_from_dict(values: dict, source: str = "config") -> Config:
@@ -273,13 +321,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         path = Path(path)
         source = str(path)
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise NMTError(f"{path}: config file not found; see configs/ for examples") from None
+        except IsADirectoryError:
+            raise NMTError(f"{path}: is a folder; --config takes a YAML file such as configs/tiny.yaml") from None
+        except UnicodeDecodeError:
+            raise NMTError(f"{path}: not a text file; --config takes a YAML file") from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise NMTError(f"{path}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        if values is None:
+            raise NMTError(f"{path}: the file is empty; a config names its sections (data:, model:, train:, ...), "
+                           "or leave out --config for the defaults")
         if not isinstance(values, dict):
             raise NMTError(f"{path}: expected a mapping of sections (data:, model:, train:, ...)")
         _resolve_relative_dataset(values, path.parent)

@@ -3,17 +3,21 @@ with the best checkpoint (`results.json`). `nmt train` runs `train_and_test`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 from nmt import checkpoint
+from nmt import run_dir as run_dir_rules
 from nmt.config import apply_overrides, config_from_dict, load_config, save_config
 from nmt.device import resolve_device
 from nmt.distributed import barrier, init_world, shutdown
 from nmt.errors import NMTError
+from nmt.outputs import write_lines, write_text
 from nmt.scoring import score
 from nmt.train import Trainer
 from nmt.translate import Translator
@@ -22,35 +26,53 @@ log = logging.getLogger(__name__)
 
 
 def open_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: bool):
-    """The run's config and directory, and the checkpoint payload to resume from (or None)."""
-    if resume:
-        if not run_dir:
-            raise NMTError("--resume needs --run-dir, the folder of the run to continue")
-        folder = Path(run_dir)
-        if not folder.is_dir():
-            raise NMTError(f"{folder}: no such run directory to resume")
-        path, payload = checkpoint.newest_intact(folder / "checkpoints")
-        log.info("resuming from %s", path)
-        cfg = config_from_dict(apply_overrides(payload["config"], overrides), f"{path} (embedded config)")
-        return cfg, folder, payload
-    cfg = load_config(config_path, overrides)
-    if run_dir is None:
-        stem = Path(config_path).stem if config_path else "multi30k_en_de"
-        run_dir = f"{os.environ.get('NMT_RUNS', 'runs')}/{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """The run's config and directory, and the checkpoint payload to resume from (None: from the start)."""
+    if not resume:
+        cfg = load_config(config_path, overrides)
+        if run_dir is None:
+            stem = Path(config_path).stem if config_path else "multi30k_en_de"
+            run_dir = f"{os.environ.get('NMT_RUNS', 'runs')}/{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir_rules.check_new_run_folder(Path(run_dir))
+        return cfg, Path(run_dir), None
+    if not run_dir:
+        raise NMTError("--resume needs --run-dir, the folder of the run to continue")
     folder = Path(run_dir)
-    if (folder / "metrics.jsonl").exists() or any((folder / "checkpoints").glob("*.pt")):
-        raise NMTError(f"{folder} already holds a run; continue it with --resume, or choose another --run-dir")
-    return cfg, folder, None
+    if not folder.is_dir():
+        raise NMTError(f"--run-dir {folder}: no such run directory to resume")
+    found = checkpoint.latest_intact(folder / "checkpoints")
+    if found is not None:
+        path, payload = found
+        embedded, source = payload["config"], f"{path} (embedded config)"
+    elif (folder / run_dir_rules.MARKER).exists() and (folder / "config.yaml").is_file():
+        log.info("%s: the run saved no checkpoint before it stopped; starting it from step 0", folder)
+        payload, source = None, str(folder / "config.yaml")
+        embedded = load_config(folder / "config.yaml").to_dict()
+    else:
+        raise NMTError(f"{folder}: no checkpoint to resume from; start a new run with this --run-dir or another")
+    wanted = load_config(config_path, overrides).to_dict() if config_path else apply_overrides(
+        copy.deepcopy(embedded), overrides)
+    values = run_dir_rules.resumed_config_values(embedded, wanted, source)
+    return config_from_dict(values, source), folder, payload
 
 
 def train_and_test(config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
-          resume: bool = False) -> dict:
+                   resume: bool = False) -> dict:
     """Train, then score the test split with the best checkpoint; returns results.json's content."""
     cfg, folder, payload = open_run(config_path, list(overrides), run_dir, resume)
     world = init_world(resolve_device(cfg.train.device).type)
+    lock = None
     try:
+        new_folder = not folder.exists()
+        lock = run_dir_rules.RunLock(folder) if world.is_main else None  # before anything in it is read or written
         started = time.time()
-        trainer = Trainer(cfg, folder, world, payload)  # loads the data first: bad input fails before writing
+        try:
+            trainer = Trainer(cfg, folder, world, payload)  # loads the data: bad input fails before writing
+        except NMTError:
+            if new_folder and lock is not None:  # leave no empty run directory behind
+                lock.release()
+                lock = None
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         if world.is_main:
             (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_config(cfg, folder / "config.yaml")
@@ -62,6 +84,8 @@ def train_and_test(config_path: str | None = None, overrides: list[str] = (), ru
         barrier(world)
         return results
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(world)
 
 
@@ -95,7 +119,7 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
             batch_tokens=decode.batch_tokens,  # float32, as `nmt translate` decodes by default: the same BLEU
         ).translate(test.src)
         hyp_path = run_dir / f"test.hyp.{cfg.data.tgt_lang}"
-        hyp_path.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        write_lines(hyp_path, hypotheses)
         scores = score(hypotheses, [test.tgt])
         results.update({
             "test_split": test.name, "checkpoint": str(best), "beam_size": decode.beam_size,
@@ -107,5 +131,5 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
         log.info("test %s: %s", test.name, scores["bleu_text"])
         log.info("BLEU signature: %s", scores["bleu_signature"])
         log.info("chrF2 = %.2f  (%s)", scores["chrf"], scores["chrf_signature"])
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results

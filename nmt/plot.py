@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from nmt.config import load_config  # noqa: E402
 from nmt.errors import NMTError  # noqa: E402
 from nmt.metrics_log import read_metrics  # noqa: E402
+from nmt.outputs import check_output, replacing  # noqa: E402
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -66,8 +67,9 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     ax.grid(alpha=0.3, which="both")
 
     fig.tight_layout()
-    out = out or run_dir / "curves.png"
-    fig.savefig(out, dpi=110)
+    out = check_output(out or run_dir / "curves.png", reads=[run_dir / "metrics.jsonl"], flag="--out")
+    with replacing(out) as partial:
+        fig.savefig(partial, dpi=110)
     plt.close(fig)
     return out
 
@@ -84,5 +86,6 @@ def plot_attention(weights, src_pieces: list[str], tgt_pieces: list[str], out: P
     ax.set(xlabel="source pieces", ylabel="target pieces", title=f"Attention weights {title}".strip())
     fig.colorbar(image, ax=ax, fraction=0.03, label="weight")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with replacing(out) as partial:
+        fig.savefig(partial, dpi=100)
     plt.close(fig)

@@ -36,6 +36,8 @@ def score_files(hyp_path: Path, ref_paths: list[Path]) -> dict:
                 f"line N of the hypotheses must translate line N of the references"
             )
         references.append(refs)
+    if not hypotheses:
+        raise NMTError(f"{hyp_path}: no lines to score (and its references are empty too)")
     return score(hypotheses, references)
 
 

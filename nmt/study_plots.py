@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from nmt.metrics_log import read_metrics  # noqa: E402
+from nmt.outputs import replacing  # noqa: E402
 
 
 def _steps(row: dict) -> list[dict]:
@@ -43,7 +44,8 @@ def _grid(n: int):
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing(path) as partial:
+        fig.savefig(partial, dpi=100)
     plt.close(fig)
     return path
 

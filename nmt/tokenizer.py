@@ -99,9 +99,15 @@ def _train_model(cfg: TokenizerConfig, texts: list[str]) -> bytes:
     for text in texts:
         digest.update(text.encode("utf-8") + b"\n")
     cached = cache_dir() / f"{digest.hexdigest()[:32]}.model"
-    if cached.exists():
-        log.info("sentencepiece: reusing %s (same data and settings)", cached)
-        return cached.read_bytes()
+    if cached.is_file():
+        proto = cached.read_bytes()
+        try:
+            spm.SentencePieceProcessor(model_proto=proto)
+            log.info("sentencepiece: reusing %s (same data and settings)", cached)
+            return proto
+        except (RuntimeError, OSError, TypeError):  # a damaged cache entry: rebuild it, never fail on it
+            log.warning("sentencepiece: the cached %s is corrupt; training it again", cached)
+            cached.unlink(missing_ok=True)
     log.info("sentencepiece: training a %s model, vocab %d, on %d lines", cfg.model_type, cfg.vocab_size, len(texts))
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
@@ -115,12 +121,20 @@ def _train_model(cfg: TokenizerConfig, texts: list[str]) -> bytes:
                 num_threads=os.cpu_count() or 1, minloglevel=2, seed_sentencepiece_size=1_000_000,
             )
         except RuntimeError as error:
-            raise NMTError(f"sentencepiece training failed: {error}; try a smaller tokenizer.vocab_size") from None
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            advice = ("raise tokenizer.vocab_size: the text has more distinct characters than that"
+                      if "required_chars" in message or "smaller than" in message else
+                      "lower tokenizer.vocab_size: the text has too few distinct pieces for it")
+            raise NMTError(f"sentencepiece training failed ({message}); {advice}") from None
         proto = (Path(tmp) / "spm.model").read_bytes()
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_bytes(proto)
-    os.replace(partial, cached)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(proto)
+        os.replace(partial, cached)
+    except OSError as error:
+        raise NMTError(f"cannot write the sentencepiece cache in {cached.parent} ({error.strerror or error}); "
+                       "set NMT_CACHE to a writable folder") from None
     return proto
 
 

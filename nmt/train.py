@@ -94,6 +94,7 @@ class Trainer:
         self.progress = Progress()
         if payload:
             self._restore(payload)
+        self.saved_at = self.progress.elapsed  # training seconds at the last save
         self.metrics = MetricsLog(run_dir, enabled=world.is_main, truncate_after_step=self.progress.step)
         self.signals = StopSignals()
         log.info("model: %s parameters; device %s, precision %s, %d thread(s), world size %d",
@@ -132,10 +133,17 @@ class Trainer:
                  self.progress.batch_in_epoch)
 
     def save(self, *names: str) -> None:
+        self.saved_at = self.progress.elapsed
         if self.world.is_main:
             payload = self._payload()
             for name in names:
                 checkpoint.save(payload, self.run_dir / "checkpoints" / name)
+
+    def _save_if_due(self) -> None:
+        """last.pt every train.save_every_minutes of training, so that a killed run loses at most that much."""
+        every = self.cfg.train.save_every_minutes
+        if every is not None and self.progress.elapsed - self.saved_at >= every * 60:
+            self.save("last.pt")
 
     # ------------------------------------------------------------ one step
 
@@ -242,16 +250,22 @@ class Trainer:
         progress.bad_steps += 1
         progress.consecutive_bad_steps += 1
         self.metrics.write(step=progress.step, epoch=progress.epoch, event="non_finite", loss=loss, grad_norm=norm)
-        log.warning("step %d: non-finite loss or gradient norm (loss %s, norm %s); update skipped",
-                    progress.step, loss, norm)
+        # the loss is computed first: a finite loss with a non-finite norm points at the backward pass
+        first = "the loss" if not math.isfinite(loss) else "the gradient norm"
+        log.warning("step %d: %s is not finite (loss %s, norm %s); update skipped", progress.step, first, loss, norm)
         if progress.consecutive_bad_steps >= self.cfg.train.max_bad_steps:
             folder = self.run_dir / "checkpoints"
             saved = (f"the last good checkpoint in {folder} is intact" if any(folder.glob("*.pt"))
                      else "no checkpoint had been written yet")
+            train = self.cfg.train
+            causes = (["no clipping (set train.max_grad_norm=5)"] if train.max_grad_norm is None else []) + [
+                f"a learning rate too high for this data (train.lr={train.lr:g})",
+                *(["fp16 overflow (use train.precision=bf16 or fp32)"] if self.precision == "fp16" else []),
+                "corrupt input (check the data for very long or garbled lines)"]
             raise NMTError(
-                f"{progress.consecutive_bad_steps} consecutive steps had a non-finite loss or gradient norm "
-                f"(up to step {progress.step}); training stopped; {saved}; lower train.lr or set train.max_grad_norm"
-            )
+                f"{progress.consecutive_bad_steps} consecutive steps had a non-finite value, {first} first "
+                f"(up to step {progress.step}); training stopped; {saved}; likely causes, most likely first: "
+                + "; ".join(causes))
 
     def _handle_oom(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -317,6 +331,7 @@ class Trainer:
                         reason = self._patience_ran_out()
                     if reason:
                         break
+                    self._save_if_due()
                 bar.close()
                 if progress.batch_in_epoch >= len(plan):
                     self._end_epoch()

@@ -7,7 +7,7 @@ from tests.conftest import TINY_CONFIG
 def test_clipping_study_runs_end_to_end_and_records_divergence(tmp_path, capsys):
     out = tmp_path / "study"
     code = main(["study", "clipping", "--config", str(TINY_CONFIG), "--minutes", "0.05", "--out", str(out),
-                 "--only", "1", "4", "--add", "sgd:1e6:none", "--set", "train.threads=1",
+                 "--only", "1", "5", "--add", "sgd:1e6:none", "--set", "train.threads=1",
                  "--set", "train.max_bad_steps=3"])
     assert code == 0
     rows = json.loads((out / "study.json").read_text())

@@ -45,7 +45,10 @@ def plot(args) -> int:
 
 def bench(args) -> int:
     from nmt.bench import run_bench
+    from nmt.outputs import check_output, write_text
 
+    if args.json_out:
+        check_output(args.json_out, reads=[args.checkpoint] if args.checkpoint else [], flag="--json")
     report = run_bench(args)
     rows = [
         ("device", report.get("cpu", report["device"])),
@@ -75,7 +78,7 @@ def bench(args) -> int:
         print(f"{name:<{width}}  {value}")
     line = json.dumps(report)
     if args.json_out:
-        Path(args.json_out).write_text(line + "\n", encoding="utf-8")
+        write_text(Path(args.json_out), line + "\n")
     print(line)
     return 0
     return 0

@@ -78,7 +78,7 @@ def _add_study(sub) -> None:
     c.add_argument("--minutes", type=float, default=4.0, help="training budget per setting")
     c.add_argument("--out", default="runs/clipping_study", help="output folder")
     c.add_argument("--only", nargs="+", type=int, metavar="N",
-                   help="keep only these default settings (1-5, in the order of the table)")
+                   help="keep only these default settings (numbered from 1 in the order of the table)")
     c.add_argument("--add", action="append", default=[], metavar="OPT:LR:CLIP", help="add a setting, e.g. sgd:2.0:5")
     c.add_argument("--max-grad-norm", nargs="+", type=float, default=[], metavar="T",
                    help="sweep: add SGD lr 1.0 with each of these clipping thresholds")

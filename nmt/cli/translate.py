@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
+import math
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from nmt.config import DataConfig
 from nmt.data.sources import load_splits, read_text_lines
 from nmt.device import resolve_device, resolve_precision
 from nmt.errors import NMTError
+from nmt.outputs import check_output, check_output_folder, write_lines, write_text
 from nmt.scoring import score, score_files
 from nmt.translate import Translator, format_nbest
 
@@ -22,25 +24,29 @@ def _translator(args, loaded, device) -> Translator:
     """The checkpoint's model with its decoding settings, overridden by the command line's."""
     decode = loaded.config.decode
     precision = resolve_precision(args.precision, device, setting="--precision", training=False)
-    beam_size = args.beam_size or decode.beam_size
-    if beam_size < 1:
-        raise NMTError("--beam-size must be at least 1")
+    def given(value, default):
+        return default if value is None else value
+
     return Translator(
-        loaded.model, loaded.tokenizer, device=device, max_len=decode.max_src_len, beam_size=beam_size,
-        alpha=decode.length_penalty if args.length_penalty is None else args.length_penalty,
-        max_len_ratio=args.max_len_ratio or decode.max_len_ratio,
-        batch_tokens=args.batch_tokens or decode.batch_tokens, precision=precision,
+        loaded.model, loaded.tokenizer, device=device, max_len=decode.max_src_len,
+        beam_size=given(args.beam_size, decode.beam_size), alpha=given(args.length_penalty, decode.length_penalty),
+        max_len_ratio=given(args.max_len_ratio, decode.max_len_ratio),
+        batch_tokens=given(args.batch_tokens, decode.batch_tokens), precision=precision,
     )
 
 
-def _write_atomically(path: Path, lines: list[str]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise NMTError(f"{path}: cannot write ({error.strerror})") from None
+def check_decoding_flags(args) -> None:
+    """Before any work: a flag given on the command line is used as given, so it must be in range."""
+    for flag, value, allowed, ok in (
+            ("--beam-size", args.beam_size, "at least 1", lambda v: v >= 1),
+            ("--length-penalty", args.length_penalty, "at least 0", lambda v: v >= 0),
+            ("--max-len-ratio", args.max_len_ratio, "a finite number above 0", lambda v: math.isfinite(v) and v > 0),
+            ("--batch-tokens", args.batch_tokens, "at least 1", lambda v: v >= 1),
+            ("--nbest", getattr(args, "nbest", None), "at least 1", lambda v: v >= 1),
+            ("--plot-first", getattr(args, "plot_first", None), "at least 0", lambda v: v >= 0)):
+        if value is not None and not ok(value):
+            shown = format(value, "g") if isinstance(value, float) else value
+            raise NMTError(f"{flag} {shown}: must be {allowed}")
 
 
 def _one_line(text: str) -> str:
@@ -49,6 +55,11 @@ def _one_line(text: str) -> str:
 
 
 def translate_command(args) -> int:
+    check_decoding_flags(args)
+    if args.output != "-":
+        check_output(args.output, reads=[args.checkpoint] + ([args.input] if args.input != "-" else []))
+    if args.attention_plots:
+        check_output_folder(args.attention_plots, flag="--attention-plots")
     device = resolve_device(args.device)
     loaded = checkpoint.load_for_inference(Path(args.checkpoint), device)
     translator = _translator(args, loaded, device)
@@ -85,7 +96,7 @@ def translate_command(args) -> int:
         sys.stdout.write("".join(line + "\n" for line in out))
         sys.stdout.flush()
     else:
-        _write_atomically(Path(args.output), out)
+        write_lines(Path(args.output), out)
     if keep_attention:
         from nmt.plot import plot_attention
 
@@ -110,23 +121,24 @@ def evaluate_command(args) -> dict:
         return score_files(Path(args.hyp), [Path(r) for r in args.ref])
     if not (args.checkpoint and args.dataset):
         raise NMTError("give --hyp FILE --ref FILE, or --checkpoint CKPT --dataset NAME_OR_PATH")
+    check_decoding_flags(args)
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+    check_output_folder(out, flag="--out")
     device = resolve_device(args.device)
-    loaded = checkpoint.load_for_inference(Path(args.checkpoint), device)
+    loaded = checkpoint.load_for_inference(ckpt, device)
     data_cfg = loaded.config.data
     cfg = DataConfig(dataset=args.dataset, dataset_config=args.dataset_config,
                      src_lang=args.src_lang or data_cfg.src_lang, tgt_lang=args.tgt_lang or data_cfg.tgt_lang)
     corpus = load_splits(cfg, [args.split])[0]
     translator = _translator(args, loaded, device)
+    hyp_path = check_output(out / f"{args.split}.hyp.{cfg.tgt_lang}", reads=[ckpt], flag="--out")
+    scores_path = check_output(out / f"{args.split}.scores.json", reads=[ckpt], flag="--out")
     hypotheses = translator.translate(corpus.src, progress=sys.stderr.isatty())
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
     out.mkdir(parents=True, exist_ok=True)
-    hyp_path = out / f"{args.split}.hyp.{cfg.tgt_lang}"
-    _write_atomically(hyp_path, [_one_line(h) for h in hypotheses])
+    write_lines(hyp_path, [_one_line(h) for h in hypotheses])
     result = score(hypotheses, [corpus.tgt])
     result.update(hypotheses=str(hyp_path), split=corpus.name, beam_size=translator.beam_size)
-    import json
-
-    (out / f"{args.split}.scores.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text(scores_path, json.dumps(result, indent=2) + "\n")
     log.info("hypotheses: %s", hyp_path)
     return result

@@ -9,7 +9,9 @@ Rows may be flat (`{"en": ..., "de": ...}`) or carry a `translation` dict column
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import socket
 from collections import Counter
 from dataclasses import dataclass
@@ -105,18 +107,32 @@ def _load_text_split(folder: Path, split: str, src_lang: str, tgt_lang: str) -> 
 
 # ---------------------------------------------------------------- hub layout
 
-def _offline_hint() -> str:
+@functools.cache
+def _hub_reachable() -> bool:
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
     except OSError:
-        return "this machine cannot reach huggingface.co (offline?); use a local folder instead"
+        return False
+    return True
+
+
+def _offline_hint() -> str:
+    if not _hub_reachable():
+        return ("this machine cannot reach huggingface.co (offline?); save the dataset to a folder where you have a "
+                "connection and set data.dataset to that folder (README: \"Without the hub\")")
     return "check the name on huggingface.co/datasets"
 
 
 def _load_hub(name: str, config_name: str | None):
+    if "HF_HUB_OFFLINE" not in os.environ and not _hub_reachable():
+        # without this, the hub client retries for half a minute before giving up; offline, datasets
+        # still finds a copy in its local cache
+        log.info("huggingface.co is unreachable: looking for '%s' in the local datasets cache only", name)
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     import datasets  # imported here: slow to import, and not needed for plain text
 
     datasets.logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # importing it reset the level set at start-up
     try:
         return datasets.load_dataset(name, config_name)
     except ValueError as error:
@@ -136,16 +152,27 @@ def _load_hub(name: str, config_name: str | None):
         raise
 
 
-def _column(table, lang: str, name: str) -> list[str]:
+def _column(table, lang: str, name: str, split: str) -> list[str]:
     columns = table.column_names
     if lang in columns:
-        return [text or "" for text in table[lang]]
+        return _texts(table[lang], lang, name, split)
     if "translation" in columns:
         rows = table["translation"]
         if rows and lang not in rows[0]:
             raise NMTError(f"dataset '{name}' has no language '{lang}'; it has {', '.join(sorted(rows[0]))}")
-        return [row.get(lang) or "" for row in rows]
+        return _texts([row.get(lang) for row in rows], lang, name, split)
     raise NMTError(f"dataset '{name}' has no language '{lang}'; its columns are {', '.join(columns)}")
+
+
+def _texts(values: list, lang: str, name: str, split: str) -> list[str]:
+    """The sentences of one side; a missing value is an empty sentence, anything but text an error."""
+    for row, value in enumerate(values, 1):
+        if value is not None and not isinstance(value, str):
+            files = sorted(Path(name).glob(f"{split}.*")) if Path(name).is_dir() else []
+            where = f"{files[0]}, row {row}" if len(files) == 1 else f"dataset '{name}' [{split}], row {row}"
+            raise NMTError(f"{where}: the '{lang}' value {value!r} is a {type(value).__name__}, not text; "
+                           f"every '{lang}' value must be a string")
+    return [value or "" for value in values]
 
 
 # ---------------------------------------------------------------- entry points
@@ -170,7 +197,7 @@ def load_splits(cfg: DataConfig, splits: list[str]) -> list[Corpus]:
     for split in splits:
         split = _resolve_split(split, list(dataset.keys()), f"dataset '{name}'")
         table = dataset[split]
-        src, tgt = _column(table, cfg.src_lang, name), _column(table, cfg.tgt_lang, name)
+        src, tgt = _column(table, cfg.src_lang, name, split), _column(table, cfg.tgt_lang, name, split)
         corpora.append(Corpus(src, tgt, f"{name}[{split}]"))
     return corpora
 

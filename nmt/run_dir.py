@@ -1,0 +1,104 @@
+"""A run directory: which folder a run may use, one process at a time, and what a resume may change.
+
+nmt marks every run directory it creates (`MARKER`) and writes only the files in `OWN_FILES` there, so it
+can tell its own files from a user's and never overwrites the latter. A process training in a folder holds
+an exclusive `flock` on `LOCK`; the kernel drops it when the process dies, so a killed run never leaves a
+stale lock behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from nmt.errors import NMTError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".nmt-run"
+LOCK = ".nmt-lock"
+OWN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "checkpoints", "spm.model", "spm.src.model",
+             "spm.tgt.model", "tensorboard", "curves.png")
+
+#: what a resumed run may set differently from the run it continues: its budget, schedule, logging, where it
+#: runs and what it is tested on at the end. Everything else (the training and validation data, tokenizer,
+#: model, optimizer, batches, seed) defines the run.
+RESUMABLE_CHANGES = {
+    "train": {"max_epochs", "max_steps", "max_minutes", "valid_every", "save_every_minutes", "lr_schedule",
+              "lr_decay", "decay_start_epoch", "min_lr", "budget_decay_start", "budget_decays", "patience",
+              "log_every", "max_bad_steps", "max_oom_batches", "threads", "device", "precision",
+              "fused_recurrence"},
+    "data": {"test_split"},
+    "decode": "*",
+}
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    return sorted((folder / "checkpoints").glob("*.pt"))
+
+
+def check_new_run_folder(folder: Path) -> None:
+    """A fresh run may use a new folder, one holding no file nmt would write, or one of its own runs that was
+    killed before its first checkpoint (started again from the beginning)."""
+    if folder.exists() and not folder.is_dir():
+        raise NMTError(f"--run-dir {folder}: is a file, not a folder; choose a folder path")
+    if not folder.exists():
+        return
+    if (folder / MARKER).exists():
+        if checkpoints(folder):
+            raise NMTError(f"{folder} already holds a run; continue it with --resume, or choose another --run-dir")
+        log.info("%s holds a run that saved no checkpoint: starting it again from the beginning", folder)
+        return
+    taken = [name for name in OWN_FILES if (folder / name).exists()] + [p.name for p in folder.glob("test.hyp.*")]
+    if taken:
+        raise NMTError(f"--run-dir {folder}: holds {taken[0]}, which nmt did not write and would overwrite; "
+                       "choose another --run-dir")
+
+
+def changed_keys(before: dict, after: dict) -> list[str]:
+    """The settings that differ between two config dicts and that a resume may not change."""
+    changed = []
+    for section, values in after.items():
+        allowed = RESUMABLE_CHANGES.get(section, set())
+        for key, value in values.items():
+            if before.get(section, {}).get(key) != value and allowed != "*" and key not in allowed:
+                changed.append(f"{section}.{key}")
+    return changed
+
+
+def resumed_config_values(embedded: dict, overrides_applied: dict, source: str) -> dict:
+    """The config a resume runs with, refusing changes to what defines the run."""
+    changed = changed_keys(embedded, overrides_applied)
+    if changed:
+        raise NMTError(f"{source}: --resume cannot change {', '.join(changed)} (they define the run it "
+                       "continues); start a new run with another --run-dir instead")
+    return copy.deepcopy(overrides_applied)
+
+
+class RunLock:
+    """Held by the one process that trains in `folder` (rank 0 under torchrun) until `release`."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.handle = open(folder / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise NMTError(f"{folder}: another nmt process (pid {holder}) is training in this run directory; "
+                           "wait for it to finish, or choose another --run-dir") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+        (folder / MARKER).touch()
+        for stale in [*folder.glob(".*.partial*"), *(folder / "checkpoints").glob(".*.partial*")]:
+            stale.unlink(missing_ok=True)  # a killed process's unfinished writes: never read
+
+    def release(self) -> None:
+        self.handle.close()
