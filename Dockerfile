@@ -11,7 +11,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 
 # Dependencies in a layer of their own, read from pyproject.toml: editing the code does not reinstall them.
-# torch comes with the base image and satisfies the torch>=2.3 requirement.
+# torch comes with the base image and satisfies the torch>=2.4 requirement.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \

@@ -42,6 +42,8 @@ def open_run(config_path: str | None, overrides: list[str], run_dir: str | None,
     found = checkpoint.latest_intact(folder / "checkpoints")
     if found is not None:
         path, payload = found
+        if not isinstance(payload.get("config"), dict) or "progress" not in payload:
+            raise NMTError(f"{path}: an incomplete nmt checkpoint (no config or progress); it cannot be resumed")
         embedded, source = payload["config"], f"{path} (embedded config)"
     elif (folder / run_dir_rules.MARKER).exists() and (folder / "config.yaml").is_file():
         log.info("%s: the run saved no checkpoint before it stopped; starting it from step 0", folder)

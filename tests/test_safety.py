@@ -103,6 +103,25 @@ def test_a_text_value_that_is_a_number_names_the_file_and_row(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written, not even an empty run directory
 
 
+def test_a_cache_folder_under_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    env = {**os.environ, "NMT_CACHE": str(blocker / "cache")}
+    result = subprocess.run([sys.executable, "-m", "nmt", "train", "--config", str(TINY_CONFIG), "--run-dir",
+                             str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    check_error(result, "cannot write the sentencepiece cache", "set NMT_CACHE")
+
+
+def test_a_checkpoint_without_its_config_is_one_line(tiny_checkpoint, tmp_path):
+    import torch
+
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    del payload["config"]
+    torch.save(payload, tiny_checkpoint)
+    check_error(run_nmt("translate", "--checkpoint", str(tiny_checkpoint), "--input", str(TINY_DATA / "test.en")),
+                "an incomplete nmt checkpoint (no config)")
+
+
 def test_scoring_two_empty_files_is_one_line(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
