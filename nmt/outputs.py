@@ -44,16 +44,11 @@ def check_output_folder(folder: str | Path, *, flag: str) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NMTError(f"{flag} {folder}: is a file, not a folder; give a folder path")
-    if not folder.exists() and not _first_existing_parent(folder).is_dir():
-        raise NMTError(f"{flag} {folder}: {_first_existing_parent(folder)} is a file, not a folder")
+    if not folder.exists():
+        existing = next(parent for parent in folder.absolute().parents if parent.exists())
+        if not existing.is_dir():
+            raise NMTError(f"{flag} {folder}: {existing} is a file, not a folder")
     return folder
-
-
-def _first_existing_parent(path: Path) -> Path:
-    for parent in path.absolute().parents:
-        if parent.exists():
-            return parent
-    return Path("/")
 
 
 @contextlib.contextmanager

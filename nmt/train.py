@@ -30,7 +30,7 @@ from nmt.errors import NMTError
 from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
-from nmt.model import Seq2Seq
+from nmt.model import Seq2Seq, gemm
 from nmt.schedule import LRSchedule, budget_fraction
 from nmt.scoring import bleu
 from nmt.tokenizer import PAD, Tokenizer
@@ -69,6 +69,8 @@ class Trainer:
             self.device = torch.device("cuda", world.local_rank)
             torch.cuda.set_device(self.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
+        if self.device.type == "cpu":
+            gemm.routes()  # a first run on a machine times the product routes: not inside the training budget
         if data is None:
             data = prepare(cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None)
         self.data = data

@@ -81,7 +81,6 @@ def bench(args) -> int:
         write_text(Path(args.json_out), line + "\n")
     print(line)
     return 0
-    return 0
 
 
 def study(args) -> int:

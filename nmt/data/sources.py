@@ -166,13 +166,15 @@ def _column(table, lang: str, name: str, split: str) -> list[str]:
 
 def _texts(values: list, lang: str, name: str, split: str) -> list[str]:
     """The sentences of one side; a missing value is an empty sentence, anything but text an error."""
+    texts = []
     for row, value in enumerate(values, 1):
         if value is not None and not isinstance(value, str):
             files = sorted(Path(name).glob(f"{split}.*")) if Path(name).is_dir() else []
             where = f"{files[0]}, row {row}" if len(files) == 1 else f"dataset '{name}' [{split}], row {row}"
             raise NMTError(f"{where}: the '{lang}' value {value!r} is a {type(value).__name__}, not text; "
                            f"every '{lang}' value must be a string")
-    return [value or "" for value in values]
+        texts.append(value or "")
+    return texts
 
 
 # ---------------------------------------------------------------- entry points

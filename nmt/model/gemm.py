@@ -58,7 +58,8 @@ _routes: Routes | None = None
 
 
 def routes() -> Routes:
-    """This machine's product routes: decided at the first float32 CPU product, then fixed."""
+    """This machine's product routes: decided once per process (by the trainer before its clock starts, else at
+    the first float32 CPU product), then fixed."""
     global _routes
     if _routes is None:
         _routes = _decide()
