@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from nmt.data.store import TokenizedPairs
 from nmt.tokenizer import BOS, EOS, PAD
 
 
@@ -35,11 +37,12 @@ class Batch:
 
 def pad(sequences: list[list[int]], prefix: list[int] = (), suffix: list[int] = ()) -> torch.Tensor:
     width = max(len(s) for s in sequences) + len(prefix) + len(suffix)
-    out = torch.full((len(sequences), width), PAD, dtype=torch.long)
+    out = np.full((len(sequences), width), PAD, dtype=np.int64)
     for row, seq in enumerate(sequences):
-        full = [*prefix, *seq, *suffix]
-        out[row, : len(full)] = torch.tensor(full, dtype=torch.long)
-    return out
+        out[row, : len(prefix)] = prefix
+        out[row, len(prefix): len(prefix) + len(seq)] = seq
+        out[row, len(prefix) + len(seq): len(prefix) + len(seq) + len(suffix)] = suffix
+    return torch.from_numpy(out)
 
 
 def source_tensor(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,9 +51,9 @@ def source_tensor(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tenso
     return pad(sequences, suffix=[EOS]), lengths
 
 
-def collate(src: list[list[int]], tgt: list[list[int]], indices: list[int]) -> Batch:
-    src_tensor, src_lengths = source_tensor([src[i] for i in indices])
-    targets = [tgt[i] for i in indices]
+def collate(pairs: TokenizedPairs, indices) -> Batch:
+    sources, targets = pairs.rows(indices)
+    src_tensor, src_lengths = source_tensor(sources)
     return Batch(
         src=src_tensor,
         src_lengths=src_lengths,
@@ -60,46 +63,72 @@ def collate(src: list[list[int]], tgt: list[list[int]], indices: list[int]) -> B
     )
 
 
+@dataclass
+class BatchPlan:
+    """An epoch's batches without a Python list per batch: batch j is `order[starts[b]:starts[b + 1]]`
+    for b = `batch_order[j]`."""
+
+    order: np.ndarray  # (pairs,) pair indices, shortest first
+    starts: np.ndarray  # (batches + 1,) where each batch begins in `order`
+    batch_order: np.ndarray  # (batches,) the order in which batches are trained on
+
+    def __len__(self) -> int:
+        return len(self.batch_order)
+
+    def __getitem__(self, j: int) -> list[int]:
+        b = self.batch_order[j]
+        return self.order[self.starts[b]: self.starts[b + 1]].tolist()
+
+    def __iter__(self):
+        return (self[j] for j in range(len(self)))
+
+
 def plan_batches(
-    src_lengths: list[int],
-    tgt_lengths: list[int],
+    src_lengths,
+    tgt_lengths,
     *,
     batch_tokens: int,
     batch_sentences: int | None,
     seed: int,
     epoch: int,
     shuffle: bool = True,
-) -> list[list[int]]:
+) -> BatchPlan:
     """Group pairs of similar length into batches; shuffle pairs within a length and the batch order.
 
     A batch holds `batch_sentences` pairs when that is set, else as many as keep
-    (pairs x longest target, padding included) within `batch_tokens`.
+    (pairs x longest side, EOS included, padding included) within `batch_tokens`.
     """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    n = len(tgt_lengths)
-    tie_break = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
-    order = sorted(range(n), key=lambda i: (tgt_lengths[i], src_lengths[i], tie_break[i]))
-    batches, current, longest = [], [], 0
-    for i in order:
-        longest_if_added = max(longest, tgt_lengths[i] + 1, src_lengths[i] + 1)
-        full = (
-            len(current) >= batch_sentences
-            if batch_sentences
-            else longest_if_added * (len(current) + 1) > batch_tokens
-        )
-        if current and full:
-            batches.append(current)
-            current, longest_if_added = [], max(tgt_lengths[i] + 1, src_lengths[i] + 1)
-        current.append(i)
+    src, tgt = np.asarray(src_lengths), np.asarray(tgt_lengths)
+    n = len(tgt)
+    tie_break = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+    order = np.lexsort((tie_break, src, tgt))  # by target length, then source length, then at random
+    del tie_break
+    if batch_sentences:
+        starts = list(range(0, n, batch_sentences))
+    else:
+        starts = _token_budget_starts(np.maximum(src, tgt)[order], batch_tokens)
+    starts = np.array([*starts, n], dtype=np.int64)
+    batches = len(starts) - 1
+    batch_order = torch.randperm(batches, generator=generator).numpy() if shuffle else np.arange(batches)
+    return BatchPlan(order.astype(np.int32 if n < 2**31 else np.int64), starts, batch_order)
+
+
+def _token_budget_starts(longest_side: np.ndarray, batch_tokens: int) -> list[int]:
+    """Greedy: a batch grows until (its pairs + 1) x its longest side (+1 for EOS/BOS) would pass the budget."""
+    starts, count, longest = [0], 0, 0
+    for position, width in enumerate(longest_side.tolist()):
+        width += 1
+        longest_if_added = longest if longest > width else width
+        if count and longest_if_added * (count + 1) > batch_tokens:
+            starts.append(position)
+            count, longest_if_added = 0, width
+        count += 1
         longest = longest_if_added
-    if current:
-        batches.append(current)
-    if shuffle:
-        batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
-    return batches
+    return starts
 
 
-def shard(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
+def shard(plan: BatchPlan, rank: int, world_size: int) -> BatchPlan:
     """This rank's disjoint share; every rank gets the same number of batches (extras are dropped)."""
-    usable = len(batches) - len(batches) % world_size
-    return batches[rank:usable:world_size]
+    usable = len(plan) - len(plan) % world_size
+    return BatchPlan(plan.order, plan.starts, plan.batch_order[rank:usable:world_size])

@@ -74,8 +74,8 @@ def _sync(device: torch.device) -> None:
 
 def bench_training(trainer, warmup: int, steps: int) -> dict:
     data, cfg = trainer.data, trainer.cfg.train
-    plan = plan_batches([len(s) for s in data.train_src], [len(t) for t in data.train_tgt],
-                        batch_tokens=cfg.batch_tokens, batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=1)
+    plan = plan_batches(data.train.src_lengths, data.train.tgt_lengths, batch_tokens=cfg.batch_tokens,
+                        batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=1)
     trainer.model.train()
     tokens, step_times = 0, []
     window_start = None
@@ -84,7 +84,7 @@ def bench_training(trainer, warmup: int, steps: int) -> dict:
             _sync(trainer.device)
             window_start = time.perf_counter()
         started = time.perf_counter()
-        batch = collate(data.train_src, data.train_tgt, plan[index % len(plan)]).to(trainer.device)
+        batch = collate(data.train, plan[index % len(plan)]).to(trainer.device)
         trainer.train_step(batch)
         if index >= warmup:
             tokens += batch.n_tokens
@@ -124,8 +124,8 @@ def run_bench(args) -> dict:
         trainer = Trainer(cfg, Path(tmp), World(), None)
     device, precision = trainer.device, trainer.precision
     data = trainer.data
-    mean_tgt = statistics.mean(len(t) + 1 for t in data.train_tgt)
-    mean_src = statistics.mean(len(s) + 1 for s in data.train_src)
+    mean_tgt = float(data.train.tgt_lengths.mean()) + 1
+    mean_src = float(data.train.src_lengths.mean()) + 1
     report = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),

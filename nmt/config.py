@@ -57,10 +57,12 @@ class DataConfig:
     max_len_ratio: float = 3.0
     #: use at most this many training pairs (the first ones); null = all. For very large corpora.
     max_train_pairs: int | None = None
+    #: processes that tokenize the training split when it is first prepared; 0 = one per CPU core.
+    num_workers: int = 0
 
     def __post_init__(self):
         _check_ranges("data", self, {"max_len": _AT_LEAST_1, "max_len_ratio": ("at least 1", lambda v: v >= 1),
-                                     "max_train_pairs": _AT_LEAST_1})
+                                     "max_train_pairs": _AT_LEAST_1, "num_workers": _AT_LEAST_0})
 
 
 @dataclass
@@ -73,8 +75,8 @@ class TokenizerConfig:
     joint: bool = True
     #: share of characters the model must cover; below 1.0 the rarest become <unk> (useful for Korean, Chinese).
     character_coverage: float = 1.0
-    #: sentences sampled to train sentencepiece (0 = all); bounds memory on large corpora.
-    max_sentences: int = 2_000_000
+    #: sentences sampled from the training split to train sentencepiece (0 = all); bounds its time and memory.
+    max_sentences: int = 1_000_000
 
     def __post_init__(self):
         # sentencepiece needs room for its 4 special pieces and at least a few real ones

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -30,7 +31,8 @@ def init_world(device_type: str) -> World:
     if size == 1:
         return World()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        # the first run on a large corpus waits at a collective while one rank per node prepares the data
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timedelta(hours=1))
     return World(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), size=size)
 
 
@@ -39,6 +41,8 @@ def any_rank(flag: bool, world: World) -> bool:
     if not world.distributed:
         return flag
     tensor = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":  # NCCL reduces only tensors on the GPU
+        tensor = tensor.cuda()
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
 

@@ -10,7 +10,9 @@ of the output softmax. Unseen pieces map to <unk>.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import multiprocessing
 import os
 import tempfile
 from pathlib import Path
@@ -63,6 +65,15 @@ class Side:
         used = {i for ids in encoded_spm for i in ids} - set(range(SPECIALS))
         return Side(self.model_proto, list(range(SPECIALS)) + sorted(used))
 
+    def keeping(self, pieces: list[int]) -> Side:
+        """This model with table rows for the specials and `pieces` (sentencepiece ids)."""
+        return Side(self.model_proto, list(range(SPECIALS)) + sorted(set(pieces) - set(range(SPECIALS))))
+
+    @property
+    def to_model(self) -> torch.Tensor:
+        """(pieces,) model id of every sentencepiece id (<unk> for pieces without a table row)."""
+        return self._to_model
+
 
 class Tokenizer:
     def __init__(self, src: Side, tgt: Side, joint: bool):
@@ -92,13 +103,24 @@ class Tokenizer:
             (folder / "spm.tgt.model").write_bytes(self.tgt.model_proto)
 
 
-def _train_model(cfg: TokenizerConfig, texts: list[str]) -> bytes:
-    """Train one sentencepiece model, or reuse the cached one trained on the same text and settings."""
+TRAIN_IN_CHILD_LINES = 200_000
+
+
+def _train_sentencepiece(corpus: str, **settings) -> bytes:
+    """The model's bytes. The text is given as an iterator, not a file name, so the model does not record
+    where the text was (a temporary file): the same text and settings give the same bytes."""
+    model = io.BytesIO()
+    with open(corpus, encoding="utf-8") as lines:
+        spm.SentencePieceTrainer.train(sentence_iterator=(line.rstrip("\n") for line in lines), model_writer=model,
+                                       **settings)
+    return model.getvalue()
+
+
+def cached_model(cfg: TokenizerConfig, key: str, write_corpus) -> bytes:
+    """The sentencepiece model cached under `key`, or one trained on what `write_corpus(path)` writes
+    there (one sentence a line) and then cached. `key` must name the text and the settings."""
     settings = f"{cfg.vocab_size}|{cfg.model_type}|{cfg.character_coverage}|{cfg.max_sentences}|{PAD}{UNK}{BOS}{EOS}"
-    digest = hashlib.sha256(settings.encode())
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\n")
-    cached = cache_dir() / f"{digest.hexdigest()[:32]}.model"
+    cached = cache_dir() / f"{hashlib.sha256(f'{settings}|{key}'.encode()).hexdigest()[:32]}.model"
     if cached.is_file():
         proto = cached.read_bytes()
         try:
@@ -108,25 +130,30 @@ def _train_model(cfg: TokenizerConfig, texts: list[str]) -> bytes:
         except (RuntimeError, OSError, TypeError):  # a damaged cache entry: rebuild it, never fail on it
             log.warning("sentencepiece: the cached %s is corrupt; training it again", cached)
             cached.unlink(missing_ok=True)
-    log.info("sentencepiece: training a %s model, vocab %d, on %d lines", cfg.model_type, cfg.vocab_size, len(texts))
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
-        corpus.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
+        lines = write_corpus(corpus)
+        log.info("sentencepiece: training a %s model, vocab %d, on %d lines", cfg.model_type, cfg.vocab_size, lines)
+        options = dict(
+            vocab_size=cfg.vocab_size, model_type=cfg.model_type, character_coverage=cfg.character_coverage,
+            input_sentence_size=0,  # callers write at most tokenizer.max_sentences lines, sampled
+            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, hard_vocab_limit=False,
+            num_threads=os.cpu_count() or 1, minloglevel=2, seed_sentencepiece_size=1_000_000,
+        )
         try:
-            spm.SentencePieceTrainer.train(
-                input=str(corpus), model_prefix=str(Path(tmp) / "spm"), vocab_size=cfg.vocab_size,
-                model_type=cfg.model_type, character_coverage=cfg.character_coverage,
-                input_sentence_size=cfg.max_sentences, shuffle_input_sentence=cfg.max_sentences > 0,
-                pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, hard_vocab_limit=False,
-                num_threads=os.cpu_count() or 1, minloglevel=2, seed_sentencepiece_size=1_000_000,
-            )
+            if lines > TRAIN_IN_CHILD_LINES:
+                # in a child process: its few GB of working memory go back to the system when it ends,
+                # instead of staying the high-water mark of the training process
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    proto = pool.apply(_train_sentencepiece, (str(corpus),), options)
+            else:
+                proto = _train_sentencepiece(str(corpus), **options)
         except RuntimeError as error:
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             advice = ("raise tokenizer.vocab_size: the text has more distinct characters than that"
                       if "required_chars" in message or "smaller than" in message else
                       "lower tokenizer.vocab_size: the text has too few distinct pieces for it")
             raise NMTError(f"sentencepiece training failed ({message}); {advice}") from None
-        proto = (Path(tmp) / "spm.model").read_bytes()
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(f".{os.getpid()}.tmp")
@@ -138,12 +165,27 @@ def _train_model(cfg: TokenizerConfig, texts: list[str]) -> bytes:
     return proto
 
 
+def _model_for_texts(cfg: TokenizerConfig, texts: list[str]) -> bytes:
+    if cfg.max_sentences and len(texts) > cfg.max_sentences:
+        chosen = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[: cfg.max_sentences]
+        texts = [texts[i] for i in sorted(chosen.tolist())]
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\n")
+
+    def write(path: Path) -> int:
+        path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
+        return len(texts)
+
+    return cached_model(cfg, f"texts:{digest.hexdigest()}", write)
+
+
 def train_tokenizer(cfg: TokenizerConfig, src_texts: list[str], tgt_texts: list[str]) -> Tokenizer:
-    """Train (or reuse) sentencepiece on the training split; the vocabularies are pruned later."""
+    """Train (or reuse) sentencepiece on sentences in memory; the vocabularies are pruned later."""
     if cfg.joint:
-        proto = _train_model(cfg, src_texts + tgt_texts)
+        proto = _model_for_texts(cfg, src_texts + tgt_texts)
         return Tokenizer(Side(proto), Side(proto), joint=True)
-    return Tokenizer(Side(_train_model(cfg, src_texts)), Side(_train_model(cfg, tgt_texts)), joint=False)
+    return Tokenizer(Side(_model_for_texts(cfg, src_texts)), Side(_model_for_texts(cfg, tgt_texts)), joint=False)
 
 
 def prune_to_training_data(tokenizer: Tokenizer, src_texts: list[str], tgt_texts: list[str]):

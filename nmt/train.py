@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from nmt import checkpoint
 from nmt.batching import collate, plan_batches, shard
 from nmt.config import Config
-from nmt.data.prepare import PreparedData, prepare
+from nmt.data.prepare import PreparedData, prepare_on_each_node
 from nmt.device import autocast, precision_reason, resolve_device, resolve_precision, set_threads
 from nmt.distributed import World, any_rank, barrier, broadcast_object
 from nmt.errors import NMTError
@@ -72,7 +73,8 @@ class Trainer:
         if self.device.type == "cpu":
             gemm.routes()  # a first run on a machine times the product routes: not inside the training budget
         if data is None:
-            data = prepare(cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None)
+            data = prepare_on_each_node(cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None,
+                                        world)
         self.data = data
         self.tokenizer = self.data.tokenizer
         torch.manual_seed(cfg.train.seed)
@@ -179,12 +181,12 @@ class Trainer:
         self.model.eval()
         total_nll, total_tokens = 0.0, 0
         data = self.data
-        plan = plan_batches([len(s) for s in data.valid_src], [len(t) for t in data.valid_tgt],
+        plan = plan_batches(data.valid_ids.src_lengths, data.valid_ids.tgt_lengths,
                             batch_tokens=self.cfg.train.batch_tokens, batch_sentences=None, seed=0, epoch=0,
                             shuffle=False)
         with torch.inference_mode(), autocast(self.device, self.precision):
             for indices in plan:
-                batch = collate(data.valid_src, data.valid_tgt, indices).to(self.device)
+                batch = collate(data.valid_ids, indices).to(self.device)
                 real = batch.tgt_out != PAD
                 logits = self.model(batch.src, batch.src_lengths, batch.tgt_in, real)
                 total_nll += summed_nll(logits, batch.tgt_out[real]).item()
@@ -284,14 +286,13 @@ class Trainer:
     def run(self) -> str:
         """Train until a budget, max_epochs or early stopping ends it; returns why it stopped."""
         cfg, progress, data = self.cfg.train, self.progress, self.data
-        src_lengths, tgt_lengths = [len(s) for s in data.train_src], [len(t) for t in data.train_tgt]
         interactive = self.world.is_main and sys.stderr.isatty()
         window = {"nll": 0.0, "tokens": 0, "steps": 0, "clipped": 0, "time": time.perf_counter()}
         reason = self._out_of_budget()
         self.model.train()
         with self.signals:
             while reason is None and progress.epoch <= cfg.max_epochs:
-                plan = shard(plan_batches(src_lengths, tgt_lengths, batch_tokens=cfg.batch_tokens,
+                plan = shard(plan_batches(data.train.src_lengths, data.train.tgt_lengths, batch_tokens=cfg.batch_tokens,
                                           batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=progress.epoch),
                              self.world.rank, self.world.size)
                 bar = tqdm(total=len(plan), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}",
@@ -302,7 +303,7 @@ class Trainer:
                     started = time.perf_counter()
                     self.schedule.follow_budget(budget_fraction(
                         cfg, progress.step, progress.elapsed, progress.epoch - 1 + progress.batch_in_epoch / len(plan)))
-                    batch = collate(data.train_src, data.train_tgt, plan[progress.batch_in_epoch]).to(self.device)
+                    batch = collate(data.train, plan[progress.batch_in_epoch]).to(self.device)
                     try:
                         nll, norm, applied = self.train_step(batch)
                     except torch.cuda.OutOfMemoryError:
@@ -348,7 +349,9 @@ class Trainer:
             if progress.validated_step != progress.step:
                 self._timed_validation()
         barrier(self.world)
-        log.info("training stopped: %s (step %d, %.1f minutes)", reason, progress.step, progress.elapsed / 60)
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        log.info("training stopped: %s (step %d, %.1f minutes; peak memory of this process %s MiB)", reason,
+                 progress.step, progress.elapsed / 60, f"{peak_mib:,.0f}")
         return reason
 
     def _patience_ran_out(self) -> str:

@@ -67,11 +67,13 @@ def trainer_from_parts(cfg, src: list[list[int]], tgt: list[list[int]], vocab_si
     from nmt.batching import collate
     from nmt.data.prepare import PreparedData
     from nmt.data.sources import Corpus
+    from nmt.data.store import TokenizedPairs
     from nmt.distributed import World
     from nmt.train import Trainer
 
     sizes = SimpleNamespace(src=range(vocab_sizes[0]), tgt=range(vocab_sizes[1]))  # only their lengths are read
     text = Corpus(["x"] * len(src), ["y"] * len(tgt), "pairs")
-    data = PreparedData(sizes, src, tgt, text, src, tgt, None)
+    pairs = TokenizedPairs.from_lists(src, tgt)
+    data = PreparedData(sizes, pairs, text, pairs, None)
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()), World(), None, data=data)
-    return trainer, collate(src, tgt, list(range(len(src)))).to(trainer.device)
+    return trainer, collate(pairs, list(range(len(src)))).to(trainer.device)

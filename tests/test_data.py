@@ -87,6 +87,6 @@ def test_drop_empty_and_length_filters():
     corpus, dropped = drop_empty(Corpus(["a", " ", "b", "c"], ["x", "y", "", "z"], "t"))
     assert (corpus.src, corpus.tgt, dropped) == (["a", "c"], ["x", "z"], 2)
     keep, reasons = filter_by_length([1, 5, 2, 1, 3], [1, 1, 2, 11, 9], max_len=10, max_ratio=3.0)
-    assert keep == [0, 2, 4]  # 3 vs 9 is exactly the ratio bound: kept
+    assert keep.nonzero()[0].tolist() == [0, 2, 4]  # 3 vs 9 is exactly the ratio bound: kept
     assert reasons["longer than data.max_len=10 pieces"] == 1
     assert reasons["length ratio above data.max_len_ratio=3.0"] == 1

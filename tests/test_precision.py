@@ -37,8 +37,8 @@ def no_data_may_be_read(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was read before the precision was checked")
 
-    monkeypatch.setattr(nmt.data.sources, "load_splits", refuse)
-    monkeypatch.setattr(nmt.data.prepare, "load_splits", refuse)
+    monkeypatch.setattr(nmt.data.sources, "load_data", refuse)
+    monkeypatch.setattr(nmt.data.prepare, "load_data", refuse)
 
 
 @pytest.mark.parametrize("support, expected", [("native", "bf16"), ("emulated", "fp32"), ("none", "fp32")])

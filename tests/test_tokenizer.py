@@ -43,6 +43,6 @@ def test_same_data_and_settings_reuse_the_cached_model(monkeypatch):
     again = train_tokenizer(cfg, texts, texts)
     assert trainings == [] and again.src.model_proto == first.src.model_proto  # read from the cache
     other = train_tokenizer(TokenizerConfig(vocab_size=61), texts, texts)
-    assert trainings == [1] and other.src.model_proto != again.src.model_proto  # other settings: trained
+    assert trainings == [1]  # other settings: trained again, not read from the cache
 
 

@@ -16,6 +16,19 @@ def train(args) -> int:
     return 0
 
 
+def prepare(args) -> int:
+    from nmt.config import load_config
+    from nmt.data.prepare import prepare as prepare_data
+
+    data = prepare_data(load_config(args.config, args.overrides))
+    meta = data.store.meta
+    print(f"prepared: {data.store.folder}")
+    print(f"  {meta['pairs']:,} training pairs of {meta['offered']:,} ({meta['tokens']['src']:,} source and "
+          f"{meta['tokens']['tgt']:,} target pieces), {data.store.bytes / 2**20:,.1f} MiB")
+    print("  nmt train with the same data, tokenizer and filter settings (and the same NMT_CACHE) reads it")
+    return 0
+
+
 def translate(args) -> int:
     from nmt.cli.translate import translate_command
 

@@ -1,4 +1,4 @@
-"""The one command-line parser: `nmt train | translate | evaluate | plot | bench | study`."""
+"""The one command-line parser: `nmt train | prepare | translate | evaluate | plot | bench | study`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ def _add_train(sub) -> None:
                    help="override a config key, e.g. --set train.lr=0.5 (repeatable)")
     p.add_argument("--run-dir", help="where the run is written (default: $NMT_RUNS or runs/, then <config>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenize the training data into the cache ahead of training "
+                                       "(train does it too when needed)")
+    p.add_argument("--config", help="the YAML config the training run will use")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, as for train (repeatable)")
 
 
 def _add_decoding_options(p) -> None:
@@ -89,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_prepare(sub)
     _add_translate(sub)
     _add_evaluate(sub)
     _add_plot(sub)

@@ -1,72 +1,304 @@
-"""A run's data, ready to batch: load the splits, clean, tokenize, filter by length."""
+"""A run's data, ready to batch: sentencepiece trained on a sample, the training split tokenized and
+filtered once into a store on disk under `$NMT_CACHE/prepared`, the small splits in memory.
+
+The store is keyed by the training data's fingerprint (file contents, or the hub
+table's fingerprint), the sentencepiece model(s) and the filters; a restart, a
+resume and every torchrun rank find it and read it instead of tokenizing again.
+Building it streams the corpus in chunks through `data.num_workers` processes,
+so memory does not grow with the corpus.
+"""
 
 from __future__ import annotations
 
+import collections
+import fcntl
+import hashlib
+import json
 import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
 
 from nmt.config import Config
-from nmt.data.sources import Corpus, drop_empty, filter_by_length, load_splits
+from nmt.data import store
+from nmt.data.encode import ChunkEncoder, encode_in_worker, start_worker
+from nmt.data.sources import Corpus, drop_empty, filter_by_length, load_data
+from nmt.data.store import StoreInfo, StoreWriter, TokenizedPairs
+from nmt.distributed import World, any_rank
 from nmt.errors import NMTError
-from nmt.tokenizer import Tokenizer, prune_to_training_data, train_tokenizer
+from nmt.tokenizer import Side, Tokenizer, cache_dir, cached_model
 
 log = logging.getLogger(__name__)
+
+CHUNK_PAIRS = 20_000  # pairs a worker encodes at a time
+POOL_MIN_PAIRS = 100_000  # below this, starting workers costs more than it saves
 
 
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    train_src: list[list[int]]
-    train_tgt: list[list[int]]
+    train: TokenizedPairs  # the kept training pairs, read from the store a batch at a time
     valid: Corpus  # raw text, for BLEU
-    valid_src: list[list[int]]  # model ids of the pairs within data.max_len, for the loss
-    valid_tgt: list[list[int]]
+    valid_ids: TokenizedPairs  # model ids of the validation pairs within data.max_len, for the loss
     test: Corpus | None
+    store: StoreInfo | None = None
 
 
 def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
-    """Tokenize with `tokenizer`, or train one (and its vocabularies) on the training split."""
+    """Tokenize with `tokenizer` (a resumed run's), or train one and prune its vocabularies to the pieces
+    the training split uses."""
     data = cfg.data
-    splits = [data.train_split, data.valid_split] + ([data.test_split] if data.test_split else [])
-    corpora = load_splits(data, splits)
-    train, valid = corpora[0], corpora[1]
-    test = corpora[2] if data.test_split else None
-    if data.max_train_pairs:
-        train = Corpus(train.src[: data.max_train_pairs], train.tgt[: data.max_train_pairs], train.name)
-    offered = len(train)  # after data.max_train_pairs
-    train, empty = drop_empty(train)
-    if empty:
-        log.info("%s: dropped %d pair(s) with an empty side", train.name, empty)
-    if not len(train):
-        raise NMTError(f"{corpora[0].name}: the training split has no non-empty sentence pairs")
+    splits = [data.valid_split] + ([data.test_split] if data.test_split else [])
+    (valid, *rest), stream = load_data(data, splits, stream_split=data.train_split)
+    test = rest[0] if rest else None
     valid, _ = drop_empty(valid)
     if not len(valid):
-        raise NMTError(f"{corpora[1].name}: the validation split has no non-empty sentence pairs")
-
-    if tokenizer is None:
-        tokenizer = train_tokenizer(cfg.tokenizer, train.src, train.tgt)
-        train_src, train_tgt = prune_to_training_data(tokenizer, train.src, train.tgt)
-    else:
-        train_src, train_tgt = tokenizer.src.encode(train.src), tokenizer.tgt.encode(train.tgt)
-    keep, dropped = filter_by_length([len(s) for s in train_src], [len(t) for t in train_tgt],
-                                     max_len=data.max_len, max_ratio=data.max_len_ratio)
-    for reason, count in dropped.items():
-        log.info("%s: dropped %d pair(s): %s", train.name, count, reason)
-    if not keep:
-        raise NMTError(f"{train.name}: filtering dropped every pair ({', '.join(dropped)}); "
-                       f"raise data.max_len or data.max_len_ratio")
+        raise NMTError(f"{valid.name}: the validation split has no non-empty sentence pairs")
+    limit = min(len(stream), data.max_train_pairs or len(stream))
+    trained_here = tokenizer is None
+    if trained_here:
+        tokenizer = _train_sentencepiece(cfg, stream, limit)
+    info = build_or_find_store(cfg, stream, limit, tokenizer)
+    meta = info.meta
+    if trained_here:
+        tokenizer = Tokenizer(tokenizer.src.keeping(meta["src_pieces"]), tokenizer.tgt.keeping(meta["tgt_pieces"]),
+                              tokenizer.joint)
+    train = TokenizedPairs.open(info.folder, "train", meta, tokenizer.src.to_model.numpy(),
+                                tokenizer.tgt.to_model.numpy())
     log.info("training pairs: %d kept of %d; vocabulary: %d source, %d target pieces",
-             len(keep), offered, len(tokenizer.src), len(tokenizer.tgt))
+             len(train), meta["offered"], len(tokenizer.src), len(tokenizer.tgt))
 
     valid_src, valid_tgt = tokenizer.src.encode(valid.src), tokenizer.tgt.encode(valid.tgt)
-    valid_keep, _ = filter_by_length([len(s) for s in valid_src], [len(t) for t in valid_tgt],
-                                     max_len=data.max_len, max_ratio=float("inf"))
-    return PreparedData(
-        tokenizer=tokenizer,
-        train_src=[train_src[i] for i in keep],
-        train_tgt=[train_tgt[i] for i in keep],
-        valid=valid,
-        valid_src=[valid_src[i] for i in valid_keep],
-        valid_tgt=[valid_tgt[i] for i in valid_keep],
-        test=test,
-    )
+    keep, _ = filter_by_length([len(s) for s in valid_src], [len(t) for t in valid_tgt],
+                               max_len=data.max_len, max_ratio=float("inf"))
+    valid_ids = TokenizedPairs.from_lists([s for s, k in zip(valid_src, keep) if k],
+                                          [t for t, k in zip(valid_tgt, keep) if k])
+    return PreparedData(tokenizer, train, valid, valid_ids, test, info)
+
+
+def prepare_on_each_node(cfg: Config, tokenizer: Tokenizer | None, world: World) -> PreparedData:
+    """Under torchrun, local rank 0 of each node prepares (or finds) the store while the other ranks wait,
+    then they read the same files: one tokenization per node, one copy in the page cache."""
+    if not world.distributed:
+        return prepare(cfg, tokenizer)
+    data, failure = None, None
+    if world.local_rank == 0:
+        try:
+            data = prepare(cfg, tokenizer)
+        except Exception as error:  # noqa: BLE001 - raised below, after the other ranks have heard of it
+            failure = error
+    if any_rank(failure is not None, world):
+        raise failure or NMTError("another rank could not prepare the data; its error is in its log")
+    return data if data is not None else prepare(cfg, tokenizer)
+
+
+# ---------------------------------------------------------------- sentencepiece on a sample
+
+
+def _train_sentencepiece(cfg: Config, stream, limit: int) -> Tokenizer:
+    """Sentencepiece trained on at most `tokenizer.max_sentences` sentences drawn from the first `limit`
+    pairs, streamed to a file (never a list of the corpus); cached by the data's fingerprint."""
+    settings = cfg.tokenizer
+    per_model = settings.max_sentences // (2 if settings.joint else 1)
+    chosen = None  # every pair
+    if per_model and per_model < limit:
+        chosen = np.sort(np.random.default_rng(0).choice(limit, per_model, replace=False))
+    key = f"stream:{stream.fingerprint()}:{limit}"
+
+    def writer(sides: tuple[int, ...]):
+        def write(path: Path) -> int:
+            log.info("sentencepiece: drawing %s pairs of %s for its training sample",
+                     f"{len(chosen):,}" if chosen is not None else "all", stream.name)
+            lines = _write_sample(stream, limit, chosen, sides, path)
+            if not lines:
+                raise NMTError(f"{stream.name}: the training split has no non-empty sentence pairs")
+            return lines
+        return write
+
+    if settings.joint:
+        proto = cached_model(settings, f"{key}:joint", writer((0, 1)))
+        return Tokenizer(Side(proto), Side(proto), joint=True)
+    return Tokenizer(Side(cached_model(settings, f"{key}:src", writer((0,)))),
+                     Side(cached_model(settings, f"{key}:tgt", writer((1,)))), joint=False)
+
+
+def _write_sample(stream, limit: int, chosen: np.ndarray | None, sides: tuple[int, ...], path: Path) -> int:
+    """The chosen pairs' non-empty sides, stripped, one a line: every source sentence, then every target."""
+    lines = 0
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        parts = [Path(tmp) / f"side{side}.txt" for side in sides]
+        files = [open(part, "w", encoding="utf-8") for part in parts]
+        try:
+            for start, chunk in _limited(stream, limit):
+                rows = range(len(chunk[0]))
+                if chosen is not None:
+                    rows = chosen[np.searchsorted(chosen, start):np.searchsorted(chosen, start + len(chunk[0]))] - start
+                for row in rows:
+                    pair = (chunk[0][row].strip(), chunk[1][row].strip())
+                    if pair[0] and pair[1]:
+                        for file, side in zip(files, sides):
+                            file.write(pair[side].replace("\n", " ") + "\n")
+                        lines += len(sides)
+        finally:
+            for file in files:
+                file.close()
+        with open(path, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as file:
+                    while block := file.read(1 << 22):
+                        out.write(block)
+    return lines
+
+
+def _limited(stream, limit: int):
+    """(index of the chunk's first pair, chunk) for the first `limit` pairs."""
+    start = 0
+    for src, tgt in stream.chunks(CHUNK_PAIRS):
+        if start >= limit:
+            return
+        if start + len(src) > limit:
+            src, tgt = src[: limit - start], tgt[: limit - start]
+        yield start, (src, tgt)
+        start += len(src)
+
+
+# ---------------------------------------------------------------- the store
+
+
+def store_root() -> Path:
+    return cache_dir().parent / "prepared"
+
+
+def store_folder(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> Path:
+    """Where this data, tokenizer and filters are stored: a hash of all three (the data by content, so a
+    copied corpus finds its store; `meta.json` inside names the source)."""
+    sha = lambda proto: hashlib.sha256(proto).hexdigest()  # noqa: E731
+    key = json.dumps({"format": store.FORMAT, "data": stream.fingerprint(), "pairs": limit,
+                      "max_len": cfg.data.max_len, "max_len_ratio": cfg.data.max_len_ratio,
+                      "src_model": sha(tokenizer.src.model_proto), "tgt_model": sha(tokenizer.tgt.model_proto)},
+                     sort_keys=True)
+    return store_root() / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def build_or_find_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> StoreInfo:
+    folder = store_folder(cfg, stream, limit, tokenizer)
+    meta = store.read_meta(folder)
+    if meta is not None:
+        log.info("prepared data: reusing %s", folder)
+        return StoreInfo(folder, meta)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NMTError(f"cannot create {folder.parent} ({error.strerror or error}); "
+                       "set NMT_CACHE to a writable folder") from None
+    with _build_lock(folder):  # another process preparing the same data: wait for it, then use its result
+        meta = store.read_meta(folder)
+        if meta is None:
+            if folder.exists():
+                log.warning("prepared data: %s is incomplete or damaged; building it again", folder)
+                _remove(folder)
+            store.remove_stale_partials(folder.parent)
+            _build(cfg, stream, limit, tokenizer, folder)
+            meta = store.read_meta(folder)
+            if meta is None:
+                raise NMTError(f"{folder}: the prepared data did not read back; check the disk (df -h)")
+    return StoreInfo(folder, meta)
+
+
+@contextmanager
+def _build_lock(folder: Path):
+    with open(folder.with_name(folder.name + ".lock"), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("prepared data: another process is preparing %s; waiting for it", folder.name)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _remove(folder: Path) -> None:
+    trash = store.partial_folder(folder)
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(folder, trash)  # out of the way at once; a kill during the removal leaves only a partial folder
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _workers(requested: int) -> int:
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, requested or available)
+
+
+def _build(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: Path) -> None:
+    data = cfg.data
+    pieces = max(tokenizer.src.sp.get_piece_size(), tokenizer.tgt.sp.get_piece_size())
+    writer = StoreWriter(folder, "train", store.id_dtype(pieces), store.length_dtype(data.max_len))
+    encoder_args = (tokenizer.src.model_proto, tokenizer.tgt.model_proto, data.max_len, data.max_len_ratio)
+    workers = _workers(data.num_workers) if limit >= POOL_MIN_PAIRS else 1
+    log.info("prepared data: tokenizing %s pairs of %s with %d process(es) into %s",
+             f"{limit:,}", stream.name, workers, folder)
+    used = [np.zeros(tokenizer.src.sp.get_piece_size(), bool), np.zeros(tokenizer.tgt.sp.get_piece_size(), bool)]
+    empty, done, dropped, started = 0, 0, Counter(), time.perf_counter()
+    bar = tqdm(total=limit, desc="tokenizing", unit=" pairs", unit_scale=True, dynamic_ncols=True,
+               disable=not sys.stderr.isatty(), mininterval=1.0)
+    logged = started
+    try:
+        for chunk in _encoded(stream, limit, workers, encoder_args):
+            writer.append("src", chunk.src_ids, chunk.src_lengths)
+            writer.append("tgt", chunk.tgt_ids, chunk.tgt_lengths)
+            used[0] |= chunk.src_used
+            used[1] |= chunk.tgt_used
+            empty += chunk.empty
+            dropped += chunk.dropped
+            bar.update(chunk.offered)
+            done += chunk.offered
+            if bar.disable and time.perf_counter() - logged > 30:  # no terminal (docker logs, a file): a line
+                logged = time.perf_counter()
+                rate = done / (logged - started)
+                log.info("tokenizing: %s of %s pairs, %s pairs/s, about %.0f s left", f"{done:,}", f"{limit:,}",
+                         f"{rate:,.0f}", (limit - done) / rate)
+        bar.close()
+        if empty:
+            log.info("%s: dropped %d pair(s) with an empty side", stream.name, empty)
+        for reason, count in dropped.items():
+            log.info("%s: dropped %d pair(s): %s", stream.name, count, reason)
+        if empty == limit:
+            raise NMTError(f"{stream.name}: the training split has no non-empty sentence pairs")
+        if not writer.pairs:
+            raise NMTError(f"{stream.name}: filtering dropped every pair ({', '.join(dropped)}); "
+                           f"raise data.max_len or data.max_len_ratio")
+        writer.finish({"source": stream.name, "offered": limit, "empty": empty, "dropped": dict(dropped),
+                       "src_pieces": used[0].nonzero()[0].tolist(), "tgt_pieces": used[1].nonzero()[0].tolist()})
+    except BaseException:
+        bar.close()
+        writer.abandon()
+        raise
+    seconds = time.perf_counter() - started
+    log.info("prepared data: %s pairs in %.0f s (%s pairs/s)", f"{limit:,}", seconds, f"{limit / seconds:,.0f}")
+
+
+def _encoded(stream, limit: int, workers: int, encoder_args: tuple):
+    """Encoded chunks in corpus order; at most two chunks per worker in flight, so memory stays bounded."""
+    chunks = (chunk for _, chunk in _limited(stream, limit))
+    if workers == 1:
+        encoder = ChunkEncoder(*encoder_args)
+        yield from map(encoder, chunks)
+        return
+    # spawned, not forked: the parent may hold torch's thread pools, which a fork does not carry over safely
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=start_worker, initargs=encoder_args) as pool:
+        pending = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(encode_in_worker, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()

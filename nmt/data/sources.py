@@ -10,12 +10,16 @@ Rows may be flat (`{"en": ..., "de": ...}`) or carry a `translation` dict column
 from __future__ import annotations
 
 import functools
+import hashlib
+import itertools
 import logging
 import os
 import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from nmt.config import DataConfig
 from nmt.errors import NMTError
@@ -72,19 +76,7 @@ def read_text_lines(path: Path) -> list[str]:
         raise NMTError(f"{path}: file not found") from None
     except OSError as error:
         raise NMTError(f"{path}: cannot read ({error.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise NMTError(
-            f"{path}:{line}: invalid UTF-8 (byte {data[error.start]:#04x}); "
-            f"convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8"
-        ) from None
-    if not text:
-        return []
-    if text.endswith("\n"):  # the last line's newline ends it; it does not start another (a lone "\n" is one line)
-        text = text[:-1]
-    return [line.rstrip("\r") for line in text.split("\n")]
+    return _decode_lines([data], path, 1) if data else []
 
 
 def _text_splits(folder: Path, src_lang: str, tgt_lang: str) -> list[str]:
@@ -152,22 +144,30 @@ def _load_hub(name: str, config_name: str | None):
         raise
 
 
-def _column(table, lang: str, name: str, split: str) -> list[str]:
+def _check_languages(table, langs: tuple[str, str], name: str) -> None:
     columns = table.column_names
-    if lang in columns:
-        return _texts(table[lang], lang, name, split)
-    if "translation" in columns:
-        rows = table["translation"]
-        if rows and lang not in rows[0]:
-            raise NMTError(f"dataset '{name}' has no language '{lang}'; it has {', '.join(sorted(rows[0]))}")
-        return _texts([row.get(lang) for row in rows], lang, name, split)
-    raise NMTError(f"dataset '{name}' has no language '{lang}'; its columns are {', '.join(columns)}")
+    for lang in langs:
+        if lang in columns:
+            continue
+        if "translation" not in columns:
+            raise NMTError(f"dataset '{name}' has no language '{lang}'; its columns are {', '.join(columns)}")
+        first = table[0]["translation"] if len(table) else {}
+        if first and lang not in first:
+            raise NMTError(f"dataset '{name}' has no language '{lang}'; it has {', '.join(sorted(first))}")
 
 
-def _texts(values: list, lang: str, name: str, split: str) -> list[str]:
+def _values(batch: dict, lang: str) -> list:
+    """One side's values of a batch of rows (datasets' python format: its features decoded), from a flat
+    column or the `translation` dicts."""
+    if lang in batch:
+        return batch[lang]
+    return [row.get(lang) if row else None for row in batch["translation"]]
+
+
+def _texts(values: list, lang: str, name: str, split: str, first_row: int = 1) -> list[str]:
     """The sentences of one side; a missing value is an empty sentence, anything but text an error."""
     texts = []
-    for row, value in enumerate(values, 1):
+    for row, value in enumerate(values, first_row):
         if value is not None and not isinstance(value, str):
             files = sorted(Path(name).glob(f"{split}.*")) if Path(name).is_dir() else []
             where = f"{files[0]}, row {row}" if len(files) == 1 else f"dataset '{name}' [{split}], row {row}"
@@ -177,31 +177,142 @@ def _texts(values: list, lang: str, name: str, split: str) -> list[str]:
     return texts
 
 
+# ---------------------------------------------------------------- streams of training pairs
+
+
+class TextPairs:
+    """Two `{split}.{lang}` files read in step, chunk by chunk; never the whole corpus in memory."""
+
+    def __init__(self, src_path: Path, tgt_path: Path, name: str):
+        self.paths, self.name = (src_path, tgt_path), name
+        (src_digest, src_lines), (tgt_digest, tgt_lines) = _digest_and_count(src_path), _digest_and_count(tgt_path)
+        if src_lines != tgt_lines:
+            raise NMTError(
+                f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; "
+                f"line N of one side must translate line N of the other"
+            )
+        self.pairs, self._fingerprint = src_lines, f"text:{src_digest}:{tgt_digest}"
+
+    def __len__(self) -> int:
+        return self.pairs
+
+    def fingerprint(self) -> str:
+        """The files' content: a copied or touched corpus is the same corpus, an edited one is not."""
+        return self._fingerprint
+
+    def chunks(self, size: int):
+        with open(self.paths[0], "rb") as src_file, open(self.paths[1], "rb") as tgt_file:
+            first_line = 1
+            while True:
+                src_raw, tgt_raw = list(itertools.islice(src_file, size)), list(itertools.islice(tgt_file, size))
+                if not src_raw:
+                    return
+                yield (_decode_lines(src_raw, self.paths[0], first_line),
+                       _decode_lines(tgt_raw, self.paths[1], first_line))
+                first_line += len(src_raw)
+
+
+def _digest_and_count(path: Path) -> tuple[str, int]:
+    """sha256 of a file and its line count as `read_text_lines` counts them, in one streaming pass."""
+    digest, newlines, last = hashlib.sha256(), 0, b""
+    try:
+        with open(path, "rb") as file:
+            while block := file.read(1 << 22):
+                digest.update(block)
+                newlines += block.count(b"\n")
+                last = block
+    except FileNotFoundError:
+        raise NMTError(f"{path}: file not found") from None
+    except OSError as error:
+        raise NMTError(f"{path}: cannot read ({error.strerror})") from None
+    return digest.hexdigest(), newlines + (1 if last and not last.endswith(b"\n") else 0)
+
+
+def _decode_lines(raw: list[bytes], path: Path, first_line: int) -> list[str]:
+    data = b"".join(raw)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = first_line + data.count(b"\n", 0, error.start)
+        raise NMTError(f"{path}:{line}: invalid UTF-8 (byte {data[error.start]:#04x}); "
+                       f"convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8") from None
+    lines = text.split("\n")
+    if text.endswith("\n"):  # the last line's newline ends it; it does not start another (a lone "\n" is one line)
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+class HubPairs:
+    """A split of a hub dataset, read from its memory-mapped Arrow table chunk by chunk."""
+
+    def __init__(self, table, langs: tuple[str, str], name: str, split: str):
+        _check_languages(table, langs, name)
+        self.table, self.langs, self.name, self.split = table, langs, f"{name}[{split}]", split
+        self._dataset = name
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def fingerprint(self) -> str:
+        """datasets' own fingerprint of the table (its files and the transforms applied to them)."""
+        return f"hub:{self._dataset}:{self.split}:{self.table._fingerprint}:{'-'.join(self.langs)}"
+
+    def chunks(self, size: int):
+        first_row = 1
+        for batch in self.table.iter(batch_size=size):
+            texts = tuple(_texts(_values(batch, lang), lang, self._dataset, self.split, first_row)
+                          for lang in self.langs)
+            yield texts
+            first_row += len(texts[0])
+
+
 # ---------------------------------------------------------------- entry points
 
-def load_splits(cfg: DataConfig, splits: list[str]) -> list[Corpus]:
-    """Load the named splits of `cfg.dataset`, in order; the hub is read once for all of them."""
+def _open(cfg: DataConfig):
+    """(folder, None) for plain-text files, (name, DatasetDict) for a hub dataset or hub-layout folder."""
     path = Path(cfg.dataset).expanduser()
     languages = text_languages(path)
     if languages:
         for lang in (cfg.src_lang, cfg.tgt_lang):
             if lang not in languages:
                 raise NMTError(f"{path}: no language '{lang}' (no *.{lang} files); it has {', '.join(languages)}")
-        return [_load_text_split(path, split, cfg.src_lang, cfg.tgt_lang) for split in splits]
-    if path.is_dir() or path.exists():
-        if not path.is_dir():
-            raise NMTError(f"{path}: data.dataset must be a folder or a hub dataset name, not a file")
-        name = str(path)
-    else:
-        name = cfg.dataset
-    dataset = _load_hub(name, cfg.dataset_config)
+        return path, None
+    if path.exists() and not path.is_dir():
+        raise NMTError(f"{path}: data.dataset must be a folder or a hub dataset name, not a file")
+    name = str(path) if path.is_dir() else cfg.dataset
+    return name, _load_hub(name, cfg.dataset_config)
+
+
+def load_data(cfg: DataConfig, splits: list[str], stream_split: str | None = None):
+    """The named splits of `cfg.dataset` in memory, in order, and `stream_split` (the training split)
+    as a stream of pairs; the hub is read once for all of them."""
+    where, dataset = _open(cfg)
+    langs = (cfg.src_lang, cfg.tgt_lang)
+    if dataset is None:
+        corpora = [_load_text_split(where, split, *langs) for split in splits]
+        if stream_split is None:
+            return corpora, None
+        split = _resolve_split(stream_split, _text_splits(where, *langs), str(where))
+        stream = TextPairs(where / f"{split}.{langs[0]}", where / f"{split}.{langs[1]}",
+                           f"{where}/{split}.{{{langs[0]},{langs[1]}}}")
+        return corpora, stream
     corpora = []
     for split in splits:
-        split = _resolve_split(split, list(dataset.keys()), f"dataset '{name}'")
+        split = _resolve_split(split, list(dataset.keys()), f"dataset '{where}'")
         table = dataset[split]
-        src, tgt = _column(table, cfg.src_lang, name, split), _column(table, cfg.tgt_lang, name, split)
-        corpora.append(Corpus(src, tgt, f"{name}[{split}]"))
-    return corpora
+        _check_languages(table, langs, where)
+        rows = table[:]
+        src, tgt = (_texts(_values(rows, lang), lang, where, split) for lang in langs)
+        corpora.append(Corpus(src, tgt, f"{where}[{split}]"))
+    if stream_split is None:
+        return corpora, None
+    split = _resolve_split(stream_split, list(dataset.keys()), f"dataset '{where}'")
+    return corpora, HubPairs(dataset[split], langs, where, split)
+
+
+def load_splits(cfg: DataConfig, splits: list[str]) -> list[Corpus]:
+    """The named (small) splits of `cfg.dataset` in memory, in order."""
+    return load_data(cfg, splits)[0]
 
 
 def drop_empty(corpus: Corpus) -> tuple[Corpus, int]:
@@ -210,16 +321,11 @@ def drop_empty(corpus: Corpus) -> tuple[Corpus, int]:
     return Corpus([s for s, _ in kept], [t for _, t in kept], corpus.name), len(corpus) - len(kept)
 
 
-def filter_by_length(
-    src_lengths: list[int], tgt_lengths: list[int], *, max_len: int, max_ratio: float
-) -> tuple[list[int], Counter]:
-    """Indices of pairs to keep, and how many were dropped for each reason (lengths in pieces)."""
-    keep, dropped = [], Counter()
-    for i, (s, t) in enumerate(zip(src_lengths, tgt_lengths)):
-        if s > max_len or t > max_len:
-            dropped[f"longer than data.max_len={max_len} pieces"] += 1
-        elif max(s, t) > max_ratio * max(1, min(s, t)):
-            dropped[f"length ratio above data.max_len_ratio={max_ratio}"] += 1
-        else:
-            keep.append(i)
-    return keep, dropped
+def filter_by_length(src_lengths, tgt_lengths, *, max_len: int, max_ratio: float) -> tuple[np.ndarray, Counter]:
+    """Which pairs to keep (a boolean mask), and how many were dropped for each reason (lengths in pieces)."""
+    src, tgt = np.asarray(src_lengths, dtype=np.int64), np.asarray(tgt_lengths, dtype=np.int64)
+    too_long = (src > max_len) | (tgt > max_len)
+    lopsided = ~too_long & (np.maximum(src, tgt) > max_ratio * np.maximum(1, np.minimum(src, tgt)))
+    dropped = Counter({f"longer than data.max_len={max_len} pieces": int(too_long.sum()),
+                       f"length ratio above data.max_len_ratio={max_ratio}": int(lopsided.sum())})
+    return ~(too_long | lopsided), +dropped

@@ -1,0 +1,227 @@
+"""Tokenized pairs on disk: flat id arrays with offsets, read a batch at a time, built once and never
+half-used.
+
+A prepared split is a folder of raw little-endian arrays (the layout of
+fairseq's `.bin/.idx`): for each side `ids` (every sentence's sentencepiece
+ids, one after another), `offsets` (int64, where sentence i starts; one more
+entry than sentences) and `lengths` (pieces per sentence), plus `meta.json`
+with the sizes every file must have. A build writes into a `.partial-HOST-PID`
+folder and renames it when complete, so a killed build is never read; a folder
+whose files do not match its meta is rebuilt.
+
+A training process keeps in RAM only the length arrays the batch planner needs
+and reads each batch's rows with `pread`. The files live once in the kernel's
+page cache, shared by every process and rank that reads them. (Mapping them
+instead makes the process's resident size grow by whole page-cache folios per
+random row, hundreds of KB each on current kernels, until most of the store
+counts as resident.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = 1
+META = "meta.json"
+SIDES = ("src", "tgt")
+REQUIRED = ("split", "pairs", "offered", "tokens", "id_dtype", "length_dtype", "files", "src_pieces", "tgt_pieces")
+
+
+def id_dtype(piece_count: int) -> np.dtype:
+    return np.dtype(np.uint16) if piece_count <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
+
+
+def length_dtype(max_len: int) -> np.dtype:
+    return np.dtype(np.uint16) if max_len < np.iinfo(np.uint16).max else np.dtype(np.uint32)
+
+
+class FileArray:
+    """A read-only array in a file: slicing reads just that slice (`pread`), never the whole file."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.dtype = np.dtype(dtype)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._length = os.fstat(self._fd).st_size // self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        start, stop, _ = window.indices(self._length)
+        width = self.dtype.itemsize
+        data = os.pread(self._fd, max(0, stop - start) * width, start * width)
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __del__(self, close=os.close):  # `os` may be gone when this runs at interpreter exit
+        if getattr(self, "_fd", None) is not None:
+            close(self._fd)
+
+
+class TokenizedPairs:
+    """Sentence pairs as ids: `src_row(i)` / `tgt_row(i)` in the model's id space, lengths in RAM.
+
+    On disk the ids are sentencepiece ids; `src_map` / `tgt_map` (indexed by a
+    sentencepiece id) turn them into model ids, so one prepared corpus serves any
+    vocabulary pruning of the same sentencepiece model.
+    """
+
+    def __init__(self, arrays: dict, src_map: np.ndarray | None = None, tgt_map: np.ndarray | None = None):
+        self._ids = {side: arrays[f"{side}.ids"] for side in SIDES}
+        self._offsets = {side: arrays[f"{side}.offsets"] for side in SIDES}
+        self.src_lengths = np.asarray(arrays["src.lengths"])  # (pairs,) pieces, no EOS
+        self.tgt_lengths = np.asarray(arrays["tgt.lengths"])
+        self._maps = {"src": src_map, "tgt": tgt_map}
+
+    @classmethod
+    def from_lists(cls, src: list[list[int]], tgt: list[list[int]]) -> TokenizedPairs:
+        """In memory, ids already in the model's space (tests, validation sets)."""
+        arrays = {}
+        for side, rows in (("src", src), ("tgt", tgt)):
+            lengths = np.array([len(r) for r in rows], dtype=np.int64)
+            arrays[f"{side}.lengths"] = lengths
+            arrays[f"{side}.offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            arrays[f"{side}.ids"] = np.array([i for r in rows for i in r], dtype=np.int64)
+        return cls(arrays)
+
+    @classmethod
+    def open(cls, folder: Path, split: str, meta: dict, src_map: np.ndarray, tgt_map: np.ndarray) -> TokenizedPairs:
+        arrays = {}
+        for side in SIDES:
+            arrays[f"{side}.ids"] = FileArray(folder / f"{split}.{side}.ids", meta["id_dtype"])
+            arrays[f"{side}.offsets"] = FileArray(folder / f"{split}.{side}.offsets", np.int64)
+            arrays[f"{side}.lengths"] = np.fromfile(folder / f"{split}.{side}.lengths", meta["length_dtype"])
+        return cls(arrays, src_map, tgt_map)
+
+    def __len__(self) -> int:
+        return len(self.tgt_lengths)
+
+    def _row(self, side: str, index: int) -> np.ndarray:
+        start, stop = self._offsets[side][index: index + 2]
+        ids = self._ids[side][int(start): int(stop)]
+        table = self._maps[side]
+        return table[ids] if table is not None else ids.astype(np.int64)
+
+    def src_row(self, index: int) -> np.ndarray:
+        return self._row("src", index)
+
+    def tgt_row(self, index: int) -> np.ndarray:
+        return self._row("tgt", index)
+
+    def rows(self, indices) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Both sides of the pairs `indices`, as int64 model ids."""
+        return [self._row("src", int(i)) for i in indices], [self._row("tgt", int(i)) for i in indices]
+
+
+# ---------------------------------------------------------------- writing and checking
+
+
+class StoreWriter:
+    """Appends encoded chunks of one split to a `.partial-PID` folder; `finish` makes it the cache entry."""
+
+    def __init__(self, final: Path, split: str, id_type: np.dtype, length_type: np.dtype):
+        self.final, self.split = final, split
+        self.folder = partial_folder(final)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        self.id_type, self.length_type = id_type, length_type
+        self.files = {}
+        for side in SIDES:
+            for part in ("ids", "offsets", "lengths"):
+                self.files[f"{side}.{part}"] = open(self.folder / f"{split}.{side}.{part}", "wb")
+            self.files[f"{side}.offsets"].write(np.zeros(1, np.int64).tobytes())
+        self.tokens = {side: 0 for side in SIDES}
+        self.pairs = 0
+
+    def append(self, side: str, ids: np.ndarray, lengths: np.ndarray) -> None:
+        self.files[f"{side}.ids"].write(ids.astype(self.id_type, copy=False).tobytes())
+        self.files[f"{side}.lengths"].write(lengths.astype(self.length_type, copy=False).tobytes())
+        offsets = self.tokens[side] + np.cumsum(lengths, dtype=np.int64)
+        self.files[f"{side}.offsets"].write(offsets.tobytes())
+        self.tokens[side] += int(lengths.sum())
+        if side == "tgt":
+            self.pairs += len(lengths)
+
+    def finish(self, meta: dict) -> Path:
+        """Flush, record every file's size, and rename into place (or keep another builder's finished copy)."""
+        for file in self.files.values():
+            file.flush()
+            os.fsync(file.fileno())
+            file.close()
+        meta = {**meta, "format": FORMAT, "split": self.split, "pairs": self.pairs, "tokens": self.tokens,
+                "id_dtype": self.id_type.name, "length_dtype": self.length_type.name,
+                "files": {p.name: p.stat().st_size for p in sorted(self.folder.iterdir())}}
+        (self.folder / META).write_text(json.dumps(meta) + "\n", encoding="utf-8")
+        try:
+            os.rename(self.folder, self.final)
+        except OSError:  # another process (another node on shared storage) finished first: use theirs
+            if read_meta(self.final) is None:
+                raise
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return self.final
+
+    def abandon(self) -> None:
+        for file in self.files.values():
+            file.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_meta(folder: Path) -> dict | None:
+    """The folder's meta when every file it names has the recorded size and the offsets end where the
+    ids do; None when the folder is missing, partial or damaged."""
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT or not all(key in meta for key in REQUIRED):
+            return None
+        for name, size in meta["files"].items():
+            if (folder / name).stat().st_size != size:
+                return None
+        split, width = meta["split"], np.dtype(meta["id_dtype"]).itemsize
+        for side in SIDES:
+            with open(folder / f"{split}.{side}.offsets", "rb") as file:
+                file.seek(-8, os.SEEK_END)
+                last = int(np.frombuffer(file.read(8), np.int64)[0])
+            if last != meta["tokens"][side] or last * width != meta["files"][f"{split}.{side}.ids"]:
+                return None
+        return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def partial_folder(final: Path) -> Path:
+    """Where this process builds `final` (or moves it aside to delete it); named for host and pid."""
+    return final.with_name(f"{final.name}.partial-{socket.gethostname()}-{os.getpid()}")
+
+
+def remove_stale_partials(parent: Path) -> None:
+    """Partial folders whose builder, on this host, is gone (killed mid-build)."""
+    for folder in parent.glob(f"*.partial-{socket.gethostname()}-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class StoreInfo:
+    folder: Path
+    meta: dict
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.meta["files"].values())

@@ -1,0 +1,220 @@
+"""The prepared-data store: built once, reused, rebuilt when anything it depends on changes or when it is
+damaged, the same batches as tokenizing in memory, shared by ranks."""
+
+import json
+import logging
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from nmt.batching import collate, plan_batches
+from nmt.config import load_config
+from nmt.data import encode, store
+from nmt.data import prepare as prepare_module
+from nmt.data.prepare import prepare
+from nmt.data.sources import drop_empty, filter_by_length, load_splits, read_text_lines
+from nmt.data.store import TokenizedPairs
+from nmt.errors import NMTError
+from nmt.tokenizer import prune_to_training_data, train_tokenizer
+from tests.conftest import TINY_CONFIG, TINY_DATA
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """A private copy of the tiny corpus and an empty cache."""
+    folder = tmp_path / "corpus"
+    shutil.copytree(TINY_DATA, folder)
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path / "cache"))
+    return folder
+
+
+@pytest.fixture
+def encoded_chunks(monkeypatch):
+    """How many chunks were tokenized in this process."""
+    calls = []
+    real = encode.ChunkEncoder.__call__
+    monkeypatch.setattr(encode.ChunkEncoder, "__call__", lambda self, chunk: calls.append(1) or real(self, chunk))
+    return calls
+
+
+def config(folder, *overrides):
+    return load_config(TINY_CONFIG, [f"data.dataset={folder}", *overrides])
+
+
+def test_second_prepare_reads_the_store_and_tokenizes_nothing(corpus, encoded_chunks):
+    first = prepare(config(corpus))
+    assert encoded_chunks and first.store.folder.is_dir()
+    encoded_chunks.clear()
+    again = prepare(config(corpus))
+    assert encoded_chunks == []
+    assert again.store.folder == first.store.folder
+    assert again.tokenizer.src.keep == first.tokenizer.src.keep
+    assert all(np.array_equal(again.train.src_row(i), first.train.src_row(i)) for i in range(len(first.train)))
+
+
+@pytest.mark.parametrize("change", ["data", "tokenizer.vocab_size=130", "data.max_len=12",
+                                    "data.max_len_ratio=1.5", "data.max_train_pairs=300"])
+def test_a_change_of_data_tokenizer_or_filters_builds_another_store(corpus, encoded_chunks, change):
+    first = prepare(config(corpus))
+    encoded_chunks.clear()
+    overrides = []
+    if change == "data":
+        lines = (corpus / "train.en").read_text(encoding="utf-8").splitlines()
+        lines[7] = "an edited sentence"
+        (corpus / "train.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        overrides.append(change)
+    other = prepare(config(corpus, *overrides))
+    assert encoded_chunks and other.store.folder != first.store.folder
+
+
+def test_a_copied_corpus_is_the_same_corpus(corpus, tmp_path, encoded_chunks):
+    first = prepare(config(corpus))
+    encoded_chunks.clear()
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus, copy)
+    os.utime(copy / "train.en", (1, 1))
+    assert prepare(config(copy)).store.meta["files"] == first.store.meta["files"]
+    assert encoded_chunks == []  # found by content, not by path or modification time
+
+
+def test_store_batches_equal_tokenizing_in_memory(corpus):
+    """The pairs, ids, filters and vocabulary pruning of the store are those of the whole-corpus path."""
+    cfg = config(corpus, "data.max_len=14", "data.max_len_ratio=2.0")
+    data = prepare(cfg)
+    train, _ = drop_empty(load_splits(cfg.data, ["train"])[0])
+    tokenizer = train_tokenizer(cfg.tokenizer, train.src, train.tgt)
+    pieces = lambda side: [side.sp.id_to_piece(i) for i in range(side.sp.get_piece_size())]  # noqa: E731
+    assert pieces(tokenizer.src) == pieces(data.tokenizer.src)  # trained on the same text
+    src, tgt = prune_to_training_data(tokenizer, train.src, train.tgt)
+    keep, dropped = filter_by_length([len(s) for s in src], [len(t) for t in tgt], max_len=14, max_ratio=2.0)
+    assert dropped and data.store.meta["dropped"] == dict(dropped)
+    expected = TokenizedPairs.from_lists([s for s, k in zip(src, keep) if k], [t for t, k in zip(tgt, keep) if k])
+    assert data.tokenizer.src.keep == tokenizer.src.keep and data.tokenizer.tgt.keep == tokenizer.tgt.keep
+    plan = plan_batches(data.train.src_lengths, data.train.tgt_lengths, batch_tokens=60, batch_sentences=None,
+                        seed=5, epoch=2)
+    assert list(plan) == list(plan_batches(expected.src_lengths, expected.tgt_lengths, batch_tokens=60,
+                                           batch_sentences=None, seed=5, epoch=2))
+    for indices in plan:
+        a, b = collate(data.train, indices), collate(expected, indices)
+        assert torch.equal(a.src, b.src) and torch.equal(a.tgt_in, b.tgt_in) and torch.equal(a.tgt_out, b.tgt_out)
+
+
+def test_worker_processes_build_the_same_store(corpus, tmp_path, monkeypatch):
+    one = prepare(config(corpus, "data.num_workers=1"))
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path / "cache2"))
+    monkeypatch.setattr(prepare_module, "CHUNK_PAIRS", 37)  # many chunks, out of step with the pool's order
+    monkeypatch.setattr(prepare_module, "POOL_MIN_PAIRS", 0)
+    two = prepare(config(corpus, "data.num_workers=2"))
+    assert two.store.folder.name == one.store.folder.name
+    for name in one.store.meta["files"]:
+        assert (two.store.folder / name).read_bytes() == (one.store.folder / name).read_bytes(), name
+
+
+def test_a_damaged_store_is_rebuilt_never_used(corpus, encoded_chunks, caplog):
+    first = prepare(config(corpus))
+    ids = first.store.folder / "train.tgt.ids"
+    ids.write_bytes(ids.read_bytes()[:-2])  # one id short
+    encoded_chunks.clear()
+    with caplog.at_level(logging.WARNING):
+        again = prepare(config(corpus))
+    assert "incomplete or damaged" in caplog.text and encoded_chunks
+    assert again.store.meta == first.store.meta
+
+
+def test_a_build_killed_midway_leaves_nothing_that_is_read(corpus, encoded_chunks, monkeypatch):
+    cfg = config(corpus)
+
+    def killed(self, meta):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.StoreWriter, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg)
+    monkeypatch.undo()
+    monkeypatch.setenv("NMT_CACHE", str(corpus.parent / "cache"))
+    root = prepare_module.store_root()
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []  # the partial folder is gone
+    # a SIGKILL leaves its partial folder behind: the next build removes it and never reads it
+    stale = root / f"whatever.partial-{socket.gethostname()}-999999999"
+    stale.mkdir()
+    (stale / "meta.json").write_text("{}")
+    data = prepare(cfg)
+    assert not stale.exists() and data.store.meta["source"].endswith("train.{en,de}")
+
+
+def test_sentencepiece_trains_on_a_sample_of_max_sentences(corpus, caplog):
+    with caplog.at_level(logging.INFO):
+        data = prepare(config(corpus, "tokenizer.max_sentences=100"))
+    assert "model, vocab 150, on 100 lines" in caplog.text  # 50 pairs, both sides
+    assert data.store.meta["offered"] == 500  # the store still holds every pair
+
+
+def test_line_count_mismatch_and_bad_utf8_in_a_streamed_split_are_one_line_errors(corpus):
+    lines = read_text_lines(corpus / "train.de")
+    (corpus / "train.de").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+    with pytest.raises(NMTError, match=r"train.en has 500 lines but .*train.de has 499"):
+        prepare(config(corpus))
+    raw = (corpus / "train.en").read_bytes().splitlines(keepends=True)
+    raw[41] = b"bad \xe9 byte\n"
+    (corpus / "train.en").write_bytes(b"".join(raw))
+    (corpus / "train.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(NMTError, match=r"train.en:42: invalid UTF-8"):
+        prepare(config(corpus))
+
+
+def test_hub_layout_streams_to_the_same_store_content(corpus, tmp_path):
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for split in ("train", "valid", "test"):
+        src, tgt = read_text_lines(corpus / f"{split}.en"), read_text_lines(corpus / f"{split}.de")
+        rows = [{"translation": {"en": s, "de": t}} for s, t in zip(src, tgt)]
+        (hub / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    text, from_hub = prepare(config(corpus)), prepare(config(hub))
+    assert from_hub.store.folder != text.store.folder  # another source, another fingerprint
+    for name in text.store.meta["files"]:
+        assert (from_hub.store.folder / name).read_bytes() == (text.store.folder / name).read_bytes(), name
+
+
+def _rank(rank: int, port: int, cache: str, dataset: str, out: str) -> None:
+    from nmt.data import encode as encode_in_rank
+    from nmt.data.prepare import prepare_on_each_node
+    from nmt.distributed import init_world, shutdown
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", NMT_CACHE=cache)
+    calls = []
+    real = encode_in_rank.ChunkEncoder.__call__
+    encode_in_rank.ChunkEncoder.__call__ = lambda self, chunk: calls.append(1) or real(self, chunk)
+    world = init_world("cpu")
+    data = prepare_on_each_node(load_config(TINY_CONFIG, [f"data.dataset={dataset}"]), None, world)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as file:
+        json.dump({"chunks": len(calls), "folder": str(data.store.folder), "pairs": len(data.train)}, file)
+    shutdown(world)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_prepare_once_and_map_one_store(corpus, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(port, str(tmp_path / "cache"), str(corpus), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["chunks"] > 0 and ranks[1]["chunks"] == 0  # rank 1 waited, then mapped rank 0's store
+    assert ranks[0]["folder"] == ranks[1]["folder"] and ranks[0]["pairs"] == ranks[1]["pairs"] > 0
+
+
+def test_sentencepiece_in_a_child_process_trains_the_same_model(corpus, tmp_path, monkeypatch):
+    from nmt import tokenizer as tokenizer_module
+
+    here = prepare(config(corpus)).tokenizer
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path / "cache2"))
+    monkeypatch.setattr(tokenizer_module, "TRAIN_IN_CHILD_LINES", 0)
+    child = prepare(config(corpus)).tokenizer
+    assert child.src.encode(["a test sentence"]) == here.src.encode(["a test sentence"])
+    assert child.src.keep == here.src.keep
