@@ -42,7 +42,7 @@ def test_same_data_and_settings_reuse_the_cached_model(monkeypatch):
                         lambda *args, **kwargs: trainings.append(1) or real_train(*args, **kwargs))
     again = train_tokenizer(cfg, texts, texts)
     assert trainings == [] and again.src.model_proto == first.src.model_proto  # read from the cache
-    other = train_tokenizer(TokenizerConfig(vocab_size=61), texts, texts)
+    train_tokenizer(TokenizerConfig(vocab_size=61), texts, texts)
     assert trainings == [1]  # other settings: trained again, not read from the cache
 
 
