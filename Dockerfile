@@ -27,5 +27,7 @@ RUN pip install --no-cache-dir --no-deps . \
 
 USER 1000:1000
 VOLUME ["/data", "/runs"]
+# nmt serve --host 0.0.0.0 listens here
+EXPOSE 8080
 ENTRYPOINT ["nmt"]
 CMD ["train", "--config", "/app/configs/multi30k_en_de.yaml"]

@@ -91,11 +91,63 @@ def latest_intact(folder: Path) -> tuple[Path, dict] | None:
     return path, payload
 
 
+def step_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def step_checkpoints(folder: Path) -> list[Path]:
+    """A run's kept `step_<step>.pt` checkpoints, oldest first."""
+    return sorted(Path(folder).glob("step_*.pt"))
+
+
+def remove_older_steps(folder: Path, keep: int) -> None:
+    for path in step_checkpoints(folder)[:-keep] if keep else []:
+        path.unlink(missing_ok=True)
+
+
+def average(paths: list[Path]) -> dict:
+    """One checkpoint whose weights are the mean of `paths`' weights (same model and tokenizer required),
+    with the first one's config and tokenizer; without training state, so it is for decoding only."""
+    if len(paths) < 2:
+        raise NMTError("averaging needs at least two checkpoints")
+    payloads = [load(path) for path in paths]
+    first, reference = payloads[0], paths[0]
+    for path, payload in zip(paths, payloads):
+        if "model" not in payload or "tokenizer" not in payload or "config" not in payload:
+            raise NMTError(f"{path}: an incomplete nmt checkpoint (no model, tokenizer or config)")
+    for path, payload in zip(paths[1:], payloads[1:]):
+        shapes = {k: tuple(v.shape) for k, v in payload["model"].items()}
+        expected = {k: tuple(v.shape) for k, v in first["model"].items()}
+        if shapes != expected:
+            differ = sorted(set(shapes.items()) ^ set(expected.items()))[0][0]
+            raise NMTError(f"{path}: its model differs from {reference}'s (first difference: {differ}); "
+                           "average checkpoints of one run or of runs with the same model settings")
+        if not same_tokenizer(payload["tokenizer"], first["tokenizer"]):
+            raise NMTError(f"{path}: its tokenizer differs from {reference}'s; average checkpoints trained "
+                           "on the same data and sentencepiece model")
+    averaged = {}
+    for key, value in first["model"].items():
+        if value.is_floating_point():
+            total = sum(payload["model"][key].double() for payload in payloads)
+            averaged[key] = (total / len(payloads)).to(value.dtype)
+        else:
+            averaged[key] = value.clone()
+    return {"model": averaged, "config": first["config"], "tokenizer": first["tokenizer"],
+            "averaged_from": [str(path) for path in paths]}
+
+
+def same_tokenizer(a: dict, b: dict) -> bool:
+    """Two checkpoints' tokenizers: the same sentencepiece models and the same vocabularies."""
+    return (a["joint"] == b["joint"] and a["src_keep"] == b["src_keep"] and a["tgt_keep"] == b["tgt_keep"]
+            and torch.equal(a["src_model"], b["src_model"]) and torch.equal(a["tgt_model"], b["tgt_model"]))
+
+
 @dataclass
 class Loaded:
     model: Seq2Seq
     tokenizer: Tokenizer
     config: Config
+    validation_bleu: float | None = None  # the best validation BLEU of the run when it was saved
 
 
 def load_for_inference(path: Path, device: torch.device) -> Loaded:
@@ -108,4 +160,5 @@ def load_for_inference(path: Path, device: torch.device) -> Loaded:
     tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
     model = Seq2Seq(config.model, len(tokenizer.src), len(tokenizer.tgt))
     model.load_state_dict(payload["model"])
-    return Loaded(model.to(device).eval(), tokenizer, config)
+    best = payload.get("progress", {}).get("best_bleu")
+    return Loaded(model.to(device).eval(), tokenizer, config, best if best is not None and best >= 0 else None)

@@ -138,6 +138,9 @@ class TrainConfig:
     #: also save last.pt every this many minutes of training, so that a killed run loses at most this
     #: much work; null = only at validations and epoch ends.
     save_every_minutes: float | None = 10.0
+    #: also keep the checkpoints of the last N validations as `checkpoints/step_<step>.pt` (0 = none), for
+    #: `nmt average --last N`.
+    keep_checkpoints: int = 0
     #: `budget`: constant until `budget_decay_start` of the run's budget is spent, then multiplied by
     #: `lr_decay` at `budget_decays` evenly spaced points before the end. The budget is whichever of
     #: `max_minutes`, `max_steps` and `max_epochs` is nearer to ending the run, so the rate anneals on a slow
@@ -185,7 +188,7 @@ class TrainConfig:
             "lr_decay": ("above 0 and at most 1", lambda v: 0 < v <= 1), "decay_start_epoch": _AT_LEAST_1,
             "min_lr": _AT_LEAST_0, "budget_decay_start": _FRACTION_BELOW_1, "patience": _AT_LEAST_1,
             "threads": _AT_LEAST_1, "log_every": _AT_LEAST_1, "max_bad_steps": _AT_LEAST_1,
-            "max_oom_batches": _AT_LEAST_1, "save_every_minutes": _POSITIVE,
+            "max_oom_batches": _AT_LEAST_1, "save_every_minutes": _POSITIVE, "keep_checkpoints": _AT_LEAST_0,
         })
 
 

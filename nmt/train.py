@@ -224,7 +224,9 @@ class Trainer:
             self.metrics.write(step=progress.step, epoch=progress.epoch, lr=self.schedule.lr, **result)
             log.info("validation at step %d: loss %.3f, ppl %.2f, BLEU %.2f%s", progress.step, result["valid_loss"],
                      result["valid_ppl"], result["valid_bleu"], " (best)" if improved else "")
-            self.save("last.pt", *(["best.pt"] if improved else []))
+            kept = [checkpoint.step_name(progress.step)] if self.cfg.train.keep_checkpoints else []
+            self.save("last.pt", *(["best.pt"] if improved else []), *kept)
+            checkpoint.remove_older_steps(self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
         self._sync_from_main()
         patience = self.cfg.train.patience
         return patience is not None and progress.validations_without_improvement >= patience

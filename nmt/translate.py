@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from nmt.batching import source_tensor
 from nmt.device import autocast
-from nmt.model.search_step import for_search
+from nmt.model.search_step import Ensemble, for_search
 from nmt.search import Hypothesis, search
 from nmt.tokenizer import Tokenizer
 
@@ -38,31 +38,35 @@ def plan_decoding_batches(lengths: list[int], batch_tokens: int, max_sentences: 
 
 
 class Translator:
-    """A model ready to translate with fixed decoding settings: in eval mode, its search step built once
-    in the decoding precision (`search_step.for_search`). Build a new one after the weights change."""
+    """A model (or an ensemble: a list of models sharing `tokenizer`) ready to translate with fixed decoding
+    settings: in eval mode, its search step built once in the decoding precision (`search_step.for_search`).
+    Build a new one after the weights change."""
 
     def __init__(self, model, tokenizer: Tokenizer, *, device: torch.device, max_len: int, beam_size: int,
                  alpha: float, max_len_ratio: float, batch_tokens: int, precision: str = "fp32"):
         self.tokenizer, self.device, self.max_len, self.precision = tokenizer, device, max_len, precision
         self.beam_size, self.alpha, self.max_len_ratio = beam_size, alpha, max_len_ratio
         self.batch_tokens = batch_tokens
-        model.eval()
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
         with autocast(device, precision):
-            self.decoder = for_search(model)
+            steps = [for_search(m.eval()) for m in models]
+        self.decoder = steps[0] if len(steps) == 1 else Ensemble(steps)
 
     def encode(self, lines: list[str]) -> list[list[int]]:
         return encode_sources(self.tokenizer, lines, self.max_len)
 
     def translate_ids(self, sources: list[list[int]], *, nbest: int = 1, keep_attention: bool = False,
-                      progress: bool = False) -> list[list[Hypothesis]]:
-        """Hypotheses for each source (a list of model ids); an empty source gets one empty hypothesis."""
+                      progress: bool = False, beam_size: int | None = None) -> list[list[Hypothesis]]:
+        """Hypotheses for each source (a list of model ids); an empty source gets one empty hypothesis.
+        `beam_size` overrides the translator's for this call."""
         results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
+        beam_size = beam_size or self.beam_size
         batches = plan_decoding_batches([len(s) for s in sources], self.batch_tokens)
         bar = tqdm(total=sum(map(len, batches)), unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
         for indices in batches:
             src, src_lengths = source_tensor([sources[i] for i in indices])
             with autocast(self.device, self.precision):
-                hypotheses = search(self.decoder, src.to(self.device), src_lengths, beam_size=self.beam_size,
+                hypotheses = search(self.decoder, src.to(self.device), src_lengths, beam_size=beam_size,
                                     alpha=self.alpha, max_len_ratio=self.max_len_ratio, nbest=nbest,
                                     keep_attention=keep_attention)
             for i, hyps in zip(indices, hypotheses):

@@ -1,5 +1,6 @@
-"""`nmt train | prepare | translate | evaluate | plot | bench | study`: parse (`parser`), call the command's handler
-(`commands`, `translate`), print; every expected failure is one line on stderr and exit status 1."""
+"""`nmt train | prepare | translate | evaluate | average | serve | plot | bench | study`: parse (`parser`),
+call the command's handler (`commands`, `translate`), print; every expected failure is one line on stderr and
+exit status 1."""
 
 from __future__ import annotations
 

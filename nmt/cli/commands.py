@@ -49,6 +49,61 @@ def evaluate(args) -> int:
     return 0
 
 
+def average(args) -> int:
+    from nmt import checkpoint
+    from nmt.errors import NMTError
+    from nmt.outputs import check_output
+
+    if args.last is not None:
+        if args.checkpoints or not args.run_dir or args.last < 2:
+            raise NMTError("--last N (N >= 2) takes the checkpoints of --run-dir; give either CKPT... or both")
+        kept = checkpoint.step_checkpoints(Path(args.run_dir) / "checkpoints")
+        if len(kept) < args.last:
+            raise NMTError(f"{args.run_dir}/checkpoints has {len(kept)} step_*.pt checkpoint(s), fewer than "
+                           f"--last {args.last}; train with --set train.keep_checkpoints={args.last}")
+        paths = kept[-args.last:]
+    else:
+        paths = [Path(p) for p in args.checkpoints]
+    out = check_output(args.out, reads=paths, flag="--out")
+    checkpoint.save(checkpoint.average(paths), out)
+    print(f"{out}: the average of {len(paths)} checkpoints ({', '.join(p.name for p in paths)})")
+    return 0
+
+
+def serve(args) -> int:
+    import uvicorn
+
+    from nmt.cli.translate import check_decoding_flags, load_checkpoints, make_translator
+    from nmt.device import resolve_device
+    from nmt.errors import NMTError
+    from nmt.serve import Limits, create_app
+
+    check_decoding_flags(args)
+    for flag, value in (("--max-texts", args.max_texts), ("--max-chars", args.max_chars),
+                        ("--max-queue", args.max_queue), ("--port", args.port)):
+        if value < 1:
+            raise NMTError(f"{flag} {value}: must be at least 1")
+    if args.max_wait_ms < 0 or args.timeout <= 0:
+        raise NMTError("--max-wait-ms must be at least 0 and --timeout above 0")
+    device = resolve_device(args.device)
+    loaded = load_checkpoints(args.checkpoint, device)
+    translator = make_translator(args, loaded, device)
+    config = loaded[0].config
+    info = {"source_language": config.data.src_lang, "target_language": config.data.tgt_lang,
+            "checkpoints": [Path(p).name for p in args.checkpoint], "ensemble": len(loaded),
+            "parameters": sum(one.model.num_parameters() for one in loaded),
+            "validation_bleu": [one.validation_bleu for one in loaded],
+            "decode": {"beam_size": translator.beam_size, "length_penalty": translator.alpha,
+                       "max_len_ratio": translator.max_len_ratio},
+            "config": config.to_dict()}
+    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
+                    timeout_s=args.timeout, max_wait_ms=args.max_wait_ms,
+                    batch_tokens=args.batch_tokens or config.decode.batch_tokens)
+    uvicorn.run(create_app(translator, info, limits), host=args.host, port=args.port, log_level="info",
+                timeout_graceful_shutdown=30)
+    return 0
+
+
 def plot(args) -> int:
     from nmt.plot import plot_run
 

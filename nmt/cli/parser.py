@@ -1,4 +1,5 @@
-"""The one command-line parser: `nmt train | prepare | translate | evaluate | plot | bench | study`."""
+"""The one command-line parser: `nmt train | prepare | translate | evaluate | average | serve | plot | bench |
+study`."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _add_decoding_options(p) -> None:
 
 def _add_translate(sub) -> None:
     p = sub.add_parser("translate", help="translate a file, one output line per input line")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, action="append",
+                   help="a checkpoint; give several for an ensemble (log-probabilities averaged at every step)")
     p.add_argument("--input", default="-", help="input text file, or - for standard input")
     p.add_argument("--output", default="-", help="output file, or - for standard output")
     p.add_argument("--nbest", type=int, default=1,
@@ -44,11 +46,35 @@ def _add_translate(sub) -> None:
     _add_decoding_options(p)
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="an HTTP API and a web page over a checkpoint (or an ensemble)")
+    p.add_argument("--checkpoint", required=True, action="append", help="a checkpoint; several: an ensemble")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a sentence waits for other requests' sentences to share its batch")
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request")
+    p.add_argument("--max-chars", type=int, default=5000, help="characters per request")
+    p.add_argument("--max-queue", type=int, default=512, help="sentences waiting; beyond it: 503")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait; beyond it: 504")
+    _add_decoding_options(p)
+
+
+def _add_average(sub) -> None:
+    p = sub.add_parser("average", help="average the weights of checkpoints of one model into a new checkpoint")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoints to average")
+    p.add_argument("--last", type=int, metavar="N",
+                   help="instead: the last N step_*.pt of --run-dir (train with train.keep_checkpoints=N)")
+    p.add_argument("--run-dir", help="the run whose kept checkpoints --last takes")
+    p.add_argument("--out", required=True, help="the averaged checkpoint to write (never one of the inputs)")
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="BLEU, chrF and TER of a hypothesis file, or of a checkpoint on a split")
     p.add_argument("--hyp", help="hypotheses, one line per reference line")
     p.add_argument("--ref", action="append", default=[], help="reference file (repeat for several references)")
-    p.add_argument("--checkpoint", help="translate --dataset's --split with this checkpoint and score it")
+    p.add_argument("--checkpoint", action="append",
+                   help="translate --dataset's --split with this checkpoint and score it (several: an ensemble)")
     p.add_argument("--dataset", help="hub name or local folder, as data.dataset")
     p.add_argument("--dataset-config", help="hub configuration name")
     p.add_argument("--split", default="test")
@@ -100,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_translate(sub)
     _add_evaluate(sub)
+    _add_average(sub)
+    _add_serve(sub)
     _add_plot(sub)
     _add_bench(sub)
     _add_study(sub)

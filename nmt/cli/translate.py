@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+import torch
+
 from nmt import checkpoint
 from nmt.config import DataConfig
 from nmt.data.sources import load_splits, read_text_lines
@@ -20,15 +22,29 @@ from nmt.translate import Translator, format_nbest
 log = logging.getLogger(__name__)
 
 
-def _translator(args, loaded, device) -> Translator:
-    """The checkpoint's model with its decoding settings, overridden by the command line's."""
-    decode = loaded.config.decode
+def load_checkpoints(paths: list[str], device) -> list[checkpoint.Loaded]:
+    """The checkpoints of one model or of an ensemble, which must share the tokenizer."""
+    loaded = [checkpoint.load_for_inference(Path(path), device) for path in paths]
+    first = loaded[0].tokenizer.state_dict()
+    for path, other in zip(paths[1:], loaded[1:]):
+        state = other.tokenizer.state_dict()
+        for side, keys in (("target vocabulary", ("tgt_model", "tgt_keep")),
+                           ("source tokenizer", ("src_model", "src_keep"))):
+            if not all(torch.equal(torch.as_tensor(state[k]), torch.as_tensor(first[k])) for k in keys):
+                raise NMTError(f"{path}: its {side} differs from {paths[0]}'s; an ensemble's checkpoints must "
+                               "share the tokenizer (train them on the same data with the same tokenizer settings)")
+    return loaded
+
+
+def make_translator(args, loaded: list[checkpoint.Loaded], device) -> Translator:
+    """The checkpoints' model(s), with the first one's decoding settings overridden by the command line's."""
+    decode = loaded[0].config.decode
     precision = resolve_precision(args.precision, device, setting="--precision", training=False)
     def given(value, default):
         return default if value is None else value
 
     return Translator(
-        loaded.model, loaded.tokenizer, device=device, max_len=decode.max_src_len,
+        [one.model for one in loaded], loaded[0].tokenizer, device=device, max_len=decode.max_src_len,
         beam_size=given(args.beam_size, decode.beam_size), alpha=given(args.length_penalty, decode.length_penalty),
         max_len_ratio=given(args.max_len_ratio, decode.max_len_ratio),
         batch_tokens=given(args.batch_tokens, decode.batch_tokens), precision=precision,
@@ -57,16 +73,16 @@ def _one_line(text: str) -> str:
 def translate_command(args) -> int:
     check_decoding_flags(args)
     if args.output != "-":
-        check_output(args.output, reads=[args.checkpoint] + ([args.input] if args.input != "-" else []))
+        check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []))
     if args.attention_plots:
         check_output_folder(args.attention_plots, flag="--attention-plots")
     device = resolve_device(args.device)
-    loaded = checkpoint.load_for_inference(Path(args.checkpoint), device)
-    translator = _translator(args, loaded, device)
+    loaded = load_checkpoints(args.checkpoint, device)
+    translator = make_translator(args, loaded, device)
     nbest = args.nbest
     if not 1 <= nbest <= translator.beam_size:
         raise NMTError(f"--nbest {nbest} must be between 1 and --beam-size {translator.beam_size}")
-    tokenizer = loaded.tokenizer
+    tokenizer = loaded[0].tokenizer
     keep_attention = bool(args.attention_plots)
 
     def run(lines: list[str], progress: bool):
@@ -122,18 +138,18 @@ def evaluate_command(args) -> dict:
     if not (args.checkpoint and args.dataset):
         raise NMTError("give --hyp FILE --ref FILE, or --checkpoint CKPT --dataset NAME_OR_PATH")
     check_decoding_flags(args)
-    ckpt = Path(args.checkpoint)
+    ckpt = Path(args.checkpoint[0])
     out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
     check_output_folder(out, flag="--out")
     device = resolve_device(args.device)
-    loaded = checkpoint.load_for_inference(ckpt, device)
-    data_cfg = loaded.config.data
+    loaded = load_checkpoints(args.checkpoint, device)
+    data_cfg = loaded[0].config.data
     cfg = DataConfig(dataset=args.dataset, dataset_config=args.dataset_config,
                      src_lang=args.src_lang or data_cfg.src_lang, tgt_lang=args.tgt_lang or data_cfg.tgt_lang)
     corpus = load_splits(cfg, [args.split])[0]
-    translator = _translator(args, loaded, device)
-    hyp_path = check_output(out / f"{args.split}.hyp.{cfg.tgt_lang}", reads=[ckpt], flag="--out")
-    scores_path = check_output(out / f"{args.split}.scores.json", reads=[ckpt], flag="--out")
+    translator = make_translator(args, loaded, device)
+    hyp_path = check_output(out / f"{args.split}.hyp.{cfg.tgt_lang}", reads=args.checkpoint, flag="--out")
+    scores_path = check_output(out / f"{args.split}.scores.json", reads=args.checkpoint, flag="--out")
     hypotheses = translator.translate(corpus.src, progress=sys.stderr.isatty())
     out.mkdir(parents=True, exist_ok=True)
     write_lines(hyp_path, [_one_line(h) for h in hypotheses])

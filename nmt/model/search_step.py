@@ -93,3 +93,31 @@ class FastStep:
         logits = product(attentional, self.generator, self.generator_bias, step=True)
         feed = attentional if self.input_feed else state.feed
         return logits, DecoderState(hs, cs, feed), attention
+
+
+class Ensemble:
+    """Several models decoding as one: each runs its own step on its own memory and state, and the search
+    sees the mean of their log-probabilities (and of their attention weights)."""
+
+    def __init__(self, steps: list[DecodeStep]):
+        self.steps = steps
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Each, Each]:
+        encoded = [step.encode(src, src_lengths) for step in self.steps]
+        return Each([memory for memory, _ in encoded]), Each([state for _, state in encoded])
+
+    def step(self, tokens: Tensor, memory: Each, state: Each) -> tuple[Tensor, Each, Tensor]:
+        outputs = [step.step(tokens, m, s) for step, m, s in zip(self.steps, memory.items, state.items)]
+        log_probs = torch.stack([torch.log_softmax(logits.float(), dim=1) for logits, _, _ in outputs]).mean(0)
+        attention = torch.stack([weights.float() for _, _, weights in outputs]).mean(0)
+        return log_probs, Each([s for _, s, _ in outputs]), attention  # log-probs are logits the search normalises
+
+
+class Each:
+    """One memory or state per ensemble member, selected together."""
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def index_select(self, rows: Tensor) -> Each:
+        return Each([item.index_select(rows) for item in self.items])

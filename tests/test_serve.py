@@ -1,0 +1,212 @@
+"""`nmt serve`: the API against a real server process (order, n-best, attention, line breaks, Unicode,
+concurrent clients batched together and answered as offline translation answers), limits and bad input
+through the app in-process, and the page in a real browser."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY_DATA, run_nmt
+
+LINES = (TINY_DATA / "test.en").read_text(encoding="utf-8").splitlines()[:40]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint, *options) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log")  # a file, not a pipe: a full pipe would block it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nmt", "serve", "--checkpoint", str(checkpoint), "--port", str(port), *options],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        assert process.poll() is None, Path(log.name).read_text()
+    raise AssertionError("the server did not start")
+
+
+def stop(process) -> str:
+    """SIGTERM; uvicorn shuts down gracefully and then exits by the same signal."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    log = Path(process.log.name).read_text()
+    assert "Finished server process" in log, log
+    return log
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    process, url = start_server(tiny_run / "checkpoints" / "best.pt", "--max-wait-ms", "50", "--beam-size", "3")
+    yield url
+    stop(process)
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tiny_run):
+    process, url = start_server(tiny_run / "checkpoints" / "best.pt")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(post, url, {"texts": LINES, "beam_size": 20})  # some seconds of decoding
+        for _ in range(500):
+            if httpx.get(f"{url}/health").json()["waiting"] > 0 or pending.done():
+                break
+            time.sleep(0.01)
+        assert not pending.done(), "decoded before the signal: make the request longer"
+        log = stop(process)
+        response = pending.result()
+    assert response.status_code == 200 and len(response.json()["translations"]) == len(LINES), log
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_run, tmp_path_factory):
+    """`nmt translate` of LINES with beam 3: what the server must answer."""
+    source = tmp_path_factory.mktemp("offline") / "in.en"
+    source.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    result = run_nmt("translate", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), "--input", str(source),
+                     "--beam-size", "3")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def post(url, body, **kwargs):
+    return httpx.post(f"{url}/translate", json=body, timeout=60, **kwargs)
+
+
+def test_texts_come_back_in_order_as_offline_translation_gives_them(server, offline):
+    answer = post(server, {"texts": LINES}).json()
+    assert [t["text"] for t in answer["translations"]] == offline
+    info = httpx.get(f"{server}/info").json()
+    assert (info["source_language"], info["target_language"], info["ensemble"]) == ("en", "de", 1)
+    assert info["parameters"] > 0 and info["decode"]["beam_size"] == 3
+    assert httpx.get(f"{server}/docs").status_code == 200 and "/translate" in httpx.get(
+        f"{server}/openapi.json").json()["paths"]
+
+
+def test_concurrent_clients_share_batches_and_get_the_offline_answers(server, offline):
+    before = httpx.get(f"{server}/health").json()["batches"]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda line: post(server, {"text": line}).json(), LINES))
+    assert [a["translations"][0]["text"] for a in answers] == offline
+    batches = httpx.get(f"{server}/health").json()["batches"] - before
+    assert batches < len(LINES)  # requests were gathered into shared batches
+
+
+def test_nbest_and_attention(server):
+    answer = post(server, {"text": LINES[3], "beam_size": 4, "nbest": 3, "attention": True}).json()
+    (line,) = answer["translations"][0]["lines"]
+    scores = [h["score"] for h in line["nbest"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert line["nbest"][0]["text"] == line["text"]
+    attention = line["attention"]
+    weights = torch.tensor(attention["weights"])
+    assert weights.shape == (len(attention["target"]), len(attention["source"]))
+    assert attention["source"][-1] == "</s>" and attention["target"][-1] == "</s>"
+    assert torch.allclose(weights.sum(1), torch.ones(len(weights)), atol=1e-4)
+
+
+def test_line_breaks_empty_texts_and_any_unicode(server, offline):
+    unicode_text = "Ünïcödé 🙂 漢字 עברית a\u0301 \u200b"
+    answer = post(server, {"texts": [f"{LINES[0]}\n{LINES[1]}", "", "   ", unicode_text]}).json()
+    first, empty, blank, unicode = answer["translations"]
+    assert first["text"] == f"{offline[0]}\n{offline[1]}" and len(first["lines"]) == 2
+    assert empty["text"] == "" and blank["text"] == ""
+    assert "\n" not in unicode["text"]
+
+
+@pytest.fixture
+def app_client(tiny_run):
+    """The app in this process, with small limits."""
+    from fastapi.testclient import TestClient
+
+    from nmt import checkpoint
+    from nmt.serve import Limits, create_app
+    from nmt.translate import Translator
+
+    loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
+    translator = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=100, beam_size=2,
+                            alpha=0.6, max_len_ratio=2.0, batch_tokens=4000)
+    info = {"source_language": "en", "target_language": "de", "checkpoints": ["best.pt"]}
+
+    def client(**limits):
+        return TestClient(create_app(translator, info, Limits(**limits)))
+
+    return client
+
+
+def test_limits_and_bad_input_are_one_line_4xx(app_client):
+    with app_client(max_texts=2, max_chars=50) as client:
+        def status(body, **kwargs):
+            response = client.post("/translate", **({"content": body} if isinstance(body, str) else {"json": body}),
+                                   headers={"Content-Type": "application/json"}, **kwargs)
+            error = response.json().get("error", "")
+            assert "\n" not in error
+            return response.status_code, error
+
+        assert status({"texts": ["a", "b", "c"]}) == (413, "3 texts; at most 2 per request")
+        assert status({"text": "x" * 51})[0] == 413
+        assert status('{"text": "unclosed')[0] == 400
+        assert status({"text": 5}) == (422, "text: Input should be a valid string")
+        assert status({"text": "a", "texts": ["b"]})[0] == 422
+        assert status({"text": "a", "colour": "red"})[0] == 422
+        assert status({"text": "a", "beam_size": 0})[0] == 422
+        assert status({"text": "a", "beam_size": 2, "nbest": 3}) == (422, "nbest 3 is more than beam_size 2")
+        assert status({"text": "a house"})[0] == 200
+
+
+def test_a_full_queue_answers_503_and_a_slow_request_504(app_client):
+    with app_client(max_queue=1) as client:
+        response = client.post("/translate", json={"texts": ["one", "two"]})
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert client.post("/translate", json={"text": "one"}).status_code == 200
+    with app_client(timeout_s=1e-6) as client:
+        assert client.post("/translate", json={"texts": LINES}).status_code == 504
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("NMT_REQUIRE_BROWSER"),
+                    reason="no chromium here (.ci/run installs it and sets NMT_REQUIRE_BROWSER)")
+def test_the_page_translates_and_draws_the_attention_in_a_browser(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(server)
+        page.wait_for_function("document.getElementById('languages').textContent.length > 0")  # /info loaded
+        page.fill("#source", LINES[5])
+        page.click("#translate")
+        page.wait_for_selector("#heatmap tbody tr")
+        translation = page.inner_text("#lines li")
+        rows = page.locator("#heatmap tbody tr").count()
+        columns = page.locator("#heatmap thead th").count() - 1  # the corner cell
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        (ROOT / "tests" / "screenshots").mkdir(exist_ok=True)
+        page.screenshot(path=str(ROOT / "tests" / "screenshots" / "serve_page.png"), full_page=True)
+        browser.close()
+    expected = post(server, {"text": LINES[5], "beam_size": 3, "attention": True}).json()["translations"][0]
+    attention = expected["lines"][0]["attention"]
+    assert translation.strip() == expected["text"]
+    assert (rows, columns) == (len(attention["target"]), len(attention["source"]))
+    assert json.dumps(attention)  # the page drew the API's own answer
