@@ -23,14 +23,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def check_output(path: str | Path, *, reads: Iterable[str | Path] = (), flag: str = "--output") -> Path:
-    """`path`, if it is safe to write; else one line naming it, why, and what to do."""
+def check_output(path: str | Path, *, reads: Iterable[str | Path] = (), flag: str = "--output",
+                 folder_checked: bool = False) -> Path:
+    """`path`, if it is safe to write; else one line naming it, why, and what to do. `folder_checked`: its
+    folder may not exist yet, the command creates it (`check_output_folder` approved it)."""
     path = Path(path)
     if path.is_symlink():
         raise NMTError(f"{flag} {path}: is a symbolic link; give the path of the file itself")
     if path.is_dir():
         raise NMTError(f"{flag} {path}: is a folder; give a file name")
-    if not path.parent.is_dir():
+    if not folder_checked and not path.parent.is_dir():
         raise NMTError(f"{flag} {path}: the folder {path.parent} does not exist; create it first")
     for source in reads:
         if _same_file(path, Path(source)):

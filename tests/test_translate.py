@@ -98,11 +98,11 @@ def test_evaluate_with_checkpoint_matches_training_score(tiny_run, best, tmp_pat
     import json
 
     result = run_nmt("evaluate", "--checkpoint", str(best), "--dataset", str(TINY_DATA), "--split", "test",
-                     "--out", str(tmp_path), "--json", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
+                     "--out", str(tmp_path / "new" / "folder"), "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr  # a new --out folder is created
     scores = json.loads(result.stdout)
     assert scores["bleu"] == json.loads((tiny_run / "results.json").read_text())["test_bleu"]
-    assert (tmp_path / "test.hyp.de").read_text() == (tiny_run / "test.hyp.de").read_text()
+    assert (tmp_path / "new" / "folder" / "test.hyp.de").read_text() == (tiny_run / "test.hyp.de").read_text()
     assert torch.load(best, weights_only=True)["format"] == "nmt-checkpoint"
 
 

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Load test of `nmt serve`: concurrent clients, one sentence per request, against offline translation of
+the same sentences with the same checkpoint, beam and machine.
+
+usage: python scripts/bench_serve.py --checkpoint CKPT --input SOURCES.txt [--clients 32] [--seconds 60]
+       [--beam-size 5]
+
+Prints offline sentences/s (in this process, decoding only), then for the server with dynamic batching
+and with batching off (`--batch-tokens 1`: one request per batch): requests, errors, sentences/s, p50 and
+p99 latency, as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def offline_rate(checkpoint: str, lines: list[str], beam: int) -> float:
+    import torch
+
+    from nmt.checkpoint import load_for_inference
+    from nmt.translate import Translator
+
+    loaded = load_for_inference(Path(checkpoint), torch.device("cpu"))
+    decode = loaded.config.decode
+    translator = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=decode.max_src_len,
+                            beam_size=beam, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
+                            batch_tokens=decode.batch_tokens)
+    translator.translate(lines[:20])  # warm up, as the server does
+    started = time.perf_counter()
+    translator.translate(lines)
+    return len(lines) / (time.perf_counter() - started)
+
+
+def load(checkpoint: str, lines: list[str], beam: int, clients: int, seconds: float, *options: str) -> dict:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen([sys.executable, "-m", "nmt", "serve", "--checkpoint", checkpoint, "--port", str(port),
+                               "--beam-size", str(beam), *options], cwd=ROOT, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            httpx.get(f"{url}/health")
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    sentences = itertools.cycle(lines)
+    lock, latencies, errors = threading.Lock(), [], 0
+    deadline = time.perf_counter() + seconds
+
+    def client() -> None:
+        nonlocal errors
+        with httpx.Client(timeout=120) as session:
+            while time.perf_counter() < deadline:
+                with lock:
+                    text = next(sentences)
+                started = time.perf_counter()
+                try:
+                    ok = session.post(f"{url}/translate", json={"text": text}).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    if ok:
+                        latencies.append(time.perf_counter() - started)
+                    else:
+                        errors += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    batches = httpx.get(f"{url}/health").json()["batches"]
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=60)
+    latencies.sort()
+    return {"requests": len(latencies) + errors, "errors": errors, "rate": len(latencies) / elapsed,
+            "p50": 1000 * statistics.median(latencies), "p99": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+            "batches": batches}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--input", required=True, help="source sentences, one a line")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms")
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+    offline = offline_rate(args.checkpoint, lines, args.beam_size)
+    print(f"offline: {offline:.1f} sentences/s ({len(lines)} sentences, beam {args.beam_size})")
+    print("| server | requests | errors | sentences/s | vs offline | p50 | p99 | batches |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    batching = (f"dynamic batching ({args.max_wait_ms:g} ms)", ("--max-wait-ms", str(args.max_wait_ms)))
+    for label, options in (batching, ("one request per batch", ("--batch-tokens", "1"))):
+        r = load(args.checkpoint, lines, args.beam_size, args.clients, args.seconds, *options)
+        print(f"| {label} | {r['requests']:,} | {r['errors']} | {r['rate']:.1f} | {r['rate'] / offline:.0%} | "
+              f"{r['p50']:.0f} ms | {r['p99']:.0f} ms | {r['batches']:,} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
