@@ -179,6 +179,8 @@ def create_app(translator: Translator, info: dict, limits: Limits):
             return refuse(503, "too many sentences waiting; retry shortly", **{"Retry-After": "1"})
         except asyncio.TimeoutError:
             return refuse(504, f"not translated within {limits.timeout_s:g} s; retry, or send fewer texts")
+        except RuntimeError:  # this request's decoding failed (the others' did not)
+            return refuse(500, "decoding failed; the server's log has the reason")
         answers, position = [], 0
         for text_lines in lines:
             rows = []
