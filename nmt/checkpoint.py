@@ -122,7 +122,7 @@ def average(paths: list[Path]) -> dict:
             differ = sorted(set(shapes.items()) ^ set(expected.items()))[0][0]
             raise NMTError(f"{path}: its model differs from {reference}'s (first difference: {differ}); "
                            "average checkpoints of one run or of runs with the same model settings")
-        if not same_tokenizer(payload["tokenizer"], first["tokenizer"]):
+        if tokenizer_difference(payload["tokenizer"], first["tokenizer"]):
             raise NMTError(f"{path}: its tokenizer differs from {reference}'s; average checkpoints trained "
                            "on the same data and sentencepiece model")
     averaged = {}
@@ -136,10 +136,13 @@ def average(paths: list[Path]) -> dict:
             "averaged_from": [str(path) for path in paths]}
 
 
-def same_tokenizer(a: dict, b: dict) -> bool:
-    """Two checkpoints' tokenizers: the same sentencepiece models and the same vocabularies."""
-    return (a["joint"] == b["joint"] and a["src_keep"] == b["src_keep"] and a["tgt_keep"] == b["tgt_keep"]
-            and torch.equal(a["src_model"], b["src_model"]) and torch.equal(a["tgt_model"], b["tgt_model"]))
+def tokenizer_difference(a: dict, b: dict) -> str | None:
+    """Which side of two checkpoints' tokenizers (state dicts) differs in sentencepiece model or
+    vocabulary: "target vocabulary", "source tokenizer", or None when they are the same."""
+    for side, prefix in (("target vocabulary", "tgt"), ("source tokenizer", "src")):
+        if a[f"{prefix}_keep"] != b[f"{prefix}_keep"] or not torch.equal(a[f"{prefix}_model"], b[f"{prefix}_model"]):
+            return side
+    return None
 
 
 @dataclass

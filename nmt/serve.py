@@ -174,7 +174,8 @@ def create_app(translator: Translator, info: dict, limits: Limits):
         flat = [line for text in lines for line in text]
         try:
             started = time.perf_counter()
-            hypotheses = await batcher.translate(translator.encode(flat), beam, request.nbest, request.attention)
+            sources = translator.encode(flat)
+            hypotheses = await batcher.translate(sources, beam, request.nbest, request.attention)
         except QueueFull:
             return refuse(503, "too many sentences waiting; retry shortly", **{"Retry-After": "1"})
         except asyncio.TimeoutError:
@@ -183,10 +184,9 @@ def create_app(translator: Translator, info: dict, limits: Limits):
             return refuse(500, "decoding failed; the server's log has the reason")
         answers, position = [], 0
         for text_lines in lines:
-            rows = []
-            for line in text_lines:
-                rows.append(_line(tokenizer, translator, line, hypotheses[position], request.nbest, request.attention))
-                position += 1
+            rows = [_line(tokenizer, sources[i], hypotheses[i], request.nbest, request.attention)
+                    for i in range(position, position + len(text_lines))]
+            position += len(text_lines)
             answers.append({"text": "\n".join(row["text"] for row in rows), "lines": rows})
         return {"translations": answers, "milliseconds": round(1000 * (time.perf_counter() - started), 1)}
 
@@ -205,7 +205,7 @@ def create_app(translator: Translator, info: dict, limits: Limits):
     return app
 
 
-def _line(tokenizer, translator: Translator, line: str, hyps: list[Hypothesis], nbest: int, attention: bool) -> dict:
+def _line(tokenizer, source: list[int], hyps: list[Hypothesis], nbest: int, attention: bool) -> dict:
     best = hyps[0]
     row = {"text": " ".join(tokenizer.tgt.decode(best.tokens).splitlines())}
     if nbest > 1:
@@ -213,7 +213,7 @@ def _line(tokenizer, translator: Translator, line: str, hyps: list[Hypothesis], 
                          "score": h.score if math.isfinite(h.score) else None} for h in hyps]
     if attention:
         weights = best.attention.tolist() if best.attention is not None else []
-        source = tokenizer.src.pieces(translator.encode([line])[0]) + ["</s>"] if line.strip() else []
+        source = tokenizer.src.pieces(source) + ["</s>"] if source else []
         target = tokenizer.tgt.pieces(best.tokens) + ["</s>"] if weights else []
         row["attention"] = {"source": source, "target": target,
                             "weights": [w[: len(source)] for w in weights[: len(target)]]}

@@ -62,8 +62,7 @@ class Side:
         return [self.sp.id_to_piece(self.keep[i]) for i in ids]
 
     def pruned(self, encoded_spm: list[list[int]]) -> Side:
-        used = {i for ids in encoded_spm for i in ids} - set(range(SPECIALS))
-        return Side(self.model_proto, list(range(SPECIALS)) + sorted(used))
+        return self.keeping({i for ids in encoded_spm for i in ids})
 
     def keeping(self, pieces: list[int]) -> Side:
         """This model with table rows for the specials and `pieces` (sentencepiece ids)."""

@@ -8,8 +8,6 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 from nmt import checkpoint
 from nmt.config import DataConfig
 from nmt.data.sources import load_splits, read_text_lines
@@ -27,12 +25,10 @@ def load_checkpoints(paths: list[str], device) -> list[checkpoint.Loaded]:
     loaded = [checkpoint.load_for_inference(Path(path), device) for path in paths]
     first = loaded[0].tokenizer.state_dict()
     for path, other in zip(paths[1:], loaded[1:]):
-        state = other.tokenizer.state_dict()
-        for side, keys in (("target vocabulary", ("tgt_model", "tgt_keep")),
-                           ("source tokenizer", ("src_model", "src_keep"))):
-            if not all(torch.equal(torch.as_tensor(state[k]), torch.as_tensor(first[k])) for k in keys):
-                raise NMTError(f"{path}: its {side} differs from {paths[0]}'s; an ensemble's checkpoints must "
-                               "share the tokenizer (train them on the same data with the same tokenizer settings)")
+        side = checkpoint.tokenizer_difference(other.tokenizer.state_dict(), first)
+        if side:
+            raise NMTError(f"{path}: its {side} differs from {paths[0]}'s; an ensemble's checkpoints must "
+                           "share the tokenizer (train them on the same data with the same tokenizer settings)")
     return loaded
 
 

@@ -65,7 +65,7 @@ class FileArray:
 
 
 class TokenizedPairs:
-    """Sentence pairs as ids: `src_row(i)` / `tgt_row(i)` in the model's id space, lengths in RAM.
+    """Sentence pairs as ids: `rows(indices)` in the model's id space, lengths in RAM.
 
     On disk the ids are sentencepiece ids; `src_map` / `tgt_map` (indexed by a
     sentencepiece id) turn them into model ids, so one prepared corpus serves any
@@ -110,9 +110,6 @@ class TokenizedPairs:
 
     def src_row(self, index: int) -> np.ndarray:
         return self._row("src", index)
-
-    def tgt_row(self, index: int) -> np.ndarray:
-        return self._row("tgt", index)
 
     def rows(self, indices) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Both sides of the pairs `indices`, as int64 model ids."""
