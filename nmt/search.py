@@ -109,75 +109,196 @@ def greedy(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *,
     ]
 
 
-@torch.inference_mode()
+class _Sentences:
+    """What decides, per live sentence, when it is done; selected and joined together."""
+
+    FIELDS = ("src_lengths", "limits", "limit_penalty", "ages", "scores", "finished_count", "best_finished")
+
+    def __init__(self, **fields: torch.Tensor):
+        self.__dict__.update(fields)
+
+    @classmethod
+    def new(cls, src_lengths: torch.Tensor, k: int, alpha: float, max_len_ratio: float) -> _Sentences:
+        n, device = src_lengths.numel(), src_lengths.device
+        limits = max_output_lengths(src_lengths, max_len_ratio)
+        scores = torch.full((n, k), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # all beams start identical: only the first may extend at the first step
+        return cls(src_lengths=src_lengths, limits=limits,
+                   limit_penalty=((5.0 + limits.float()) / 6.0) ** alpha,  # the largest a hypothesis can reach
+                   ages=torch.zeros(n, dtype=torch.long, device=device),  # steps taken = tokens so far
+                   scores=scores,  # (n, k) log-probabilities of the live beams
+                   finished_count=torch.zeros(n, dtype=torch.long, device=device),
+                   best_finished=torch.full((n,), float("-inf"), device=device))  # best normalised score so far
+
+    def select(self, keep: torch.Tensor) -> _Sentences:
+        return _Sentences(**{f: getattr(self, f).index_select(0, keep) for f in self.FIELDS})
+
+    def cat(self, other: _Sentences) -> _Sentences:
+        return _Sentences(**{f: torch.cat([getattr(self, f), getattr(other, f)]) for f in self.FIELDS})
+
+
+def _widen(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """x zero-padded along `dim` to at least `size`."""
+    if x.size(dim) >= size:
+        return x
+    shape = list(x.shape)
+    shape[dim] = size - x.size(dim)
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+class BeamSearch:
+    """Beam search as a running batch: `add` puts sentences in, every `step` extends each live one by a
+    token, and a sentence leaves as soon as it is done, its n-best list returned by that step.
+
+    `beam_search` adds one batch and steps until it is empty. `nmt serve` adds the sentences of new
+    requests while others are being decoded (continuous batching): they join at the next step, so the batch
+    stays full and no request waits for the longest sentence of a batch it happened to share. Sentences of
+    different ages share a step: each keeps its own step count, length limit and length penalty.
+
+    Memory and state must also support `cat` (with padding) when sentences join a running search.
+    """
+
+    def __init__(self, decoder: DecodeStep, *, beam_size: int, alpha: float, max_len_ratio: float,
+                 nbest: int = 1, keep_attention: bool = False):
+        if not 1 <= nbest <= beam_size:
+            raise ValueError("nbest must be between 1 and the beam size")
+        self.decoder, self.k, self.alpha, self.max_len_ratio = decoder, beam_size, alpha, max_len_ratio
+        self.nbest, self.keep_attention = nbest, keep_attention
+        self.joining: list[tuple[list, torch.Tensor, object, object]] = []  # keys, lengths, memory, state
+        self.keys: list = []  # the caller's key of each live sentence
+        self.finished: list[list[Hypothesis]] = []  # per live sentence
+        self.sentences: _Sentences | None = None
+        self.memory = self.state = self.tokens = self.history = self.attention = None
+
+    def __len__(self) -> int:
+        return len(self.keys) + sum(len(keys) for keys, *_ in self.joining)
+
+    def all_keys(self) -> list:
+        return self.keys + [key for keys, *_ in self.joining for key in keys]
+
+    @torch.inference_mode()
+    def add(self, src: torch.Tensor, src_lengths: torch.Tensor, keys) -> None:
+        """src (B, S) padded ids and their lengths (B,); the sentences start at the next step."""
+        memory, state = self.decoder.encode(src, src_lengths)
+        self.joining.append((list(keys), src_lengths.to(src.device), memory, state))
+
+    def _join(self, one_row: bool) -> None:
+        """Make the joining sentences live: k rows each, or one row each when every live sentence is new
+        (a sentence's k beams are one hypothesis until its first step, which is then computed once)."""
+        groups, self.joining = self.joining, []
+        keys = [key for g in groups for key in g[0]]
+        lengths = torch.cat([g[1] for g in groups])
+        memory, state = groups[0][2], groups[0][3]
+        for _, _, more_memory, more_state in groups[1:]:
+            memory, state = memory.cat(more_memory), state.cat(more_state)
+        n, k, device = len(keys), self.k, lengths.device
+        rows = n if one_row else n * k
+        if not one_row:
+            state = state.index_select(torch.arange(n, device=device).repeat_interleave(k))
+        tokens = torch.full((rows,), BOS, dtype=torch.long, device=device)
+        sentences = _Sentences.new(lengths, k, self.alpha, self.max_len_ratio)
+        history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
+        attention = torch.zeros(n * k, 0, 0, device=device) if self.keep_attention else None
+        self.keys += keys
+        self.finished += [[] for _ in keys]
+        if self.sentences is None:
+            self.sentences, self.memory, self.state, self.tokens = sentences, memory, state, tokens
+            self.history, self.attention = history, attention
+            return
+        self.sentences = self.sentences.cat(sentences)
+        self.memory, self.state = self.memory.cat(memory), self.state.cat(state)
+        self.tokens = torch.cat([self.tokens, tokens])
+        self.history = torch.cat([self.history, _widen(history, 1, self.history.size(1))])
+        if self.keep_attention:
+            attention = _widen(_widen(attention, 1, self.attention.size(1)), 2, self.attention.size(2))
+            self.attention = torch.cat([_widen(self.attention, 2, attention.size(2)), attention])
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[object, list[Hypothesis]]]:
+        """One token for every live sentence; returns (key, n-best list) of those that are now done."""
+        k, fresh = self.k, not self.keys
+        if self.joining:
+            self._join(one_row=fresh)
+        if not self.keys:
+            return []
+        s, m = self.sentences, len(self.keys)
+        logits, state, weights = self.decoder.step(self.tokens, self.memory, self.state)  # (rows, V)
+        at_limit = s.limits <= s.ages + 1  # (m,)
+        # what the step keeps, its k best extensions and those of the first k that end in EOS, are among
+        # its beams' k + 1 best each: a beam has one EOS, and k better extensions of one beam outrank the rest
+        row_log_probs, row_tokens = _best_extensions(logits, k + 1, at_limit.repeat_interleave(logits.size(0) // m))
+        if fresh:  # one row per sentence ran: each of its k beams starts from it
+            copies = torch.arange(m, device=logits.device).repeat_interleave(k)
+            row_log_probs, row_tokens, weights = row_log_probs[copies], row_tokens[copies], weights[copies]
+            state = state.index_select(copies)
+        oldest = int(s.ages.max())
+        if self.keep_attention:  # (m * k, steps, S): this step's weights at each sentence's own step
+            self.attention = _widen(_widen(self.attention, 1, oldest + 1), 2, weights.size(1))
+            self.attention[torch.arange(m * k), s.ages.repeat_interleave(k)] = weights.float()
+        per_row = row_tokens.size(1)
+        candidates = (s.scores.unsqueeze(2) + row_log_probs.view(m, k, per_row)).view(m, k * per_row)
+        top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (m, 2k), best first
+        origin, token = top_ids // per_row, row_tokens.view(m, k * per_row).gather(1, top_ids)
+        ends = (token == EOS) & (top_scores > float("-inf"))
+        blocks, ranks = ends[:, :k].nonzero().unbind(1)  # the hypotheses that end here
+        if blocks.numel():
+            self._finish(blocks, blocks * k + origin[blocks, ranks], top_scores[blocks, ranks].double())
+        s.finished_count += ends[:, :k].sum(dim=1)
+        # the k best extensions that do not end here live on
+        live_scores, live_rank = top_scores.masked_fill(token == EOS, float("-inf")).topk(k, dim=1)
+        unbeatable = s.best_finished >= live_scores[:, 0] / s.limit_penalty
+        done = ((s.finished_count >= self.nbest) & unbeatable) | (s.finished_count >= k) | at_limit
+        results = [(self.keys[i], sorted(self.finished[i], key=lambda h: h.score, reverse=True)[: self.nbest]
+                    # a model whose scores are all -inf or NaN (a diverged run) finishes nothing: answer empty
+                    or [Hypothesis([], float("-inf"), float("-inf"))]) for i in done.nonzero().squeeze(1).tolist()]
+        keep = (~done).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            self.keys, self.finished, self.sentences = [], [], None
+            self.memory = self.state = self.tokens = self.history = self.attention = None
+            return results
+        beam_rows = (keep.unsqueeze(1) * k + origin.gather(1, live_rank)[keep]).view(-1)
+        self.state = state.index_select(beam_rows)
+        if keep.numel() < m:
+            self.memory, s = self.memory.index_select(keep), s.select(keep)
+            kept = keep.tolist()
+            self.keys, self.finished = [self.keys[i] for i in kept], [self.finished[i] for i in kept]
+        self.tokens = token.gather(1, live_rank)[keep].view(-1)
+        history = _widen(self.history.index_select(0, beam_rows)[:, :oldest], 1, oldest + 1)
+        history[torch.arange(history.size(0)), s.ages.repeat_interleave(k)] = self.tokens
+        self.history = history
+        if self.keep_attention:
+            self.attention = self.attention[beam_rows]
+        s.scores = live_scores[keep]
+        s.ages += 1
+        self.sentences = s
+        return results
+
+    def _finish(self, blocks: torch.Tensor, rows: torch.Tensor, log_probs: torch.Tensor) -> None:
+        """Set aside the hypotheses of `rows` (live sentences `blocks`) that end with this step's EOS."""
+        s = self.sentences
+        ages, lengths = s.ages[blocks].tolist(), s.src_lengths[blocks].tolist()
+        penalties = [length_penalty(age + 1, self.alpha) for age in ages]
+        scores = log_probs / torch.tensor(penalties, dtype=torch.float64, device=log_probs.device)
+        s.best_finished.scatter_reduce_(0, blocks, scores.float(), reduce="amax")
+        words = self.history.index_select(0, rows).tolist()
+        for i, (sentence, row, age, log_prob) in enumerate(zip(blocks.tolist(), rows.tolist(), ages,
+                                                                 log_probs.tolist())):
+            weights = self.attention[row, : age + 1, : lengths[i]].cpu() if self.keep_attention else None
+            self.finished[sentence].append(Hypothesis(words[i][:age], log_prob / penalties[i], log_prob, weights))
+
+
 def beam_search(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int = 5,
                 alpha: float = 1.0, max_len_ratio: float = 2.0, nbest: int = 1,
                 keep_attention: bool = False) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first."""
-    if not 1 <= nbest <= beam_size:
-        raise ValueError("nbest must be between 1 and the beam size")
-    k, device = beam_size, src.device
-    memory, state = decoder.encode(src, src_lengths)
-    n = src.size(0)
-    copies = torch.arange(n, device=device).repeat_interleave(k)  # row -> sentence; memory stays per sentence
-    limits = max_output_lengths(src_lengths, max_len_ratio).to(device)
-    active = torch.arange(n, device=device)  # sentence of each live block of k rows
-    scores = torch.full((n, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: only the first may extend at step 0
-    tokens = torch.full((n,), BOS, dtype=torch.long, device=device)  # step 0: one row per sentence, see below
-    history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
-    attention = torch.zeros(n * k, 0, src.size(1), device=device) if keep_attention else None
-    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
-    finished_count = torch.zeros(n, dtype=torch.long, device=device)
-    best_finished = torch.full((n,), float("-inf"), device=device)  # best length-normalised score so far
-    limit_penalty = ((5.0 + limits.float()) / 6.0) ** alpha  # the largest penalty a hypothesis can reach
-    for t in range(int(limits.max())):
-        logits, state, weights = decoder.step(tokens, memory, state)  # (m * k, V)
-        m = active.numel()
-        at_limit = limits[active] <= t + 1  # (m,)
-        # what the step keeps, its k best extensions and those of the first k that end in EOS, are among
-        # its beams' k + 1 best each: a beam has one EOS, and k better extensions of one beam outrank the rest
-        row_log_probs, row_tokens = _best_extensions(logits, k + 1, at_limit.repeat_interleave(logits.size(0) // m))
-        if t == 0:  # a sentence's k beams start as one hypothesis: its first step ran once, for all of them
-            row_log_probs, row_tokens, weights = row_log_probs[copies], row_tokens[copies], weights[copies]
-            state = state.index_select(copies)
-        if keep_attention:
-            attention = torch.cat([attention, weights.float().unsqueeze(1)], dim=1)
-        per_row = row_tokens.size(1)
-        candidates = (scores.unsqueeze(2) + row_log_probs.view(m, k, per_row)).view(m, k * per_row)
-        top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (m, 2k), best first
-        origin, token = top_ids // per_row, row_tokens.view(m, k * per_row).gather(1, top_ids)
-        ends = (token == EOS) & (top_scores > float("-inf"))
-        blocks, ranks = ends[:, :k].nonzero().unbind(1)  # the hypotheses that end here, all of length t
-        if blocks.numel():
-            rows, ended_log_probs = blocks * k + origin[blocks, ranks], top_scores[blocks, ranks].double()
-            penalty = length_penalty(t + 1, alpha)
-            best_finished.scatter_reduce_(0, active[blocks], (ended_log_probs / penalty).float(), reduce="amax")
-            for sentence, row, words, log_prob in zip(active[blocks].tolist(), rows.tolist(),
-                                                      history.index_select(0, rows).tolist(), ended_log_probs.tolist()):
-                finished[sentence].append(Hypothesis(words, log_prob / penalty, log_prob,
-                                                     attention[row].cpu() if keep_attention else None))
-        finished_count[active] += ends[:, :k].sum(dim=1)
-        # the k best extensions that do not end here live on
-        live_scores, live_rank = top_scores.masked_fill(token == EOS, float("-inf")).topk(k, dim=1)
-        unbeatable = best_finished[active] >= live_scores[:, 0] / limit_penalty[active]
-        count = finished_count[active]
-        done = ((count >= nbest) & unbeatable) | (count >= k) | at_limit
-        keep = (~done).nonzero().squeeze(1)
-        if keep.numel() == 0:
-            break
-        beam_rows = (keep.unsqueeze(1) * k + origin.gather(1, live_rank)[keep]).view(-1)
-        state = state.index_select(beam_rows)
-        if keep.numel() < m:
-            memory = memory.index_select(keep)
-        tokens = token.gather(1, live_rank)[keep].view(-1)
-        history = torch.cat([history[beam_rows], tokens.unsqueeze(1)], dim=1)
-        if keep_attention:
-            attention = attention[beam_rows]
-        scores, active = live_scores[keep], active[keep]
-    # a model whose scores are all -inf or NaN (a diverged run) finishes nothing: answer empty, never nothing
-    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] or [Hypothesis([], float("-inf"), float("-inf"))]
-            for hyps in finished]
+    search = BeamSearch(decoder, beam_size=beam_size, alpha=alpha, max_len_ratio=max_len_ratio, nbest=nbest,
+                        keep_attention=keep_attention)
+    search.add(src, src_lengths, range(src.size(0)))
+    results: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    while search:
+        for sentence, hypotheses in search.step():
+            results[sentence] = hypotheses
+    return results
 
 
 def search(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int, alpha: float,

@@ -6,7 +6,7 @@ import torch
 
 from nmt.config import ModelConfig
 from nmt.model import Seq2Seq
-from nmt.search import beam_search, greedy, length_penalty
+from nmt.search import BeamSearch, beam_search, greedy, length_penalty
 from nmt.tokenizer import BOS, EOS
 
 A, B, C = 4, 5, 6
@@ -81,12 +81,17 @@ def test_outputs_stop_at_the_length_limit():
         assert len(hyp.tokens) <= 4 + 5 - 1  # ratio x 4 source pieces + 5 steps, the last one EOS
 
 
-def random_model(seed=0):
+def random_model(seed=0, eos_bias=2.5, weight_scale=1.0):
+    """A small untrained model. At the default init every output is one token repeated or empty; matrices
+    scaled by 10 give outputs that differ by source, 2 to 24 tokens long, some ended by EOS, some by the limit."""
     torch.manual_seed(seed)
     cfg = ModelConfig(emb_dim=16, hidden_size=32, layers=2, dropout=0.0)
     model = Seq2Seq(cfg, 40, 40).eval()
-    with torch.no_grad():  # make EOS likely enough that outputs end at varied lengths
-        model.decoder.generator.bias[EOS] += 2.5
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(weight_scale)
+        model.decoder.generator.bias[EOS] += eos_bias
     return model
 
 
@@ -128,9 +133,37 @@ def test_attention_is_kept_for_plots():
     hyps = beam_search(model, src, lengths, beam_size=3, keep_attention=True)
     for hyp_list, length in zip(hyps, lengths.tolist()):
         attention = hyp_list[0].attention
-        assert attention.shape[0] == len(hyp_list[0].tokens) + 1
+        assert attention.shape == (len(hyp_list[0].tokens) + 1, length)  # the sentence's own source, EOS included
         torch.testing.assert_close(attention.sum(dim=1), torch.ones(attention.shape[0]))
-        assert torch.all(attention[:, length:] == 0)
+
+
+@pytest.mark.parametrize("step", ["reference", "fast", "ensemble"])
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_sentences_joining_a_running_search_get_what_they_get_alone(step, beam_size):
+    """Continuous batching (`nmt serve`): sentences that join while others are half-way, longer and shorter
+    ones (the memory is padded), leave with the hypotheses, scores and attention of a search of their own."""
+    from nmt.model.search_step import Ensemble, FastStep
+
+    model = random_model(1, eos_bias=0.0, weight_scale=10.0)
+    decoder = {"reference": model, "fast": FastStep(model),
+               "ensemble": Ensemble([model, random_model(2, eos_bias=0.0, weight_scale=10.0)])}[step]
+    options = dict(beam_size=beam_size, alpha=1.0, max_len_ratio=2.0, nbest=beam_size, keep_attention=True)
+    search = BeamSearch(decoder, **options)
+    joins = {0: [1, 3], 1: [0], 3: [4, 2], 4: [5]}  # step -> sentences that join before it
+    answers, steps = {}, 0
+    while steps <= max(joins) or search:
+        if steps in joins:
+            search.add(*batch_of([SOURCES[i] for i in joins[steps]]), joins[steps])
+        answers.update(search.step())
+        steps += 1
+    assert sorted(answers) == list(range(len(SOURCES)))
+    assert len({tuple(hyps[0].tokens) for hyps in answers.values()}) >= 4  # a model worth testing
+    for i, source in enumerate(SOURCES):
+        (alone,) = beam_search(decoder, *batch_of([source]), **options)
+        assert [h.tokens for h in answers[i]] == [h.tokens for h in alone]
+        for joined, single in zip(answers[i], alone):
+            assert joined.score == pytest.approx(single.score, rel=1e-4)
+            torch.testing.assert_close(joined.attention, single.attention, atol=1e-3, rtol=0)  # weights x10: sensitive
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

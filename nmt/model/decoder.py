@@ -41,6 +41,17 @@ class Memory:
         return Memory(self.outputs.index_select(0, rows), self.keys.index_select(0, rows),
                       self.mask.index_select(0, rows))
 
+    def cat(self, other: Memory) -> Memory:
+        """Both memories' sentences, the shorter padded (masked out) to the longer source."""
+        length = max(self.mask.size(1), other.mask.size(1))
+
+        def padded(x: torch.Tensor) -> torch.Tensor:
+            return x if x.size(1) == length else torch.cat([x, x.new_zeros(x.size(0), length - x.size(1),
+                                                                           *x.shape[2:])], dim=1)
+
+        return Memory(*(torch.cat([padded(a), padded(b)]) for a, b in (
+            (self.outputs, other.outputs), (self.keys, other.keys), (self.mask, other.mask))))
+
 
 @dataclass
 class DecoderState:
@@ -51,6 +62,10 @@ class DecoderState:
     def index_select(self, rows: torch.Tensor) -> DecoderState:
         return DecoderState([h.index_select(0, rows) for h in self.h], [c.index_select(0, rows) for c in self.c],
                             self.feed.index_select(0, rows))
+
+    def cat(self, other: DecoderState) -> DecoderState:
+        return DecoderState([torch.cat(pair) for pair in zip(self.h, other.h)],
+                            [torch.cat(pair) for pair in zip(self.c, other.c)], torch.cat([self.feed, other.feed]))
 
 
 class Decoder(nn.Module):

@@ -29,7 +29,8 @@ from nmt.model.recurrence import compute_dtype
 
 
 class DecodeStep(Protocol):
-    """What greedy and beam search call."""
+    """What greedy and beam search call. Memory and state have `index_select(rows)`, and `cat(other)`
+    for sentences joining a running `BeamSearch`."""
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, DecoderState]:
         """src (B, S) padded ids and their lengths (B,) -> the memory and the decoder's first state."""
@@ -121,3 +122,6 @@ class Each:
 
     def index_select(self, rows: Tensor) -> Each:
         return Each([item.index_select(rows) for item in self.items])
+
+    def cat(self, other: Each) -> Each:
+        return Each([mine.cat(theirs) for mine, theirs in zip(self.items, other.items)])
