@@ -1,10 +1,10 @@
-"""`nmt serve`: an HTTP API and a page over a loaded model (or ensemble), with concurrent requests gathered
-into shared decoding batches.
+"""`nmt serve`: an HTTP API and a page over a loaded model (or ensemble), with concurrent requests decoded
+in shared batches.
 
-Requests put their sentences on a bounded queue. One task takes what arrives within `max_wait_ms` of the
-first sentence (at most `batch_tokens` source pieces), decodes each group of equal settings (beam size,
-n-best, attention) as one batch in a worker thread, and hands every request its own rows. A batch that
-fails is decoded again request by request, so one request's failure never fails another's.
+The event loop parses and checks requests and encodes their text; one decoding thread (`Batcher`) runs a
+beam search per decoding setting (beam size, n-best, attention) that new sentences join at its next step
+(continuous batching), and answers each request when its last sentence is done. Whatever fails in a shared
+search is decoded again request by request, so one request's failure never fails another's.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
+import threading
 import time
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict, deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nmt.search import Hypothesis
+from nmt.search import BeamSearch, Hypothesis
 from nmt.translate import Translator
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,8 @@ class Limits:
     max_chars: int = 5000  # characters in one request, all texts together
     max_queue: int = 512  # sentences waiting to be decoded; beyond it requests get 503
     timeout_s: float = 60.0  # a request waiting longer gets 504
-    max_wait_ms: float = 5.0  # how long the first sentence waits for others to share its batch
-    batch_tokens: int = 4000  # source pieces in one gathered batch
-
-
-@dataclass
-class _Job:
-    sources: list[list[int]]
-    key: tuple[int, int, bool]  # beam size, n-best, attention
-    future: asyncio.Future
+    max_wait_ms: float = 5.0  # on an idle server, how long the first sentence waits for others to start with
+    batch_tokens: int = 4000  # source pieces being decoded at once; more sentences wait their turn
 
 
 class TranslateRequest(BaseModel):
@@ -58,70 +52,175 @@ class QueueFull(Exception):
     pass
 
 
+@dataclass(eq=False)
+class _Job:
+    """One request's sentences; the decoding thread fills `results` and settles `future` on the event loop."""
+
+    sources: list[list[int]]
+    key: tuple[int, int, bool]  # beam size, n-best, attention
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    results: list = field(default_factory=list)
+    left: int = 0  # sentences still decoding
+    abandoned: bool = False  # timed out: not started if it has not been
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s) + 1 for s in self.sources)
+
+
 class Batcher:
+    """Continuous batching: one thread runs a `BeamSearch` per decoding setting; requests' sentences join
+    it at its next step while others are half-way, and each request is answered as soon as its last sentence
+    is done. The batch stays as full as the load allows, and nobody waits for a longer sentence that happened
+    to arrive at the same moment. On an idle server, the first sentences wait `max_wait_ms` for others to
+    share their first step. Sentences in the searches are bounded by `batch_tokens` source pieces; more wait
+    their turn in arrival order."""
+
     def __init__(self, translator: Translator, limits: Limits):
         self.translator, self.limits = translator, limits
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.waiting = 0  # sentences queued or being decoded
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
-        self.batches = 0
+        self.incoming: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.waiting = 0  # sentences of requests not yet answered; beyond max_queue new ones get 503
+        self.batches = 0  # groups of requests that joined a search together
+        self.steps = 0
+        self.pieces: dict[tuple, int] = {}  # source pieces in each search
+        self.thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     async def translate(self, sources: list[list[int]], beam_size: int, nbest: int, attention: bool):
         if self.waiting + len(sources) > self.limits.max_queue:
             raise QueueFull
+        loop = asyncio.get_running_loop()
+        job = _Job(sources, (beam_size, nbest, attention), loop.create_future(), loop)
         self.waiting += len(sources)
-        job = _Job(sources, (beam_size, nbest, attention), asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
+        self.incoming.put(job)
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), self.limits.timeout_s)
         finally:
-            if not job.future.done():
-                job.future.cancel()  # timed out: the decoder skips it if it has not started it
+            self.waiting -= len(sources)
+            job.abandoned = True
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def stop(self) -> None:
+        self.incoming.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        backlog: deque[_Job] = deque()  # arrived, not yet admitted
+        searches: dict[tuple, BeamSearch] = {}  # one per decoding setting
         while True:
-            jobs = [await self.queue.get()]
-            tokens = sum(map(len, jobs[0].sources))
-            deadline = loop.time() + self.limits.max_wait_ms / 1000
-            while tokens < self.limits.batch_tokens:
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
-                jobs.append(job)
-                tokens += sum(map(len, job.sources))
-            groups = defaultdict(list)
-            for job in jobs:
-                if not job.future.done():
-                    groups[job.key].append(job)
-            for key, group in groups.items():
-                await self._decode(loop, key, group)
-            self.waiting -= sum(len(job.sources) for job in jobs)
-
-    async def _decode(self, loop, key, group: list[_Job]) -> None:
-        beam, nbest, attention = key
-        sources = [s for job in group for s in job.sources]
-        try:
-            results = await loop.run_in_executor(self.executor, self._search, sources, beam, nbest, attention)
-        except Exception:  # noqa: BLE001 - decoded again one request at a time: only the culprit fails
-            if len(group) > 1:
-                for job in group:
-                    await self._decode(loop, key, [job])
+            idle = not searches and not backlog
+            try:
+                self._take(backlog, block=idle)
+            except _Stop:
                 return
-            if not group[0].future.done():
-                group[0].future.set_exception(RuntimeError("decoding failed"))
-            log.exception("decoding a request failed")
-            return
-        self.batches += 1
-        start = 0
-        for job in group:
-            if not job.future.done():
-                job.future.set_result(results[start: start + len(job.sources)])
-            start += len(job.sources)
+            self._admit(backlog, searches)
+            for key in list(searches):
+                self._advance(key, searches)
 
-    def _search(self, sources, beam, nbest, attention) -> list[list[Hypothesis]]:
-        return self.translator.translate_ids(sources, nbest=nbest, keep_attention=attention, beam_size=beam)
+    def _take(self, backlog: deque, block: bool) -> None:
+        """Move arrived jobs to the backlog; on an idle server, wait for the first and `max_wait_ms` more."""
+        deadline = None
+        while True:
+            try:
+                if block and deadline is None:
+                    job = self.incoming.get()
+                    deadline = time.monotonic() + self.limits.max_wait_ms / 1000
+                elif block:
+                    job = self.incoming.get(timeout=max(0.0, deadline - time.monotonic()))
+                else:
+                    job = self.incoming.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                raise _Stop
+            backlog.append(job)
+            if block and sum(j.tokens for j in backlog) >= self.limits.batch_tokens:
+                return
+
+    def _admit(self, backlog: deque, searches: dict) -> None:
+        """Start jobs in arrival order while the searches hold fewer than `batch_tokens` source pieces (a job
+        always starts on an idle server); the jobs of one setting start together, as one batch."""
+        in_use = sum(self.pieces.values())
+        starting: dict[tuple, list[_Job]] = defaultdict(list)
+        while backlog:
+            job = backlog[0]
+            if not job.abandoned and in_use and in_use + job.tokens > self.limits.batch_tokens:
+                break
+            backlog.popleft()
+            if not job.abandoned:
+                in_use += job.tokens
+                starting[job.key].append(job)
+        for key, jobs in starting.items():
+            beam, nbest, attention = key
+            sentences = []  # (job, line): the search's key of each sentence
+            for job in jobs:
+                job.results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in job.sources]  # empty lines stay so
+                job.left = sum(1 for source in job.sources if source)
+                sentences += [(job, i) for i, source in enumerate(job.sources) if source]
+            if sentences:
+                search = searches.get(key) or self.translator.running_search(beam_size=beam, nbest=nbest,
+                                                                             keep_attention=attention)
+                try:
+                    with self.translator.autocast():
+                        search.add(*self.translator.source_batch([job.sources[i] for job, i in sentences]), sentences)
+                except Exception:  # noqa: BLE001 - decoded again one request at a time: only the culprit fails
+                    log.exception("starting a batch failed; decoding its requests one at a time")
+                    for job in jobs:
+                        self._alone(job)
+                    continue
+                searches[key] = search
+                self.pieces[key] = self.pieces.get(key, 0) + sum(len(job.sources[i]) + 1 for job, i in sentences)
+                self.batches += 1
+            for job in jobs:
+                if job.left == 0:
+                    self._settle(job)
+
+    def _advance(self, key: tuple, searches: dict) -> None:
+        search = searches[key]
+        try:
+            with self.translator.autocast():
+                done = search.step()
+        except Exception:  # noqa: BLE001 - its requests are decoded again alone: only a culprit fails
+            log.exception("a decoding step failed; decoding its requests one at a time")
+            del searches[key], self.pieces[key]
+            for job in dict.fromkeys(job for job, _ in search.all_keys()):
+                self._alone(job)
+            return
+        self.steps += 1
+        for (job, i), hypotheses in done:
+            job.results[i] = hypotheses
+            job.left -= 1
+            self.pieces[key] -= len(job.sources[i]) + 1
+            if job.left == 0:
+                self._settle(job)
+        if not search:
+            del searches[key], self.pieces[key]
+
+    def _alone(self, job: _Job) -> None:
+        beam, nbest, attention = job.key
+        try:
+            job.results = self.translator.translate_ids(job.sources, nbest=nbest, keep_attention=attention,
+                                                        beam_size=beam)
+        except Exception as error:  # noqa: BLE001 - this request fails, and only this one
+            log.exception("decoding a request failed")
+            job.loop.call_soon_threadsafe(_settle, job.future, None, error)
+            return
+        self._settle(job)
+
+    def _settle(self, job: _Job) -> None:
+        job.loop.call_soon_threadsafe(_settle, job.future, job.results, None)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _settle(future: asyncio.Future, results, error) -> None:
+    if future.done():  # the request timed out meanwhile
+        return
+    if error is None:
+        future.set_result(results)
+    else:
+        future.set_exception(RuntimeError("decoding failed"))
 
 
 def create_app(translator: Translator, info: dict, limits: Limits):
@@ -138,11 +237,10 @@ def create_app(translator: Translator, info: dict, limits: Limits):
     @asynccontextmanager
     async def lifespan(app):
         translator.translate(["warm up"])  # the first search builds and touches everything once
-        task = asyncio.create_task(batcher.run())
+        batcher.thread.start()
         log.info("serving %s; limits: %s", ", ".join(info["checkpoints"]), limits)
         yield
-        task.cancel()
-        batcher.executor.shutdown(wait=True)
+        batcher.stop()
 
     app = FastAPI(title="nmt", summary=f"{info['source_language']}→{info['target_language']} translation",
                   lifespan=lifespan)
@@ -192,7 +290,7 @@ def create_app(translator: Translator, info: dict, limits: Limits):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "batches": batcher.batches, "waiting": batcher.waiting}
+        return {"status": "ok", "batches": batcher.batches, "steps": batcher.steps, "waiting": batcher.waiting}
 
     @app.get("/info")
     async def about():

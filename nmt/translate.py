@@ -16,7 +16,7 @@ from tqdm import tqdm
 from nmt.batching import source_tensor
 from nmt.device import autocast
 from nmt.model.search_step import Ensemble, for_search
-from nmt.search import Hypothesis, search
+from nmt.search import BeamSearch, Hypothesis, search
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,20 @@ class Translator:
             bar.update(len(indices))
         bar.close()
         return results
+
+    def running_search(self, *, beam_size: int, nbest: int, keep_attention: bool) -> BeamSearch:
+        """A search that sentences join while it runs (`nmt serve`); call its `add` and `step` inside
+        `self.autocast()`, with sources from `self.source_batch`."""
+        return BeamSearch(self.decoder, beam_size=beam_size, alpha=self.alpha, max_len_ratio=self.max_len_ratio,
+                          nbest=nbest, keep_attention=keep_attention)
+
+    def autocast(self):
+        """The decoding precision's context (autocast is per thread: enter it in the thread that decodes)."""
+        return autocast(self.device, self.precision)
+
+    def source_batch(self, sources: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        src, src_lengths = source_tensor(sources)
+        return src.to(self.device), src_lengths
 
     def translate(self, lines: list[str], progress: bool = False) -> list[str]:
         """The best translation of each line, detokenized."""

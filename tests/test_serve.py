@@ -143,12 +143,16 @@ def app_client(tiny_run):
     from nmt.translate import Translator
 
     loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
-    translator = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=100, beam_size=2,
-                            alpha=0.6, max_len_ratio=2.0, batch_tokens=4000)
     info = {"source_language": "en", "target_language": "de", "checkpoints": ["best.pt"]}
 
-    def client(**limits):
-        return TestClient(create_app(translator, info, Limits(**limits)))
+    def client(wrap_decoder=None, **limits):
+        translator = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=100,
+                                beam_size=2, alpha=0.6, max_len_ratio=2.0, batch_tokens=4000)
+        client = TestClient(create_app(translator, info, Limits(**limits)))
+        client.translator = translator
+        if wrap_decoder:
+            translator.decoder = wrap_decoder(translator.decoder)
+        return client
 
     return client
 
@@ -180,6 +184,42 @@ def test_a_full_queue_answers_503_and_a_slow_request_504(app_client):
         assert client.post("/translate", json={"text": "one"}).status_code == 200
     with app_client(timeout_s=1e-6) as client:
         assert client.post("/translate", json={"texts": LINES}).status_code == 504
+
+
+class Failing:
+    """A decoding step that fails wherever a poisoned sentence is encoded, and once at a step of at least
+    `fail_rows` rows (several requests' sentences: not the server's warm-up)."""
+
+    def __init__(self, decoder, poison: list[int], fail_rows: int | None = None):
+        self.decoder, self.poison, self.fail_rows = decoder, torch.tensor(poison), fail_rows
+
+    def encode(self, src, src_lengths):
+        if src.size(1) >= len(self.poison) and (src[:, : len(self.poison)] == self.poison).all(1).any():
+            raise ValueError("poisoned sentence")
+        return self.decoder.encode(src, src_lengths)
+
+    def step(self, tokens, memory, state):
+        if self.fail_rows and tokens.size(0) >= self.fail_rows:
+            self.fail_rows = None
+            raise ValueError("a step that fails once")
+        return self.decoder.step(tokens, memory, state)
+
+
+def test_a_failing_request_fails_alone_and_a_failed_step_is_retried(app_client):
+    """Requests that started or ran together with a failing one get their answers (decoded again alone)."""
+    lines = LINES[:12]
+    with app_client(max_wait_ms=500) as plain:
+        wanted = [plain.post("/translate", json={"text": line}).json()["translations"][0]["text"] for line in lines]
+        poison = plain.translator.encode(["zebra zebra zebra"])[0]
+    for fail_rows, bad in ((None, "zebra zebra zebra"), (8, None)):
+        with app_client(lambda d: Failing(d, poison, fail_rows), max_wait_ms=500) as client:
+            texts = lines + ([bad] if bad else [])
+            with ThreadPoolExecutor(max_workers=len(texts)) as pool:
+                answers = list(pool.map(lambda text: client.post("/translate", json={"text": text}), texts))
+            assert [a.json()["translations"][0]["text"] for a in answers[: len(lines)]] == wanted
+            if bad:
+                assert answers[-1].status_code == 500 and "decoding failed" in answers[-1].json()["error"]
+            assert client.get("/health").json()["batches"] < len(texts)  # they did share a search
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -52,7 +52,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a sentence waits for other requests' sentences to share its batch")
+                   help="on an idle server, how long the first sentence waits for others to start with it "
+                        "(a busy server adds new sentences to the running batch at its next step)")
     p.add_argument("--max-texts", type=int, default=64, help="texts per request")
     p.add_argument("--max-chars", type=int, default=5000, help="characters per request")
     p.add_argument("--max-queue", type=int, default=512, help="sentences waiting; beyond it: 503")
