@@ -84,7 +84,7 @@ class Batcher:
         self.batches = 0  # groups of requests that joined a search together
         self.steps = 0
         self.pieces: dict[tuple, int] = {}  # source pieces in each search
-        self.thread = threading.Thread(target=self._run, name="decode", daemon=True)
+        self.thread: threading.Thread | None = None
 
     async def translate(self, sources: list[list[int]], beam_size: int, nbest: int, attention: bool):
         if self.waiting + len(sources) > self.limits.max_queue:
@@ -99,11 +99,19 @@ class Batcher:
             self.waiting -= len(sources)
             job.abandoned = True
 
+    def start_thread(self) -> None:
+        """Decode in a thread of its own (`run` in the main thread is faster: see `nmt.cli.commands.serve`)."""
+        self.thread = threading.Thread(target=self.run, name="decode", daemon=True)
+        self.thread.start()
+
     def stop(self) -> None:
         self.incoming.put(None)
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Decode until `stop`."""
+        self.translator.translate(["warm up"])  # the first search builds and touches everything once
         backlog: deque[_Job] = deque()  # arrived, not yet admitted
         searches: dict[tuple, BeamSearch] = {}  # one per decoding setting
         while True:
@@ -223,8 +231,10 @@ def _settle(future: asyncio.Future, results, error) -> None:
         future.set_exception(RuntimeError("decoding failed"))
 
 
-def create_app(translator: Translator, info: dict, limits: Limits):
-    """The FastAPI app: POST /translate, GET /health, GET /info, the page at /, OpenAPI docs at /docs."""
+def create_app(translator: Translator, info: dict, limits: Limits, decode_thread: bool = True):
+    """The FastAPI app: POST /translate, GET /health, GET /info, the page at /, OpenAPI docs at /docs.
+    Its `state.batcher` decodes in a thread it starts, or, with `decode_thread=False`, wherever the caller
+    runs `app.state.batcher.run()`."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
@@ -236,14 +246,15 @@ def create_app(translator: Translator, info: dict, limits: Limits):
 
     @asynccontextmanager
     async def lifespan(app):
-        translator.translate(["warm up"])  # the first search builds and touches everything once
-        batcher.thread.start()
+        if decode_thread:
+            batcher.start_thread()
         log.info("serving %s; limits: %s", ", ".join(info["checkpoints"]), limits)
         yield
         batcher.stop()
 
     app = FastAPI(title="nmt", summary=f"{info['source_language']}→{info['target_language']} translation",
                   lifespan=lifespan)
+    app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
     async def one_line(request: Request, error: RequestValidationError):

@@ -89,13 +89,13 @@ def load(checkpoint: str, lines: list[str], beam: int, clients: int, seconds: fl
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    batches = httpx.get(f"{url}/health").json()["batches"]
+    health = httpx.get(f"{url}/health").json()
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=60)
     latencies.sort()
     return {"requests": len(latencies) + errors, "errors": errors, "rate": len(latencies) / elapsed,
             "p50": 1000 * statistics.median(latencies), "p99": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-            "batches": batches}
+            "batches": health["batches"], "steps": health["steps"]}
 
 
 def main() -> None:
