@@ -8,8 +8,8 @@ fairseq), or earlier, when it has `nbest` and the best of them can no longer be
 beaten: log-probabilities only fall as a hypothesis grows and the length
 penalty is largest at the length limit, so no live hypothesis can score above
 its log-probability / penalty(limit) (with alpha 0 this ends most sentences
-first). Done sentences leave the batch. Greedy is the same search with K = 1, run through a
-leaner loop.
+first). Done sentences leave the batch, and new ones may join it between steps (`BeamSearch`, the
+continuous batching of `nmt serve`). Greedy is the same search with K = 1, run through a leaner loop.
 
 Search runs a `DecodeStep`: the model itself (the reference step) or the fast
 step `nmt.model.search_step.for_search(model)` builds once per translation job.

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import queue
+import signal
 import threading
 import time
 from collections import defaultdict, deque
@@ -312,6 +313,35 @@ def create_app(translator: Translator, info: dict, limits: Limits, decode_thread
         return PAGE
 
     return app
+
+
+def serve_until_stopped(app, host: str, port: int) -> bool:
+    """Serve `app` (made with `decode_thread=False`) until SIGINT or SIGTERM; False if it could not start.
+
+    Decoding takes the main thread and HTTP a second one: oneDNN's LSTM (the encoder) ran about three times
+    slower in a thread other than the main one. Signals reach the main thread: they ask the server to stop
+    taking requests; it finishes those in flight, then stops the decoder (a second Ctrl-C: at once)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30))
+
+    def http() -> None:
+        try:
+            server.run()
+        finally:
+            app.state.batcher.stop()  # also when the server could not start
+
+    def stop(signum, frame) -> None:
+        server.force_exit = server.should_exit and signum == signal.SIGINT
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    thread = threading.Thread(target=http, name="http")
+    thread.start()
+    app.state.batcher.run()
+    thread.join()
+    return server.started
 
 
 def _line(tokenizer, source: list[int], hyps: list[Hypothesis], nbest: int, attention: bool) -> dict:

@@ -5,9 +5,10 @@ the same sentences with the same checkpoint, beam and machine.
 usage: python scripts/bench_serve.py --checkpoint CKPT --input SOURCES.txt [--clients 32] [--seconds 60]
        [--beam-size 5]
 
-Prints offline sentences/s (in this process, decoding only), then for the server with dynamic batching
-and with batching off (`--batch-tokens 1`: one request per batch): requests, errors, sentences/s, p50 and
-p99 latency, as a Markdown table.
+Prints offline sentences/s (in this process, decoding only) and the server's search without HTTP (as many
+sentences in flight as there are clients), then for the server with continuous batching and with batching
+off (`--batch-tokens 1`: one request at a time): requests, errors, sentences/s, p50 and p99 latency, the
+groups of requests that started together (batches) and the search steps, as a Markdown table.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def offline_rate(checkpoint: str, lines: list[str], beam: int) -> float:
+def in_process_rates(checkpoint: str, lines: list[str], beam: int, in_flight: int) -> tuple[float, float]:
+    """Sentences/s of offline translation (sorted batches of `decode.batch_tokens`), and of the server's
+    search without HTTP: `in_flight` sentences decoding, a new one joining whenever one is done."""
     import torch
 
     from nmt.checkpoint import load_for_inference
@@ -44,7 +47,17 @@ def offline_rate(checkpoint: str, lines: list[str], beam: int) -> float:
     translator.translate(lines[:20])  # warm up, as the server does
     started = time.perf_counter()
     translator.translate(lines)
-    return len(lines) / (time.perf_counter() - started)
+    offline = len(lines) / (time.perf_counter() - started)
+    sources = [s for s in translator.encode(lines) if s]
+    search, queued, done = translator.running_search(beam_size=beam, nbest=1, keep_attention=False), 0, 0
+    started = time.perf_counter()
+    while done < len(sources):
+        joining = list(range(queued, min(len(sources), queued + in_flight - len(search))))
+        if joining:
+            search.add(*translator.source_batch([sources[i] for i in joining]), joining)
+            queued += len(joining)
+        done += len(search.step())
+    return offline, len(sources) / (time.perf_counter() - started)
 
 
 def load(checkpoint: str, lines: list[str], beam: int, clients: int, seconds: float, *options: str) -> dict:
@@ -109,15 +122,16 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     lines = Path(args.input).read_text(encoding="utf-8").splitlines()
-    offline = offline_rate(args.checkpoint, lines, args.beam_size)
-    print(f"offline: {offline:.1f} sentences/s ({len(lines)} sentences, beam {args.beam_size})")
-    print("| server | requests | errors | sentences/s | vs offline | p50 | p99 | batches |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    batching = (f"dynamic batching ({args.max_wait_ms:g} ms)", ("--max-wait-ms", str(args.max_wait_ms)))
-    for label, options in (batching, ("one request per batch", ("--batch-tokens", "1"))):
+    offline, continuous = in_process_rates(args.checkpoint, lines, args.beam_size, args.clients)
+    print(f"offline: {offline:.1f} sentences/s ({len(lines)} sentences, beam {args.beam_size}); the server's "
+          f"search without HTTP, {args.clients} sentences in flight: {continuous:.1f} ({continuous / offline:.0%})")
+    print("| server | requests | errors | sentences/s | vs offline | p50 | p99 | batches | steps |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    batching = (f"continuous batching ({args.max_wait_ms:g} ms)", ("--max-wait-ms", str(args.max_wait_ms)))
+    for label, options in (batching, ("one request at a time", ("--batch-tokens", "1"))):
         r = load(args.checkpoint, lines, args.beam_size, args.clients, args.seconds, *options)
         print(f"| {label} | {r['requests']:,} | {r['errors']} | {r['rate']:.1f} | {r['rate'] / offline:.0%} | "
-              f"{r['p50']:.0f} ms | {r['p99']:.0f} ms | {r['batches']:,} |", flush=True)
+              f"{r['p50']:.0f} ms | {r['p99']:.0f} ms | {r['batches']:,} | {r['steps']:,} |", flush=True)
 
 
 if __name__ == "__main__":

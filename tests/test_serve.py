@@ -77,6 +77,16 @@ def test_sigterm_lets_the_request_in_flight_finish(tiny_run):
     assert response.status_code == 200 and len(response.json()["translations"]) == len(LINES), log
 
 
+def test_a_port_in_use_is_a_one_line_error(tiny_run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_nmt("serve", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), "--port", str(port))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: could not serve on 127.0.0.1:{port} (the log above says why)"
+
+
 @pytest.fixture(scope="module")
 def offline(tiny_run, tmp_path_factory):
     """`nmt translate` of LINES with beam 3: what the server must answer."""

@@ -71,15 +71,10 @@ def average(args) -> int:
 
 
 def serve(args) -> int:
-    import signal
-    import threading
-
-    import uvicorn
-
     from nmt.cli.translate import check_decoding_flags, load_checkpoints, make_translator
     from nmt.device import resolve_device
     from nmt.errors import NMTError
-    from nmt.serve import Limits, create_app
+    from nmt.serve import Limits, create_app, serve_until_stopped
 
     check_decoding_flags(args)
     for flag, value in (("--max-texts", args.max_texts), ("--max-chars", args.max_chars),
@@ -102,26 +97,7 @@ def serve(args) -> int:
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
                     timeout_s=args.timeout, max_wait_ms=args.max_wait_ms,
                     batch_tokens=args.batch_tokens or config.decode.batch_tokens)
-    app = create_app(translator, info, limits, decode_thread=False)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                                           timeout_graceful_shutdown=30))
-
-    def http() -> None:
-        try:
-            server.run()
-        finally:
-            app.state.batcher.stop()  # also when the server could not start
-
-    # Decoding takes the main thread and HTTP a second one: oneDNN's LSTM (the encoder) ran about three times
-    # slower in a thread other than the main one. Signals reach the main thread: they ask the server to
-    # stop taking requests; it finishes those in flight, then stops the decoder.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: setattr(server, "should_exit", True))
-    thread = threading.Thread(target=http, name="http")
-    thread.start()
-    app.state.batcher.run()
-    thread.join()
-    if not server.started:
+    if not serve_until_stopped(create_app(translator, info, limits, decode_thread=False), args.host, args.port):
         raise NMTError(f"could not serve on {args.host}:{args.port} (the log above says why)")
     return 0
 
