@@ -71,12 +71,12 @@ class _Job:
 
 
 class Batcher:
-    """Continuous batching: one thread runs a `BeamSearch` per decoding setting; requests' sentences join
-    it at its next step while others are half-way, and each request is answered as soon as its last sentence
-    is done. The batch stays as full as the load allows, and nobody waits for a longer sentence that happened
-    to arrive at the same moment. On an idle server, the first sentences wait `max_wait_ms` for others to
-    share their first step. Sentences in the searches are bounded by `batch_tokens` source pieces; more wait
-    their turn in arrival order."""
+    """Continuous batching: `run` (in the server's main thread, or a thread of its own) keeps a `BeamSearch`
+    per decoding setting; requests' sentences join it at its next step while others are half-way, and each
+    request is answered as soon as its last sentence is done. The batch stays as full as the load allows,
+    and nobody waits for a longer sentence that happened to arrive at the same moment. On an idle server,
+    the first sentences wait `max_wait_ms` for others to share their first step. Sentences in the searches
+    are bounded by `batch_tokens` source pieces; more wait their turn in arrival order."""
 
     def __init__(self, translator: Translator, limits: Limits):
         self.translator, self.limits = translator, limits
@@ -101,7 +101,7 @@ class Batcher:
             job.abandoned = True
 
     def start_thread(self) -> None:
-        """Decode in a thread of its own (`run` in the main thread is faster: see `nmt.cli.commands.serve`)."""
+        """Decode in a thread of its own (`run` in the main thread is faster: see `serve_until_stopped`)."""
         self.thread = threading.Thread(target=self.run, name="decode", daemon=True)
         self.thread.start()
 

@@ -222,7 +222,7 @@ def test_a_failing_request_fails_alone_and_a_failed_step_is_retried(app_client):
         wanted = [plain.post("/translate", json={"text": line}).json()["translations"][0]["text"] for line in lines]
         poison = plain.translator.encode(["zebra zebra zebra"])[0]
     for fail_rows, bad in ((None, "zebra zebra zebra"), (8, None)):
-        with app_client(lambda d: Failing(d, poison, fail_rows), max_wait_ms=500) as client:
+        with app_client(lambda d, rows=fail_rows: Failing(d, poison, rows), max_wait_ms=500) as client:
             texts = lines + ([bad] if bad else [])
             with ThreadPoolExecutor(max_workers=len(texts)) as pool:
                 answers = list(pool.map(lambda text: client.post("/translate", json={"text": text}), texts))
