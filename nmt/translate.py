@@ -64,9 +64,9 @@ class Translator:
         batches = plan_decoding_batches([len(s) for s in sources], self.batch_tokens)
         bar = tqdm(total=sum(map(len, batches)), unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
         for indices in batches:
-            src, src_lengths = source_tensor([sources[i] for i in indices])
-            with autocast(self.device, self.precision):
-                hypotheses = search(self.decoder, src.to(self.device), src_lengths, beam_size=beam_size,
+            src, src_lengths = self.source_batch([sources[i] for i in indices])
+            with self.autocast():
+                hypotheses = search(self.decoder, src, src_lengths, beam_size=beam_size,
                                     alpha=self.alpha, max_len_ratio=self.max_len_ratio, nbest=nbest,
                                     keep_attention=keep_attention)
             for i, hyps in zip(indices, hypotheses):
