@@ -1,5 +1,7 @@
-# Train, translate and evaluate on a GPU: see "Docker" in README.md.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# Train, translate, evaluate and serve on a GPU: see docs/gpu.md.
+# A slim Python and the torch CI tests (.ci/run pins the same version; tests/test_docker.py checks that
+# they agree). PyPI's Linux wheel of torch brings its CUDA libraries: the host needs only its NVIDIA driver.
+FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -10,8 +12,9 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# Dependencies in a layer of their own, read from pyproject.toml: editing the code does not reinstall them.
-# torch comes with the base image and satisfies the torch>=2.4 requirement.
+# Dependencies in layers of their own (torch, then the rest read from pyproject.toml): editing the code
+# does not reinstall them.
+RUN pip install --no-cache-dir torch==2.13.0
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \

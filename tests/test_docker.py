@@ -21,6 +21,13 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_image_ships_the_torch_ci_tests():
+    """The private torch ops the code calls change between releases: the image must run the tested one."""
+    image = re.findall(r"torch==([0-9][\w.+]*)", (ROOT / "Dockerfile").read_text())
+    ci = re.findall(r"torch==([0-9][\w.+]*)", (ROOT / ".ci" / "run").read_text())
+    assert len(image) == 1 and image == ci, (image, ci)
+
+
 def dockerfile_instructions() -> dict[str, list[str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     found: dict[str, list[str]] = {}
