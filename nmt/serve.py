@@ -67,7 +67,8 @@ class _Job:
 
     @property
     def tokens(self) -> int:
-        return sum(len(s) + 1 for s in self.sources)
+        """Source pieces the search will hold for it (EOS included; empty lines are not decoded)."""
+        return sum(len(s) + 1 for s in self.sources if s)
 
 
 class Batcher:
@@ -127,7 +128,7 @@ class Batcher:
 
     def _take(self, backlog: deque, block: bool) -> None:
         """Move arrived jobs to the backlog; on an idle server, wait for the first and `max_wait_ms` more."""
-        deadline = None
+        deadline, tokens = None, sum(job.tokens for job in backlog)
         while True:
             try:
                 if block and deadline is None:
@@ -142,7 +143,8 @@ class Batcher:
             if job is None:
                 raise _Stop
             backlog.append(job)
-            if block and sum(j.tokens for j in backlog) >= self.limits.batch_tokens:
+            tokens += job.tokens
+            if block and tokens >= self.limits.batch_tokens:
                 return
 
     def _admit(self, backlog: deque, searches: dict) -> None:
@@ -177,7 +179,7 @@ class Batcher:
                         self._alone(job)
                     continue
                 searches[key] = search
-                self.pieces[key] = self.pieces.get(key, 0) + sum(len(job.sources[i]) + 1 for job, i in sentences)
+                self.pieces[key] = self.pieces.get(key, 0) + sum(job.tokens for job in jobs)
                 self.batches += 1
             for job in jobs:
                 if job.left == 0:
