@@ -4,7 +4,7 @@
 its own kernels; which is faster depends on the CPU (MKL does not use AVX-512 on
 AMD CPUs, oneDNN does; with AVX2 alone they are close), so it is measured, not
 assumed. `routes()` decides once per machine and torch version, by timing the
-model's kinds of products both ways (well under a second), and caches the choice
+model's kinds of products both ways (a few seconds), and caches the choice
 in `$NMT_CACHE` so every later run on the machine takes the same paths (and so
 computes the same numbers, which exact resume relies on). `NMT_CPU_PRODUCTS=onednn`
 or `torch` overrides it. Three choices are made, because the libraries' strengths
@@ -84,7 +84,9 @@ def _cache_file() -> Path:
 
 
 def _machine_key() -> str:
-    return f"{cpu_name()} | {cpu_capability()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    # "v2": products measured at a vocabulary-like size; choices cached by the first version are measured again
+    return (f"{cpu_name()} | {cpu_capability()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+            " | v2")
 
 
 def _decide() -> Routes:
@@ -137,7 +139,7 @@ def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, sec
 
 
 def measure_routes() -> Routes:
-    """Time the model's kinds of float32 products both ways, about a second in all: a decoder step's gate
+    """Time the model's kinds of float32 products both ways, about three seconds in all: a decoder step's gate
     and attention products and their input gradients; the output projection, its gradients and a weight
     gradient over all positions; then search's step products with prepacked weights."""
     generator = torch.Generator().manual_seed(0)
@@ -148,18 +150,21 @@ def measure_routes() -> Routes:
     step = [(rand(64, 1024), rand(2048, 1024)), (rand(64, 2048), rand(2048, 1024).t()),
             (rand(64, 1024), rand(512, 1024))]
     rows = rand(512, 512)
-    # forward, input gradient and weight gradient of the output projection (512 rows, 5000 words), and a
-    # recurrent weight's gradient over all positions: (4H, positions) @ (positions, in), transposed views
-    bulk = [(rows, rand(5000, 512)), (rand(512, 5000), rand(5000, 512).t()), (rand(512, 5000).t(), rows.t()),
+    # forward, input gradient and weight gradient of the output projection (512 rows, a vocabulary of 5,483:
+    # see search below), and a recurrent weight's gradient over all positions: (4H, positions) @ (positions, in)
+    bulk = [(rows, rand(5483, 512)), (rand(512, 5483), rand(5483, 512).t()), (rand(512, 5483).t(), rows.t()),
             (rand(512, 2048).t(), rand(512, 1024).t())]
     seconds: dict = {}
     step_route = _faster(step, 10, seconds, "step")
     bulk_route = _faster(bulk, 2, seconds, "bulk")
-    search = [(rand(320, 1024), rand(2048, 1024)), (rand(320, 512), rand(5000, 512))]
+    # search's products: a layer's gates and the output projection, at the rows of a few sentences' beams
+    # (serving) and of a full batch. The vocabulary is not a round number, as a trained one's seldom is: MKL
+    # can be far slower at such sizes than at round ones, which would hide that from the measurement.
+    weights = [rand(2048, 1024), rand(5483, 512)]
+    search = [(rand(n, w.size(1)), w, torch.ops.mkldnn._reorder_linear_weight(w)) for n in (160, 640) for w in weights]
     plain = F.linear if step_route == "torch" else _onednn_product
-    packed = [(x, torch.ops.mkldnn._reorder_linear_weight(w)) for x, w in search]
-    seconds["search_plain"] = sum(_best_seconds(lambda x=x, w=w: plain(x, w), 5) for x, w in search)
-    seconds["search_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 5) for x, w in packed)
+    seconds["search_plain"] = sum(_best_seconds(lambda x=x, w=w: plain(x, w), 3) for x, w, _ in search)
+    seconds["search_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 3) for x, _, w in search)
     prepacked = seconds["search_prepacked"] < MARGIN * seconds["search_plain"]
     return Routes(step_route, bulk_route, prepacked, "measured", {k: round(v * 1e3, 3) for k, v in seconds.items()})
 
