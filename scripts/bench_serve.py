@@ -72,7 +72,7 @@ def translate_rate(checkpoint: str, source: str, beam: int) -> float:
                         "--output", str(Path(out) / "hyp.txt"), "--beam-size", str(beam)],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elapsed = time.perf_counter() - started
-        return sum(1 for _ in open(Path(out) / "hyp.txt", encoding="utf-8")) / elapsed
+        return len((Path(out) / "hyp.txt").read_text(encoding="utf-8").splitlines()) / elapsed
 
 
 def load(checkpoint: str, lines: list[str], beam: int, clients: int, seconds: float, *options: str) -> dict:

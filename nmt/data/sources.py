@@ -116,9 +116,9 @@ def _offline_hint() -> str:
 
 
 def _load_hub(name: str, config_name: str | None):
-    if "HF_HUB_OFFLINE" not in os.environ and not _hub_reachable():
-        # without this, the hub client retries for half a minute before giving up; offline, datasets
-        # still finds a copy in its local cache
+    # offline, the hub client retries for half a minute before giving up, and datasets still finds a copy in
+    # its local cache without it; a folder in the hub's layout needs no hub
+    if not Path(name).is_dir() and "HF_HUB_OFFLINE" not in os.environ and not _hub_reachable():
         log.info("huggingface.co is unreachable: looking for '%s' in the local datasets cache only", name)
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     import datasets  # imported here: slow to import, and not needed for plain text
