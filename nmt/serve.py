@@ -320,7 +320,7 @@ def create_app(translator: Translator, info: dict, limits: Limits, decode_thread
 def serve_until_stopped(app, host: str, port: int) -> bool:
     """Serve `app` (made with `decode_thread=False`) until SIGINT or SIGTERM; False if it could not start.
 
-    Decoding takes the main thread and HTTP a second one: oneDNN's LSTM (the encoder) ran about three times
+    Decoding takes the main thread and HTTP a second one: the encoder's LSTM ran about three times
     slower in a thread other than the main one. Signals reach the main thread: they ask the server to stop
     taking requests; it finishes those in flight, then stops the decoder (a second Ctrl-C: at once)."""
     import uvicorn
