@@ -160,8 +160,8 @@ def measure_routes() -> Routes:
     # search's products: a layer's gates and the output projection, at the rows of a few sentences' beams
     # (serving) and of a full batch. The vocabulary is not a round number, as a trained one's seldom is: MKL
     # can be far slower at such sizes than at round ones, which would hide that from the measurement.
-    weights = [rand(2048, 1024), rand(5483, 512)]
-    search = [(rand(n, w.size(1)), w, torch.ops.mkldnn._reorder_linear_weight(w)) for n in (160, 640) for w in weights]
+    weights = [(w, torch.ops.mkldnn._reorder_linear_weight(w)) for w in (rand(2048, 1024), rand(5483, 512))]
+    search = [(rand(n, w.size(1)), w, packed) for n in (160, 640) for w, packed in weights]
     plain = F.linear if step_route == "torch" else _onednn_product
     seconds["search_plain"] = sum(_best_seconds(lambda x=x, w=w: plain(x, w), 3) for x, w, _ in search)
     seconds["search_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 3) for x, _, w in search)
