@@ -5,32 +5,45 @@ from __future__ import annotations
 
 import torch
 
+#: rows per chunk are chosen so that a chunk's float32 log-probabilities (4 MiB) stay in the CPU's caches
+CHUNK_ELEMENTS = 2**20
+
 
 class SummedNLL(torch.autograd.Function):
-    """The summed, optionally label-smoothed, NLL of logits, with a backward of two passes over the
-    (n, V) matrix: exp, then scale-and-cast. Autograd's log_softmax + nll_loss backward builds a zero
-    matrix, scatters into it, reads it back with the log-probabilities and casts the result: four."""
+    """The summed, optionally label-smoothed, NLL of logits (n, V). When a gradient is wanted, the forward
+    pass also forms it, a chunk of rows at a time while that chunk's float32 log-probabilities are still in
+    the cache, and keeps it in the logits' dtype; the backward pass only scales it. Autograd's log_softmax +
+    nll_loss keeps the (n, V) log-probabilities in float32 and makes four more passes over them in memory."""
 
     @staticmethod
     def forward(ctx, logits, targets, label_smoothing):
-        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        loss = -log_probs.gather(1, targets.unsqueeze(1)).sum()
-        if label_smoothing:
-            loss = (1.0 - label_smoothing) * loss - label_smoothing * log_probs.mean(dim=-1).sum()
-        ctx.save_for_backward(log_probs, targets)
-        ctx.label_smoothing, ctx.logits_dtype = label_smoothing, logits.dtype
+        n, vocab = logits.shape
+        acc = torch.promote_types(logits.dtype, torch.float32)
+        want_grad = ctx.needs_input_grad[0]
+        grad_logits = torch.empty_like(logits) if want_grad else None
+        loss = logits.new_zeros((), dtype=acc)
+        rows = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+        for start in range(0, n, rows):
+            chunk_targets = targets[start:start + rows]
+            log_probs = torch.log_softmax(logits[start:start + rows], dim=-1, dtype=acc)
+            nll = -log_probs.gather(1, chunk_targets.unsqueeze(1)).sum()
+            if label_smoothing:
+                nll = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1).sum()
+            loss += nll
+            if want_grad:  # softmax minus the target distribution
+                probs = log_probs.exp_()
+                if label_smoothing:
+                    probs.sub_(label_smoothing / vocab)
+                probs[torch.arange(len(chunk_targets), device=probs.device), chunk_targets] -= 1.0 - label_smoothing
+                grad_logits[start:start + rows] = probs
+        ctx.grad_logits = grad_logits
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        log_probs, targets = ctx.saved_tensors
-        smoothing = ctx.label_smoothing
-        grad_logits = log_probs.exp()  # softmax, minus the target distribution below
-        if smoothing:
-            grad_logits.sub_(smoothing / log_probs.size(1))
-        rows = torch.arange(targets.numel(), device=targets.device)
-        grad_logits[rows, targets] -= 1.0 - smoothing
-        return torch.mul(grad_logits, grad, out=torch.empty_like(grad_logits, dtype=ctx.logits_dtype)), None, None
+        grad_logits, ctx.grad_logits = ctx.grad_logits, None  # one backward pass per forward: scaled in place
+        # a Python number: bf16 gradients are scaled in float32, not by the scale rounded to bf16
+        return grad_logits.mul_(grad.item()), None, None
 
 
 def summed_nll(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -49,7 +49,7 @@ def tiny_tokenizer():
 @pytest.fixture(params=["onednn", "torch"])
 def route(request):
     """Every test that takes this runs once with each float32 product route (oneDNN with prepacked search
-    weights, and torch's BLAS), whatever this machine would choose: both ship."""
+    and recurrence weights, and torch's BLAS), whatever this machine would choose: both ship."""
     from nmt.model import gemm
 
     if request.param == "onednn" and not gemm.ONEDNN:

@@ -103,6 +103,23 @@ def test_prepacked_weights_give_the_plain_weights_products(dtype, onednn_routes)
     assert not gemm.prepacked(weight.double()).is_mkldnn  # float64 keeps F.linear
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_recurrence_weights_prepacked_from_a_transposed_view_give_its_products(dtype, onednn_routes):
+    """The training recurrence prepacks each weight and its transpose (a view) once per batch."""
+    if dtype == torch.bfloat16 and not gemm.ONEDNN_BF16:
+        pytest.skip("no bfloat16 oneDNN on this CPU")
+    torch.manual_seed(0)
+    weight = torch.randn(40, 24).to(dtype)
+    for plain in (weight, weight.t()):
+        packed = gemm.step_weight(plain)
+        assert packed.is_mkldnn and tuple(packed.shape) == tuple(plain.shape)
+        for rows in (1, 64):
+            x = torch.randn(rows, plain.size(1)).to(dtype)
+            torch.testing.assert_close(gemm.product(x, packed, step=True), x @ plain.t(), rtol=1e-2 if dtype ==
+                                       torch.bfloat16 else 1e-5, atol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+    assert not gemm.step_weight(weight.double()).is_mkldnn  # float64 keeps F.linear
+
+
 def test_step_and_bulk_products_follow_their_own_routes(monkeypatch):
     if not gemm.ONEDNN:
         pytest.skip("this torch has no oneDNN")
@@ -118,6 +135,7 @@ def test_step_and_bulk_products_follow_their_own_routes(monkeypatch):
         gemm.linear(x.requires_grad_(), weight).sum().backward()
         assert calls == [1]  # bulk products stayed with torch
         assert not gemm.prepacked(weight).is_mkldnn  # prepacking was not chosen
+        assert not gemm.step_weight(weight).is_mkldnn
     finally:
         gemm.restore_routes(previous)
 
@@ -139,8 +157,8 @@ def test_routes_are_chosen_by_timing_with_a_margin_then_cached(monkeypatch, tmp_
     assert entry["step"] == expected
     monkeypatch.setattr(gemm, "measure_routes", lambda: pytest.fail("measured again instead of using the cache"))
     cached = gemm._decide()
-    assert (cached.source, cached.step, cached.bulk, cached.prepacked) == ("cached", expected, expected,
-                                                                           measured.prepacked)
+    assert (cached.source, cached.step, cached.bulk, cached.prepacked, cached.step_prepacked) == (
+        "cached", expected, expected, measured.prepacked, measured.step_prepacked)
 
 
 @pytest.mark.parametrize("forced", ["onednn", "torch"])
@@ -159,6 +177,6 @@ def test_a_real_measurement_gives_a_complete_decision():
         pytest.skip("this torch has no oneDNN")
     routes = gemm.measure_routes()
     assert routes.step in ("onednn", "torch") and routes.bulk in ("onednn", "torch")
-    assert set(routes.milliseconds) == {"step_torch", "step_onednn", "bulk_torch", "bulk_onednn", "search_plain",
-                                        "search_prepacked"}
+    assert set(routes.milliseconds) == {"step_torch", "step_onednn", "step_prepacked", "bulk_torch", "bulk_onednn",
+                                        "search_plain", "search_prepacked"}
     assert all(ms > 0 for ms in routes.milliseconds.values())

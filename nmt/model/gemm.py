@@ -10,9 +10,10 @@ computes the same numbers, which exact resume relies on). `NMT_CPU_PRODUCTS=oned
 or `torch` overrides it. Three choices are made, because the libraries' strengths
 differ by shape: float32 products of one time step's rows inside a recurrence
 (`step`: few rows, called thousands of times), products over whole batches
-(`bulk`: the output projection, weight gradients over all positions), and weights
-pre-laid-out in oneDNN's blocked format for search (`prepacked`), which skip the
-reorder each call and fuse the bias.
+(`bulk`: the output projection, weight gradients over all positions), and whether
+weights used many times are pre-laid-out in oneDNN's blocked format, which skips
+the reorder each call and fuses the bias: the training recurrence's
+(`step_prepacked`, timed at its rows) and search's (`prepacked`, at its rows).
 
 `product` is `F.linear` with that routing; `linear` adds a backward pass that
 routes its two products the same way. Elsewhere (GPU, float64, autocast, a torch
@@ -48,10 +49,12 @@ class Routes:
     prepacked: bool  # search's float32 weights in oneDNN's layout
     source: str  # "measured", "cached", "set", "NMT_CPU_PRODUCTS" or "no oneDNN"
     milliseconds: dict = field(default_factory=dict)  # the timings the choice came from
+    step_prepacked: bool = False  # the training recurrence's float32 weights in oneDNN's layout
 
     def describe(self) -> str:
+        step = "prepacked oneDNN" if self.step_prepacked else self.step
         packed = "prepacked oneDNN" if self.prepacked else f"plain ({self.step})"
-        return f"float32 products: {self.step} per step, {self.bulk} in bulk; search weights {packed} ({self.source})"
+        return f"float32 products: {step} per step, {self.bulk} in bulk; search weights {packed} ({self.source})"
 
 
 _routes: Routes | None = None
@@ -67,10 +70,13 @@ def routes() -> Routes:
     return _routes
 
 
-def set_routes(step: str, bulk: str, prepacked: bool) -> Routes | None:
-    """Force the routes (tests; `NMT_CPU_PRODUCTS` for users); returns the previous ones."""
+def set_routes(step: str, bulk: str, prepacked: bool, step_prepacked: bool | None = None) -> Routes | None:
+    """Force the routes (tests; `NMT_CPU_PRODUCTS` for users); returns the previous ones. `step_prepacked`
+    follows `prepacked` unless given."""
     global _routes
-    previous, _routes = _routes, Routes(step, bulk, prepacked and ONEDNN, "set")
+    step_prepacked = prepacked if step_prepacked is None else step_prepacked
+    previous, _routes = _routes, Routes(step, bulk, prepacked and ONEDNN, "set",
+                                        step_prepacked=step_prepacked and ONEDNN)
     return previous
 
 
@@ -84,9 +90,10 @@ def _cache_file() -> Path:
 
 
 def _machine_key() -> str:
-    # "v2": products measured at a vocabulary-like size; choices cached by the first version are measured again
+    # the version at the end: a cached choice made by an earlier measurement (v1: round vocabulary size; v2: no
+    # prepacked step weights) is measured again
     return (f"{cpu_name()} | {cpu_capability()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-            " | v2")
+            " | v3")
 
 
 def _decide() -> Routes:
@@ -94,7 +101,7 @@ def _decide() -> Routes:
     if not ONEDNN:
         return Routes("torch", "torch", False, "no oneDNN")
     if forced in ("onednn", "torch"):
-        return Routes(forced, forced, forced == "onednn", "NMT_CPU_PRODUCTS")
+        return Routes(forced, forced, forced == "onednn", "NMT_CPU_PRODUCTS", step_prepacked=forced == "onednn")
     if forced != "auto":
         log.warning("NMT_CPU_PRODUCTS=%s is not one of auto, onednn, torch; measuring instead", forced)
     key, path = _machine_key(), _cache_file()
@@ -104,7 +111,7 @@ def _decide() -> Routes:
         cached = None
     if isinstance(cached, dict) and {cached.get("step"), cached.get("bulk")} <= {"onednn", "torch"}:
         return Routes(cached["step"], cached["bulk"], bool(cached.get("prepacked")), "cached",
-                      cached.get("milliseconds", {}))
+                      cached.get("milliseconds", {}), bool(cached.get("step_prepacked")))
     decided = measure_routes()
     try:  # a cache that cannot be written only means measuring again next time
         entries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -140,8 +147,9 @@ def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, sec
 
 def measure_routes() -> Routes:
     """Time the model's kinds of float32 products both ways, about three seconds in all: a decoder step's gate
-    and attention products and their input gradients; the output projection, its gradients and a weight
-    gradient over all positions; then search's step products with prepacked weights."""
+    and attention products and their input gradients, then the same with prepacked weights; the output
+    projection, its gradients and a weight gradient over all positions; then search's step products with
+    prepacked weights."""
     generator = torch.Generator().manual_seed(0)
 
     def rand(*shape):
@@ -156,6 +164,10 @@ def measure_routes() -> Routes:
             (rand(512, 2048).t(), rand(512, 1024).t())]
     seconds: dict = {}
     step_route = _faster(step, 10, seconds, "step")
+    # the training recurrence uses each weight (and its transpose) at every position of a batch
+    packed_step = [(x, torch.ops.mkldnn._reorder_linear_weight(w.contiguous())) for x, w in step]
+    seconds["step_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 10) for x, w in packed_step)
+    step_prepacked = seconds["step_prepacked"] < MARGIN * seconds[f"step_{step_route}"]
     bulk_route = _faster(bulk, 2, seconds, "bulk")
     # search's products: a layer's gates and the output projection, at the rows of a few sentences' beams
     # (serving) and of a full batch. The vocabulary is not a round number, as a trained one's seldom is: MKL
@@ -166,7 +178,8 @@ def measure_routes() -> Routes:
     seconds["search_plain"] = sum(_best_seconds(lambda x=x, w=w: plain(x, w), 3) for x, w, _ in search)
     seconds["search_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 3) for x, _, w in search)
     prepacked = seconds["search_prepacked"] < MARGIN * seconds["search_plain"]
-    return Routes(step_route, bulk_route, prepacked, "measured", {k: round(v * 1e3, 3) for k, v in seconds.items()})
+    return Routes(step_route, bulk_route, prepacked, "measured", {k: round(v * 1e3, 3) for k, v in seconds.items()},
+                  step_prepacked)
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, step: bool = False) -> bool:
@@ -198,6 +211,17 @@ def prepacked(weight: torch.Tensor) -> torch.Tensor:
     if ONEDNN and weight.device.type == "cpu" and (
             (weight.dtype == torch.float32 and routes().prepacked) or (weight.dtype == torch.bfloat16 and ONEDNN_BF16)):
         return torch.ops.mkldnn._reorder_linear_weight(_dense(weight))
+    return weight
+
+
+def step_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (N, K), or a transposed view, for a recurrence's step products: it is used once per position of
+    a batch, so laying it out once in oneDNN's format saves a reorder at every position. Prepacked for bf16
+    where oneDNN computes bf16 (as search's weights), for float32 where that was measured faster here."""
+    if ONEDNN and weight.device.type == "cpu" and (
+            (weight.dtype == torch.float32 and routes().step_prepacked)
+            or (weight.dtype == torch.bfloat16 and ONEDNN_BF16)):
+        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
     return weight
 
 

@@ -10,9 +10,10 @@ the recurrence needs (the gradients of states and inputs), and forms each
 weight gradient once at the end as one product over all positions,
 (T*B, 4H)^T @ (T*B, in), where the hardware is efficient.
 
-Precision: matrix products run in the compute dtype (bf16 under CPU/GPU
-autocast, else float32); gate pre-activations, the cell state and the
-nonlinearities stay float32. Only `dot` and `general` attention are covered:
+Precision: the gate and combination products run in the compute dtype (bf16
+under CPU/GPU autocast, else float32); gate pre-activations, the cell state,
+the nonlinearities and the attention (its products are one row per sentence,
+which bf16 runs no faster on a CPU) stay float32. Only `dot` and `general` attention are covered:
 their keys are computed before the loop, so the loop's attention is two batched
 products and a softmax.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nmt.model.gemm import product
+from nmt.model.gemm import product, step_weight
 from nmt.model.layout import stacked_layers
 
 sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
@@ -77,7 +78,8 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     upper = [tuple(w[2 + 4 * k: 6 + 4 * k]) for k in range(n_layers - 1)]
     weights, biases = stacked_layers((w[0], w[1]), upper, cd, acc)
     w_combine = w[-1].to(cd)  # (H, 2H)
-    keys_t, memory_cd = keys.to(cd).transpose(1, 2), memory.to(cd)  # (B, H, S), (B, S, H)
+    step_weights, step_combine = [step_weight(m) for m in weights], step_weight(w_combine)
+    keys_t, memory_acc = keys.to(acc).transpose(1, 2), memory.to(acc)  # (B, H, S), (B, S, H)
 
     def new(shape, dtype=acc):
         return emb_gates.new_empty(shape, dtype=dtype)
@@ -100,7 +102,8 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     probs = []
     for t in range(steps):
         for n in range(n_layers):
-            torch.add(product(xh[n][t], weights[n], step=True), step_gates[t] if n == 0 else biases[n], out=gates)
+            torch.add(product(xh[n][t], step_weights[n], step=True), step_gates[t] if n == 0 else biases[n],
+                      out=gates)
             a = act[n][t]
             torch.sigmoid(gates, out=a)
             torch.tanh(gates[:, g_cols], out=a[:, g_cols])
@@ -117,17 +120,17 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
                     above.copy_(h)
         query = xh[-1][t + 1][:, widths[-1]:]  # (B, H)
         combine_in[t, :, hidden:] = query
-        scores = torch.bmm(query.unsqueeze(1), keys_t)  # (B, 1, S)
-        p = torch.softmax(scores.to(acc) + spec.score_bias, dim=2)  # (B, 1, S)
+        scores = torch.bmm(query.unsqueeze(1).to(acc), keys_t)  # (B, 1, S)
+        p = torch.softmax(scores.add_(spec.score_bias), dim=2)  # (B, 1, S)
         probs.append(p)
-        combine_in[t, :, :hidden] = torch.bmm(p.to(cd), memory_cd).squeeze(1)
-        torch.tanh(product(combine_in[t], w_combine, step=True), out=attentional[t])
+        combine_in[t, :, :hidden] = torch.bmm(p, memory_acc).squeeze(1)
+        torch.tanh(product(combine_in[t], step_combine, step=True), out=attentional[t])
         if spec.out_masks is not None:
             torch.mul(attentional[t], spec.out_masks[t], out=outputs[t])
         else:
             outputs[t] = attentional[t]
     ctx.acc, ctx.spec, ctx.widths, ctx.shapes = acc, spec, widths, (batch, steps, hidden, feed)
-    ctx.weights, ctx.w_combine, ctx.keys_t, ctx.memory_cd = weights, w_combine, keys_t, memory_cd
+    ctx.weights, ctx.w_combine, ctx.keys_t, ctx.memory_acc = weights, w_combine, keys_t, memory_acc
     ctx.xh, ctx.act, ctx.cell, ctx.tanh_c = xh, act, cell, tanh_c
     ctx.combine_in, ctx.attentional, ctx.probs = combine_in, attentional, torch.cat(probs, 1)  # (B, T, S)
     ctx.dtypes = [x.dtype for x in (emb_gates, keys, memory, *rest)]
@@ -144,29 +147,31 @@ def _backward(ctx, grad_out: Tensor):
 
     d_gates = [new((steps, batch, 4 * hidden), dtype=cd) for _ in range(n_layers)]  # d_gates[0] = d emb_gates
     d_combine = new((steps, batch, hidden), dtype=cd)
-    d_context = new((batch, steps, hidden), dtype=cd)
+    d_context = new((batch, steps, hidden))
     d_scores = new((batch, steps, ctx.probs.size(2)))
     d_h = [new((batch, hidden)).zero_() for _ in range(n_layers)]
     d_c = [new((batch, hidden)).zero_() for _ in range(n_layers)]
     d_act = new((batch, 4 * hidden))  # gradient w.r.t. i, f, g, o
     d_feed = None
     g_cols = slice(2 * hidden, 3 * hidden)
+    weights_t, combine_t = [step_weight(m.t()) for m in weights], step_weight(w_combine.t())
     grad_steps = grad_out.transpose(0, 1)  # (T, B, H)
-    memory_t = ctx.memory_cd.transpose(1, 2)  # (B, H, S)
+    memory_t = ctx.memory_acc.transpose(1, 2)  # (B, H, S)
     keys = ctx.keys_t.transpose(1, 2)  # (B, S, H)
     for t in reversed(range(steps)):
         d_out = grad_steps[t].to(acc) if d_feed is None else d_feed + grad_steps[t]
         if spec.out_masks is not None:
             d_out = d_out * spec.out_masks[t]
         tanh_backward(d_out, ctx.attentional[t], grad_input=d_combine[t])
-        d_in = product(d_combine[t], w_combine.t(), step=True)  # (B, 2H): [d context; d h]
-        d_context[:, t] = d_in[:, :hidden]
-        d_prob = torch.bmm(d_in[:, None, :hidden], memory_t).to(acc)  # (B, 1, S)
+        d_in = product(d_combine[t], combine_t, step=True)  # (B, 2H): [d context; d h]
+        d_ctx = d_in[:, :hidden].to(acc)
+        d_context[:, t] = d_ctx
+        d_prob = torch.bmm(d_ctx.unsqueeze(1), memory_t)  # (B, 1, S)
         p = ctx.probs[:, t:t + 1]
         d_score = torch._softmax_backward_data(d_prob, p, 2, acc)
         d_scores[:, t] = d_score.squeeze(1)
         d_h[-1] += d_in[:, hidden:]
-        d_h[-1] += torch.bmm(d_score.to(cd), keys).squeeze(1)
+        d_h[-1] += torch.bmm(d_score, keys).squeeze(1)
         for n in reversed(range(n_layers)):
             a = act[n][t]
             i, f, g, o = a.chunk(4, 1)
@@ -181,7 +186,7 @@ def _backward(ctx, grad_out: Tensor):
             dg = d_gates[n][t]
             sigmoid_backward(d_act, a, grad_input=dg)
             tanh_backward(d_g, g, grad_input=dg[:, g_cols])
-            d_xh = product(dg, weights[n].t(), step=True)  # (B, in + H)
+            d_xh = product(dg, weights_t[n], step=True)  # (B, in + H)
             d_h[n].copy_(d_xh[:, widths[n]:])
             if n > 0:
                 x_grad = d_xh[:, :hidden]
@@ -201,7 +206,7 @@ def _backward(ctx, grad_out: Tensor):
             grads_w += [d_w[:, :hidden], d_w[:, hidden:], d_b, d_b]
     grads_w.append(product(d_combine.view(rows, hidden).t(), ctx.combine_in.view(rows, -1).t()).to(acc))
     # the attention's sums over steps, in `acc`: they are small, and bf16 would cost accuracy here
-    d_memory = torch.bmm(ctx.probs.transpose(1, 2), d_context.to(acc))  # (B, S, H)
+    d_memory = torch.bmm(ctx.probs.transpose(1, 2), d_context)  # (B, S, H)
     queries = ctx.combine_in[:, :, hidden:].transpose(0, 1).to(acc)  # (B, T, H)
     d_keys = torch.bmm(d_scores.transpose(1, 2), queries)
     grads = [d_gates[0].transpose(0, 1), d_keys, d_memory, *d_h, *d_c, *grads_w]
