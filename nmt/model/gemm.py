@@ -147,7 +147,7 @@ def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, sec
 
 def measure_routes() -> Routes:
     """Time the model's kinds of float32 products both ways, about three seconds in all: a decoder step's gate
-    and attention products and their input gradients, then the same with prepacked weights; the output
+    and attention products and their input gradients, then the forward ones with prepacked weights; the output
     projection, its gradients and a weight gradient over all positions; then search's step products with
     prepacked weights."""
     generator = torch.Generator().manual_seed(0)
@@ -164,18 +164,20 @@ def measure_routes() -> Routes:
             (rand(512, 2048).t(), rand(512, 1024).t())]
     seconds: dict = {}
     step_route = _faster(step, 10, seconds, "step")
-    # the training recurrence uses each weight (and its transpose) at every position of a batch
-    packed_step = [(x, torch.ops.mkldnn._reorder_linear_weight(w.contiguous())) for x, w in step]
-    seconds["step_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 10) for x, w in packed_step)
-    step_prepacked = seconds["step_prepacked"] < MARGIN * seconds[f"step_{step_route}"]
+    # the training recurrence's forward products use each weight at every position of a batch
+    forward = [step[0], step[2]]
+    step_plain = F.linear if step_route == "torch" else _onednn_product
+    seconds["step_forward"] = sum(_best_seconds(lambda x=x, w=w: step_plain(x, w), 10) for x, w in forward)
+    seconds["step_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 10)
+                                    for x, w in ((x, torch.ops.mkldnn._reorder_linear_weight(w)) for x, w in forward))
+    step_prepacked = seconds["step_prepacked"] < MARGIN * seconds["step_forward"]
     bulk_route = _faster(bulk, 2, seconds, "bulk")
     # search's products: a layer's gates and the output projection, at the rows of a few sentences' beams
     # (serving) and of a full batch. The vocabulary is not a round number, as a trained one's seldom is: MKL
     # can be far slower at such sizes than at round ones, which would hide that from the measurement.
     weights = [(w, torch.ops.mkldnn._reorder_linear_weight(w)) for w in (rand(2048, 1024), rand(5483, 512))]
     search = [(rand(n, w.size(1)), w, packed) for n in (160, 640) for w, packed in weights]
-    plain = F.linear if step_route == "torch" else _onednn_product
-    seconds["search_plain"] = sum(_best_seconds(lambda x=x, w=w: plain(x, w), 3) for x, w, _ in search)
+    seconds["search_plain"] = sum(_best_seconds(lambda x=x, w=w: step_plain(x, w), 3) for x, w, _ in search)
     seconds["search_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 3) for x, _, w in search)
     prepacked = seconds["search_prepacked"] < MARGIN * seconds["search_plain"]
     return Routes(step_route, bulk_route, prepacked, "measured", {k: round(v * 1e3, 3) for k, v in seconds.items()},
@@ -215,9 +217,10 @@ def prepacked(weight: torch.Tensor) -> torch.Tensor:
 
 
 def step_weight(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` (N, K), or a transposed view, for a recurrence's step products: it is used once per position of
-    a batch, so laying it out once in oneDNN's format saves a reorder at every position. Prepacked for bf16
-    where oneDNN computes bf16 (as search's weights), for float32 where that was measured faster here."""
+    """`weight` (N, K) for a recurrence's step products: it is used once per position of a batch, so laying it
+    out once in oneDNN's format saves a reorder at every position. Prepacked for bf16 where oneDNN computes
+    bf16 (as search's weights), for float32 where that was measured faster here. (From a transposed view
+    the layout takes several times as long: more than the products gain over a batch.)"""
     if ONEDNN and weight.device.type == "cpu" and (
             (weight.dtype == torch.float32 and routes().step_prepacked)
             or (weight.dtype == torch.bfloat16 and ONEDNN_BF16)):

@@ -78,6 +78,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     upper = [tuple(w[2 + 4 * k: 6 + 4 * k]) for k in range(n_layers - 1)]
     weights, biases = stacked_layers((w[0], w[1]), upper, cd, acc)
     w_combine = w[-1].to(cd)  # (H, 2H)
+    # laying out a transpose for the backward pass costs more than its products gain
     step_weights, step_combine = [step_weight(m) for m in weights], step_weight(w_combine)
     keys_t, memory_acc = keys.to(acc).transpose(1, 2), memory.to(acc)  # (B, H, S), (B, S, H)
 
@@ -154,7 +155,6 @@ def _backward(ctx, grad_out: Tensor):
     d_act = new((batch, 4 * hidden))  # gradient w.r.t. i, f, g, o
     d_feed = None
     g_cols = slice(2 * hidden, 3 * hidden)
-    weights_t, combine_t = [step_weight(m.t()) for m in weights], step_weight(w_combine.t())
     grad_steps = grad_out.transpose(0, 1)  # (T, B, H)
     memory_t = ctx.memory_acc.transpose(1, 2)  # (B, H, S)
     keys = ctx.keys_t.transpose(1, 2)  # (B, S, H)
@@ -163,7 +163,7 @@ def _backward(ctx, grad_out: Tensor):
         if spec.out_masks is not None:
             d_out = d_out * spec.out_masks[t]
         tanh_backward(d_out, ctx.attentional[t], grad_input=d_combine[t])
-        d_in = product(d_combine[t], combine_t, step=True)  # (B, 2H): [d context; d h]
+        d_in = product(d_combine[t], w_combine.t(), step=True)  # (B, 2H): [d context; d h]
         d_ctx = d_in[:, :hidden].to(acc)
         d_context[:, t] = d_ctx
         d_prob = torch.bmm(d_ctx.unsqueeze(1), memory_t)  # (B, 1, S)
@@ -186,7 +186,7 @@ def _backward(ctx, grad_out: Tensor):
             dg = d_gates[n][t]
             sigmoid_backward(d_act, a, grad_input=dg)
             tanh_backward(d_g, g, grad_input=dg[:, g_cols])
-            d_xh = product(dg, weights_t[n], step=True)  # (B, in + H)
+            d_xh = product(dg, weights[n].t(), step=True)  # (B, in + H)
             d_h[n].copy_(d_xh[:, widths[n]:])
             if n > 0:
                 x_grad = d_xh[:, :hidden]
