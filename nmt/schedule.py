@@ -31,6 +31,17 @@ def budget_fraction(cfg: TrainConfig, step: int, elapsed_seconds: float, epochs_
     return min(1.0, max(spent))
 
 
+def seconds_left(cfg: TrainConfig, step: int, elapsed_seconds: float) -> float:
+    """Training seconds before `max_minutes` or `max_steps` ends the run (inf with neither), the steps left at
+    the run's mean pace so far."""
+    left = math.inf
+    if cfg.max_minutes:
+        left = 60.0 * cfg.max_minutes - elapsed_seconds
+    if cfg.max_steps and step:
+        left = min(left, (cfg.max_steps - step) * elapsed_seconds / step)
+    return left
+
+
 def budget_decay_points(cfg: TrainConfig) -> list[float]:
     """The budget fractions at which the rate is multiplied by `lr_decay`: 0.5, 0.6, ..., 0.9 by default."""
     start, count = cfg.budget_decay_start, cfg.budget_decays

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from nmt.search import BeamSearch, Hypothesis
-from nmt.translate import Translator
+from nmt.translate import Translator, empty_hypotheses
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class Batcher:
             beam, nbest, attention = key
             sentences = []  # (job, line): the search's key of each sentence
             for job in jobs:
-                job.results = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in job.sources]  # empty lines stay so
+                job.results = empty_hypotheses(len(job.sources), nbest)  # empty lines stay so
                 job.left = sum(1 for source in job.sources if source)
                 sentences += [(job, i) for i, source in enumerate(job.sources) if source]
             if sentences:

@@ -32,7 +32,7 @@ from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq, gemm
-from nmt.schedule import LRSchedule, budget_fraction
+from nmt.schedule import LRSchedule, budget_fraction, seconds_left
 from nmt.scoring import bleu
 from nmt.tokenizer import PAD, Tokenizer
 from nmt.translate import Translator
@@ -101,6 +101,7 @@ class Trainer:
         self.saved_at = self.progress.elapsed  # training seconds at the last save
         self.metrics = MetricsLog(run_dir, enabled=world.is_main, truncate_after_step=self.progress.step)
         self.signals = StopSignals()
+        self.last_validation_seconds: float | None = None  # how long this process's last validation took
         log.info("model: %s parameters; device %s, precision %s, %d thread(s), world size %d",
                  f"{self.model.num_parameters():,}", self.device,
                  precision_reason(cfg.train.precision, self.precision, self.device), torch.get_num_threads(),
@@ -340,7 +341,8 @@ class Trainer:
                 bar.close()
                 if progress.batch_in_epoch >= len(plan):
                     self._end_epoch()
-                    if progress.validated_step != progress.step and self._timed_validation():
+                    if (progress.validated_step != progress.step and not self._final_validation_is_near()
+                            and self._timed_validation()):
                         reason = reason or self._patience_ran_out()
                     self.schedule.after_epoch(progress.epoch)
                     progress.epoch += 1
@@ -363,8 +365,22 @@ class Trainer:
         """Validate and checkpoint, counting the time in the budget; True when early stopping says stop."""
         started = time.perf_counter()
         stop = self._validate_and_checkpoint()
-        self.progress.elapsed += time.perf_counter() - started
+        self.last_validation_seconds = time.perf_counter() - started
+        self.progress.elapsed += self.last_validation_seconds
         return stop
+
+    def _final_validation_is_near(self) -> bool:
+        """True when `max_minutes` or `max_steps` ends the run sooner than the last validation took: the run's
+        final validation follows, and one now would spend on itself the budget that is left for training."""
+        progress = self.progress
+        left = seconds_left(self.cfg.train, progress.step, progress.elapsed)
+        near = self.last_validation_seconds is not None and left < self.last_validation_seconds
+        if not any_rank(near, self.world):  # every rank decides alike: the validation waits for all of them
+            return False
+        if near:
+            log.info("epoch %d's validation left to the final one: the budget ends in %.0f s, a validation takes "
+                     "%.0f s", progress.epoch, left, self.last_validation_seconds)
+        return True
 
     def _end_epoch(self) -> None:
         progress = self.progress

@@ -37,6 +37,12 @@ def plan_decoding_batches(lengths: list[int], batch_tokens: int, max_sentences: 
     return batches
 
 
+def empty_hypotheses(count: int, nbest: int) -> list[list[Hypothesis]]:
+    """`nbest` empty hypotheses for each of `count` sources: what an empty source line translates to, so that
+    output line N stays the translation of input line N."""
+    return [[Hypothesis([], 0.0, 0.0)] * nbest for _ in range(count)]
+
+
 class Translator:
     """A model (or an ensemble: a list of models sharing `tokenizer`) ready to translate with fixed decoding
     settings: in eval mode, its search step built once in the decoding precision (`search_step.for_search`).
@@ -59,7 +65,7 @@ class Translator:
                       progress: bool = False, beam_size: int | None = None) -> list[list[Hypothesis]]:
         """Hypotheses for each source (a list of model ids); an empty source gets one empty hypothesis.
         `beam_size` overrides the translator's for this call."""
-        results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] * nbest for _ in sources]
+        results = empty_hypotheses(len(sources), nbest)
         beam_size = beam_size or self.beam_size
         batches = plan_decoding_batches([len(s) for s in sources], self.batch_tokens)
         bar = tqdm(total=sum(map(len, batches)), unit="sent", disable=not progress, leave=False, dynamic_ncols=True)

@@ -1,11 +1,13 @@
 """Learning-rate schedules: the budget schedule's decay points, by hand, and in a real run."""
 
+import math
+
 import pytest
 
 from nmt.config import TrainConfig, load_config
 from nmt.errors import NMTError
 from nmt.metrics_log import read_metrics
-from nmt.schedule import budget_decay_points, budget_fraction, budget_lr
+from nmt.schedule import budget_decay_points, budget_fraction, budget_lr, seconds_left
 from tests.conftest import TINY_CONFIG, run_nmt
 
 
@@ -31,6 +33,15 @@ def test_the_budget_is_whichever_limit_ends_the_run_first():
     assert budget_fraction(cfg, step=500, elapsed_seconds=300, epochs_done=1) == pytest.approx(0.5)  # steps
     assert budget_fraction(cfg, step=100, elapsed_seconds=900, epochs_done=1) == pytest.approx(0.75)  # minutes
     assert budget_fraction(cfg, step=100, elapsed_seconds=99999, epochs_done=1) == 1.0
+
+
+def test_seconds_left_count_the_steps_left_at_the_runs_pace_and_the_minutes_left():
+    assert seconds_left(TrainConfig(max_steps=None, max_minutes=None), step=5, elapsed_seconds=10) == math.inf
+    assert seconds_left(TrainConfig(max_steps=None, max_minutes=20), step=5, elapsed_seconds=1000) == 200
+    cfg = TrainConfig(max_steps=1000, max_minutes=20)
+    assert seconds_left(cfg, step=900, elapsed_seconds=450) == pytest.approx(50)  # 100 steps at 0.5 s
+    assert seconds_left(cfg, step=100, elapsed_seconds=1190) == pytest.approx(10)  # the minutes end first
+    assert seconds_left(cfg, step=0, elapsed_seconds=0) == 1200  # no pace yet: the minutes alone
 
 
 @pytest.mark.parametrize("key, value", [("budget_decay_start", "1.0"), ("budget_decay_start", "-0.1"),

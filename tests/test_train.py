@@ -116,9 +116,12 @@ def test_resume_falls_back_to_an_intact_checkpoint(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_summed_nll_is_cross_entropy(label_smoothing):
+@pytest.mark.parametrize("chunk_elements", [2**20, 64])  # one chunk; 2 rows per chunk, the last one short
+def test_summed_nll_is_cross_entropy(label_smoothing, chunk_elements, monkeypatch):
+    from nmt import loss
     from nmt.loss import summed_nll
 
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", chunk_elements)
     logits = torch.randn(50, 30, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 30, (50,))
     expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum", label_smoothing=label_smoothing)
@@ -126,6 +129,21 @@ def test_summed_nll_is_cross_entropy(label_smoothing):
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(torch.autograd.grad(3 * ours, logits)[0], torch.autograd.grad(3 * expected, logits)[0],
                                rtol=1e-12, atol=1e-12)
+
+
+def test_summed_nll_of_bf16_logits_has_the_float32_gradient_in_bf16():
+    from nmt.loss import summed_nll
+
+    logits = torch.randn(37, 300).bfloat16().requires_grad_()
+    targets = torch.randint(0, 300, (37,))
+    expected = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    ours = summed_nll(logits, targets)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-4)
+    gradient = torch.autograd.grad(ours / 7, logits)[0]
+    assert gradient.dtype == torch.bfloat16
+    truth = torch.autograd.grad(expected / 7, logits)[0].float()
+    torch.testing.assert_close(gradient.float(), truth, rtol=2 ** -6, atol=1e-6)  # two bf16 roundings at most
 
 
 def test_validation_cadence_patience_pair_limit_and_per_side_tokenizers(tmp_path):
@@ -145,6 +163,19 @@ def test_validation_cadence_patience_pair_limit_and_per_side_tokenizers(tmp_path
     assert results["steps"] == 15 and results["stopped"].startswith("early stopping: train.patience=2")
     assert (run_dir / "spm.src.model").exists() and (run_dir / "spm.tgt.model").exists()
     assert not (run_dir / "spm.model").exists()
+
+
+def test_an_epoch_ending_just_before_the_budget_leaves_its_validation_to_the_final_one(tmp_path):
+    """200 pairs in 20-sentence batches: epochs end at steps 10 and 20. The budget ends at step 21, sooner than
+    a validation takes, so the run validates at 10 and at its end, not at 20 as well."""
+    run_dir = tmp_path / "run"
+    result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir), "--set", "train.max_steps=21",
+                     "--set", "data.max_train_pairs=200", "--set", "data.test_split=null")
+    assert result.returncode == 0, result.stderr
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records if r.get("event") == "epoch_end"] == [10, 20]
+    assert [r["step"] for r in records if "valid_bleu" in r] == [10, 21]
+    assert "epoch 2's validation left to the final one" in result.stderr
 
 
 def test_plot_draws_the_runs_curves(tiny_run, tmp_path):
