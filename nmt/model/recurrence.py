@@ -13,9 +13,9 @@ weight gradient once at the end as one product over all positions,
 Precision: the gate and combination products run in the compute dtype (bf16
 under CPU/GPU autocast, else float32); gate pre-activations, the cell state,
 the nonlinearities and the attention (its products are one row per sentence,
-which bf16 runs no faster on a CPU) stay float32. Only `dot` and `general` attention are covered:
-their keys are computed before the loop, so the loop's attention is two batched
-products and a softmax.
+which bf16 runs no faster on a CPU) stay float32. Only `dot` and `general`
+attention are covered: their keys are computed before the loop, so the loop's
+attention is two batched products and a softmax.
 """
 
 from __future__ import annotations
