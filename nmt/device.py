@@ -1,4 +1,5 @@
-"""Where and in what precision to run: device choice, the CPU's bfloat16 support, autocast, threads.
+"""Where and in what precision to run: device choice, the CPU's bfloat16 support, autocast, threads, and
+handing freed memory back to the system.
 
 The CPUs this runs on are not alike. bfloat16 arithmetic is native on CPUs with
 AVX-512-BF16 or AMX (oneDNN runs bf16 products and LSTMs on them at about twice
@@ -11,9 +12,11 @@ bf16 is refused (training) or warned about (decoding) where it is not.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -116,3 +119,23 @@ def autocast(device: torch.device, precision: str):
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc; musl has none
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the C allocator's free pages back to the system (glibc; elsewhere nothing). Every batch allocates
+    tensors of other sizes; glibc keeps what they free in its heap, in pieces too small to reuse, so without
+    this a training process grows for the whole run (the CPU quick start: 3.2 GiB after 20 minutes over
+    about 1.1 GiB in use). A fraction of a millisecond; the pages it frees are faulted back in as needed."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -25,7 +25,7 @@ from nmt import checkpoint
 from nmt.batching import collate, plan_batches, shard
 from nmt.config import Config
 from nmt.data.prepare import PreparedData, prepare_on_each_node
-from nmt.device import autocast, precision_reason, resolve_device, resolve_precision, set_threads
+from nmt.device import autocast, precision_reason, release_free_memory, resolve_device, resolve_precision, set_threads
 from nmt.distributed import World, any_rank, barrier, broadcast_object
 from nmt.errors import NMTError
 from nmt.interrupt import Interrupted, StopSignals
@@ -38,6 +38,9 @@ from nmt.tokenizer import PAD, Tokenizer
 from nmt.translate import Translator
 
 log = logging.getLogger(__name__)
+
+#: training steps between handing freed memory back to the system (`device.release_free_memory`)
+RELEASE_MEMORY_EVERY = 100
 
 
 @dataclass
@@ -338,6 +341,8 @@ class Trainer:
                     if reason:
                         break
                     self._save_if_due()
+                    if progress.step % RELEASE_MEMORY_EVERY == 0:
+                        release_free_memory()
                 bar.close()
                 if progress.batch_in_epoch >= len(plan):
                     self._end_epoch()
