@@ -32,7 +32,7 @@ from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq, gemm
-from nmt.schedule import LRSchedule, budget_fraction, seconds_left
+from nmt.schedule import LRSchedule, budget_fraction, budget_spent, seconds_left
 from nmt.scoring import bleu
 from nmt.tokenizer import PAD, Tokenizer
 from nmt.translate import Translator
@@ -247,14 +247,6 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
 
-    def _out_of_budget(self) -> str | None:
-        cfg, progress = self.cfg.train, self.progress
-        if cfg.max_steps is not None and progress.step >= cfg.max_steps:
-            return f"train.max_steps={cfg.max_steps} reached"
-        if cfg.max_minutes is not None and progress.elapsed >= cfg.max_minutes * 60:
-            return f"train.max_minutes={cfg.max_minutes} reached"
-        return None
-
     def _check_bad_step(self, loss: float, norm: float) -> None:
         progress = self.progress
         progress.bad_steps += 1
@@ -294,7 +286,7 @@ class Trainer:
         cfg, progress, data = self.cfg.train, self.progress, self.data
         interactive = self.world.is_main and sys.stderr.isatty()
         window = {"nll": 0.0, "tokens": 0, "steps": 0, "clipped": 0, "time": time.perf_counter()}
-        reason = self._out_of_budget()
+        reason = budget_spent(cfg, progress.step, progress.elapsed)
         self.model.train()
         with self.signals:
             while reason is None and progress.epoch <= cfg.max_epochs:
@@ -335,7 +327,7 @@ class Trainer:
                         window["clipped"] += clipped
                         if progress.step % cfg.log_every == 0:
                             self._log_window(window, norm, clipped, batch, bar)
-                    reason = self._out_of_budget()
+                    reason = budget_spent(cfg, progress.step, progress.elapsed)
                     if cfg.valid_every and progress.step % cfg.valid_every == 0 and self._timed_validation():
                         reason = self._patience_ran_out()
                     if reason:
@@ -353,7 +345,7 @@ class Trainer:
                     progress.epoch += 1
                     progress.batch_in_epoch = 0
                     self.save("last.pt")
-                    reason = reason or self._out_of_budget()
+                    reason = reason or budget_spent(cfg, progress.step, progress.elapsed)
             reason = reason or f"train.max_epochs={cfg.max_epochs} reached"
             if progress.validated_step != progress.step:
                 self._timed_validation()
