@@ -122,3 +122,61 @@ def test_a_model_that_has_searched_can_still_be_copied_and_saved(tmp_path):
     torch.save(model, tmp_path / "model.pt")
     for a, b in zip(clone.parameters(), model.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.1])
+def test_dropout_masks_keep_the_right_share_at_the_right_scale(p):
+    from nmt.model.dropout import keep_mask
+
+    torch.manual_seed(0)
+    mask = keep_mask((3, 333_333), p, "cpu")  # a count that is not a multiple of four draws per integer
+    assert mask.shape == (3, 333_333) and mask.dtype == torch.float32
+    kept = mask != 0
+    assert set(mask.unique().tolist()) == {0.0, torch.tensor(1 / (1 - p), dtype=torch.float32).item()}
+    assert abs(kept.double().mean().item() - (1 - p)) < 0.003  # ~6 standard deviations at a million draws
+    # the four draws cut from one random integer are independent: neighbours agree as often as chance says
+    flat = kept.flatten()[:999_996].view(-1, 4).double()
+    for lane in range(1, 4):
+        agree = (flat[:, 0] == flat[:, lane]).double().mean().item()
+        assert abs(agree - ((1 - p) ** 2 + p ** 2)) < 0.005, lane
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((3, 333_333), p, "cpu"), mask)  # the seed decides it, as resuming needs
+
+
+def test_dropout_is_the_identity_outside_training_and_scales_in_the_inputs_dtype():
+    from nmt.model.dropout import dropout
+
+    x = torch.randn(64, 40, dtype=torch.float64)
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
+    out = dropout(x, 0.3, training=True)
+    kept = out != 0
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out[kept], x[kept] / 0.7, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_the_cpu_encoders_padded_layers_compute_what_packed_sequences_do(layers):
+    """Outputs, final states and every gradient, in float64: padding must not leak into a sentence's states
+    in either direction (lengths 1 to the full width, in no order)."""
+    from nmt.model.encoder import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(50, 16, 24, layers, 0.0).double().train()
+    lengths = torch.tensor([7, 3, 5, 1, 7, 2])
+    src = torch.randint(4, 50, (6, 7))
+    src[torch.arange(7) >= lengths.unsqueeze(1)] = PAD
+    weights = torch.randn(6, 7, 24, dtype=torch.float64)
+
+    def run(packed):
+        encoder.zero_grad()
+        outputs, (h, c) = encoder(src, lengths, packed=packed)
+        (outputs * weights).sum().add(h.sin().sum()).add(c.cos().sum()).backward()
+        return [outputs, h, c], {name: p.grad.clone() for name, p in encoder.named_parameters()}
+
+    (reference, reference_grads), (padded, padded_grads) = run(True), run(False)
+    assert (padded[0][src == PAD] == 0).all()
+    for got, want in zip(padded, reference):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for name, grad in reference_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(padded_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)

@@ -24,7 +24,7 @@ from torch import nn
 
 from nmt.model import recurrence
 from nmt.model.attention import Attention
-from nmt.model.dropout import dropout
+from nmt.model.dropout import dropout, keep_mask
 from nmt.model.gemm import linear
 from nmt.tokenizer import PAD
 
@@ -112,11 +112,9 @@ class Decoder(nn.Module):
     def _step_masks(self, steps: int, batch: int, device: torch.device) -> torch.Tensor | None:
         """Scaled dropout masks (layers, T, B, H) for training: [l] between layers l and l + 1, [-1] on the
         attentional vector. One draw per batch costs a fraction of one bernoulli call per step."""
-        keep = 1.0 - self.dropout_p
-        if not self.training or keep == 1.0:
+        if not self.training or self.dropout_p == 0.0:
             return None
-        draw = torch.rand(self.layers, steps, batch, self.hidden_size, device=device) < keep
-        return draw.float().mul_(1.0 / keep)
+        return keep_mask((self.layers, steps, batch, self.hidden_size), self.dropout_p, device)
 
     def _advance(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState,
                  masks: torch.Tensor | None = None):

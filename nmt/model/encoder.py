@@ -1,4 +1,19 @@
-"""Bidirectional multi-layer LSTM encoder over packed sequences."""
+"""Bidirectional multi-layer LSTM encoder.
+
+On the CPU each layer runs as one padded call, which oneDNN computes: the packed
+sequences `nn.LSTM` takes fall back to ATen's step-by-step loop whenever a
+batch's sentences differ in length (most batches: they are grouped by target
+length), and it is slower there, per sentence, than oneDNN computing the padding
+too. Padding must not leak into a sentence's states, so each layer's input gets
+one more feature, 1 at padding, whose weights drive the input gate to 0 and the
+forget gate to 1 there exactly (sigmoid of ∓`PAD_GATE` rounds to 0 and 1): the
+state passes padding unchanged. The backward direction meets the padding first,
+from a zero state, and so reaches each sentence's last token at zero; the forward
+direction carries its final cell state through the padding, and its final h is
+read at the last token. Elsewhere (CUDA, where cuDNN runs packed sequences
+natively) the layers run through `nn.LSTM` over packed sequences; both compute
+the same function, and the tests hold them to it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +23,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.model.dropout import dropout
 from nmt.tokenizer import PAD
+
+#: the pre-activation added at padding: sigmoid(-PAD_GATE) is 0 and sigmoid(PAD_GATE) is 1 in float32, also after
+#: bfloat16 rounding and beside any pre-activation bounded weights can give
+PAD_GATE = 1e4
 
 
 class Encoder(nn.Module):
@@ -21,17 +40,23 @@ class Encoder(nn.Module):
                             dropout=dropout if layers > 1 else 0.0)
         self.layers = layers
 
-    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor):
-        """src: (B, S), src_lengths: (B,) on the CPU.
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, *, packed: bool | None = None):
+        """src: (B, S), src_lengths: (B,) on the CPU. `packed`: run `nn.LSTM` over packed sequences (default:
+        off the CPU only).
 
         Returns the outputs (B, S, H), zero at padding, and the final (h, c) per
         layer with both directions concatenated: (layers, B, H) each, ready to
         start a decoder of the same depth and hidden size H.
         """
         embedded = dropout(self.embed(src), self.dropout_p, self.training)  # (B, S, E)
+        if packed if packed is not None else src.device.type != "cpu":
+            return self._packed(embedded, src_lengths)
+        return self._padded(embedded, src_lengths, src != PAD)
+
+    def _packed(self, embedded: torch.Tensor, src_lengths: torch.Tensor):
         packed = pack_padded_sequence(embedded, src_lengths, batch_first=True, enforce_sorted=False)
         outputs, (h, c) = self.lstm(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=embedded.size(1))
 
         def join_directions(state: torch.Tensor) -> torch.Tensor:
             # (layers * 2, B, H/2) -> (layers, B, H), forward then backward
@@ -39,3 +64,31 @@ class Encoder(nn.Module):
             return torch.cat([state[:, 0], state[:, 1]], dim=2)
 
         return outputs, (join_directions(h), join_directions(c))
+
+    def _padded(self, embedded: torch.Tensor, src_lengths: torch.Tensor, mask: torch.Tensor):
+        batch, half = embedded.size(0), self.lstm.hidden_size
+        at_padding = (~mask).unsqueeze(2).to(embedded.dtype)  # (B, S, 1)
+        last = (torch.arange(batch, device=mask.device), src_lengths.to(mask.device) - 1)
+        x, hs, cs = embedded, [], []
+        for layer in range(self.layers):
+            if layer:
+                x = dropout(x, self.dropout_p, self.training)
+            zeros = x.new_zeros(2, batch, half)
+            x, h, c = torch._VF.lstm(torch.cat([x, at_padding], 2), (zeros, zeros), self._layer_weights(layer),
+                                     True, 1, 0.0, self.training, True, True)  # x: (B, S, H)
+            hs.append(torch.cat([x[last][:, :half], h[1]], 1))  # the forward direction's h at the last token
+            cs.append(torch.cat([c[0], c[1]], 1))
+        return x * mask.unsqueeze(2).to(x.dtype), (torch.stack(hs), torch.stack(cs))
+
+    def _layer_weights(self, layer: int) -> list[torch.Tensor]:
+        """One layer's weights, both directions, in `_VF.lstm`'s order, each input weight with the padding
+        feature's column: -PAD_GATE into the input gate, +PAD_GATE into the forget gate (gate order i, f, g, o)."""
+        half = self.lstm.hidden_size
+        weights = []
+        for suffix in (f"_l{layer}", f"_l{layer}_reverse"):
+            w_ih = getattr(self.lstm, "weight_ih" + suffix)
+            column = w_ih.new_zeros(4 * half, 1)
+            column[:half], column[half:2 * half] = -PAD_GATE, PAD_GATE
+            weights += [torch.cat([w_ih, column], 1), getattr(self.lstm, "weight_hh" + suffix),
+                        getattr(self.lstm, "bias_ih" + suffix), getattr(self.lstm, "bias_hh" + suffix)]
+        return weights
