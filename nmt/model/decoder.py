@@ -137,14 +137,14 @@ class Decoder(nn.Module):
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V), or (n, V) for the n positions where
         `keep` (B, T) is True: the loss skips padding, so the output projection need not compute it."""
-        emb_gates = self._embedding_gates(tgt_in)  # (B, T, 4H), all steps at once
+        emb_gates = self._embedding_gates(tgt_in.t())  # (T, B, 4H), all steps at once, a step's rows together
         masks = self._step_masks(tgt_in.size(1), tgt_in.size(0), tgt_in.device)
         if self.fused_recurrence and self.attention.kind in ("dot", "general"):
             outputs = self._fused_steps(emb_gates, memory, state, masks)
         else:
             steps = []
             for t in range(tgt_in.size(1)):
-                attentional, state, _ = self._advance(emb_gates[:, t], memory, state,
+                attentional, state, _ = self._advance(emb_gates[t], memory, state,
                                                       None if masks is None else masks[:, t])
                 steps.append(attentional)
             outputs = torch.stack(steps, dim=1)  # (B, T, H)
@@ -152,7 +152,7 @@ class Decoder(nn.Module):
 
     def _fused_steps(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState,
                      masks: torch.Tensor | None) -> torch.Tensor:
-        """All steps through `recurrence.Recurrence`: (B, T, 4H) -> attentional vectors (B, T, H)."""
+        """All steps through `recurrence.Recurrence`: (T, B, 4H) -> attentional vectors (B, T, H)."""
         score_bias = torch.zeros(memory.mask.shape, device=emb_gates.device)
         score_bias = score_bias.masked_fill_(~memory.mask, float("-inf")).unsqueeze(1)  # (B, 1, S)
         spec = recurrence.Spec(

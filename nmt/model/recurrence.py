@@ -52,9 +52,10 @@ def compute_dtype(like: Tensor) -> torch.dtype:
 
 
 class Recurrence(torch.autograd.Function):
-    """Inputs: spec, emb_gates (B, T, 4H) float32, keys and memory (B, S, H), then per layer h0 and c0
-    (B, H), then the weights: w_feed (4H, F), w_hh of layer 0, (w_ih, w_hh, b_ih, b_hh) per upper
-    layer, and W_c (H, 2H). Output: the attentional vectors after dropout, (B, T, H)."""
+    """Inputs: spec, emb_gates (T, B, 4H) (time-major: a step's rows are contiguous), keys and memory
+    (B, S, H), then per layer h0 and c0 (B, H), then the weights: w_feed (4H, F), w_hh of layer 0,
+    (w_ih, w_hh, b_ih, b_hh) per upper layer, and W_c (H, 2H). Output: the attentional vectors after
+    dropout, (B, T, H)."""
 
     @staticmethod
     def forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, *rest: Tensor) -> Tensor:
@@ -71,7 +72,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     n_layers, cd = spec.layers, spec.dtype
     acc = torch.promote_types(cd, torch.float32)  # dtype of gates, cell states and softmax
     h0, c0, w = rest[:n_layers], rest[n_layers:2 * n_layers], rest[2 * n_layers:]
-    batch, steps, four_h = emb_gates.shape
+    steps, batch, four_h = emb_gates.shape
     hidden, feed = four_h // 4, w[0].shape[1]
     widths = [feed] + [hidden] * (n_layers - 1)  # each layer's input width, before its own h
     # layer 0's biases are inside emb_gates
@@ -99,7 +100,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
         cell[n][0] = c0[n]
     gates = new((batch, four_h))
     g_cols = slice(2 * hidden, 3 * hidden)
-    step_gates = emb_gates.to(acc).transpose(0, 1)  # (T, B, 4H)
+    step_gates = emb_gates.to(acc)  # (T, B, 4H)
     probs = []
     for t in range(steps):
         for n in range(n_layers):
@@ -209,5 +210,5 @@ def _backward(ctx, grad_out: Tensor):
     d_memory = torch.bmm(ctx.probs.transpose(1, 2), d_context)  # (B, S, H)
     queries = ctx.combine_in[:, :, hidden:].transpose(0, 1).to(acc)  # (B, T, H)
     d_keys = torch.bmm(d_scores.transpose(1, 2), queries)
-    grads = [d_gates[0].transpose(0, 1), d_keys, d_memory, *d_h, *d_c, *grads_w]
+    grads = [d_gates[0], d_keys, d_memory, *d_h, *d_c, *grads_w]
     return [g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
