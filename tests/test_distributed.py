@@ -1,5 +1,6 @@
 """Two processes with the gloo backend on the CPU, as torchrun would start them."""
 
+import math
 import os
 import socket
 
@@ -9,6 +10,7 @@ import torch.multiprocessing as mp
 
 from nmt.config import load_config
 from nmt.metrics_log import read_metrics
+from nmt.tokenizer import PAD
 from tests.conftest import TINY_CONFIG
 
 STEPS = 40
@@ -39,31 +41,70 @@ def _train(rank: int, world_size: int, port: int, out: str, batch_sentences: int
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_stay_identical_and_follow_the_one_process_loss_curve(tmp_path, monkeypatch):
-    two, one = tmp_path / "two", tmp_path / "one"
+def test_two_gloo_processes_stay_identical_through_a_run(tmp_path):
+    """Forty steps of the trainer on two processes: every weight identical on both ranks at the end, and a
+    loss logged at every step. (Whether the averaged update is the right one is the next test's: the loss
+    curves of two such runs are no check, as SGD at lr 1 on the tiny model spikes where tiny rounding
+    differences put it.)"""
+    two = tmp_path / "two"
     two.mkdir()
-    one.mkdir()
     mp.spawn(_train, args=(2, _free_port(), str(two), 10), nprocs=2, join=True)
-    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
-    threads = torch.get_num_threads()
-    _train(0, 1, _free_port(), str(one), 20)  # the same global batch: 2 x 10 sentences
-    torch.set_num_threads(threads)
-
     rank0, rank1 = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
+    losses = [r["loss"] for r in read_metrics(two / "run" / "metrics.jsonl") if "loss" in r and "event" not in r]
+    assert len(losses) == STEPS and all(math.isfinite(x) for x in losses)
 
-    def losses(folder):
-        return [r["loss"] for r in read_metrics(folder / "run" / "metrics.jsonl") if "loss" in r and "event" not in r]
 
-    two_losses, one_losses = losses(two), losses(one)
-    assert len(two_losses) == len(one_losses) == STEPS
-    # Tolerance: the mean per-token loss over each half of the run agrees within 15%. Rank 0 logs its own
-    # half-batch, and the two runs group sentences into batches differently (2 x 10 interleaved length
-    # buckets against 1 x 20), so single steps differ while the loss falls steeply.
-    half = STEPS // 2
-    for start in (0, half):
-        a = sum(two_losses[start:start + half]) / half
-        b = sum(one_losses[start:start + half]) / half
-        assert abs(a - b) / b < 0.15, (start, a, b)
+def _batch():
+    """Eight pairs of different lengths, right-padded as `collate` pads them."""
+    generator = torch.Generator().manual_seed(5)
+    src_lengths, tgt_lengths = torch.tensor([7, 3, 5, 7, 2, 6, 4, 7]), torch.tensor([6, 2, 4, 5, 6, 3, 1, 6])
+    src = torch.randint(4, 50, (8, 7), generator=generator)
+    tgt = torch.randint(4, 60, (8, 7), generator=generator)
+    src[torch.arange(7) >= src_lengths.unsqueeze(1)] = PAD
+    tgt[torch.arange(7) >= tgt_lengths.unsqueeze(1)] = PAD
+    return src, src_lengths, tgt[:, :-1], tgt[:, 1:]
+
+
+def _model():
+    from nmt.config import ModelConfig
+    from nmt.model import Seq2Seq
+
+    torch.manual_seed(0)  # the same weights everywhere; dropout 0, as ranks draw other masks than one process
+    return Seq2Seq(ModelConfig(emb_dim=16, hidden_size=24, layers=2, dropout=0.0), 50, 60,
+                   fused_recurrence=True).train()
+
+
+def _sentence_mean_loss(model, src, src_lengths, tgt_in, tgt_out):
+    from nmt.loss import summed_nll
+
+    real = tgt_out != PAD
+    return summed_nll(model(src, src_lengths, tgt_in, real), tgt_out[real]) / len(src)
+
+
+def _ddp_gradients(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    half = slice(4 * rank, 4 * rank + 4)  # each rank its four pairs, as the trainer normalizes them
+    _sentence_mean_loss(model, *(x[half] for x in _batch())).backward()
+    if rank == 0:
+        torch.save({name: p.grad for name, p in model.module.named_parameters()}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_average_to_the_one_process_gradient(tmp_path):
+    """DDP over two ranks, each with half of a batch, gives every parameter the gradient one process computes
+    on the whole batch: the CPU paths (padded encoder, fused recurrence, the loss) hold under DDP."""
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_gradients, args=(_free_port(), str(out)), nprocs=2, join=True)
+    ddp = torch.load(out)
+    model = _model()
+    _sentence_mean_loss(model, *_batch()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(ddp[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
