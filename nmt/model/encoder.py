@@ -2,8 +2,8 @@
 
 On the CPU each layer runs as one padded call, which oneDNN computes: the packed
 sequences `nn.LSTM` takes fall back to ATen's step-by-step loop whenever a
-batch's sentences differ in length (most batches: they are grouped by target
-length), and it is slower there, per sentence, than oneDNN computing the padding
+batch's sentences differ in length (batches are grouped by target length, so
+many do), and it is slower there, per sentence, than oneDNN computing the padding
 too. Padding must not leak into a sentence's states, so each layer's input gets
 one more feature, 1 at padding, whose weights drive the input gate to 0 and the
 forget gate to 1 there exactly (sigmoid of ∓`PAD_GATE` rounds to 0 and 1): the
