@@ -33,9 +33,8 @@ from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq, gemm
 from nmt.schedule import LRSchedule, budget_fraction, budget_spent, seconds_left
-from nmt.scoring import bleu
 from nmt.tokenizer import PAD, Tokenizer
-from nmt.translate import Translator
+from nmt.validation import validation_scores
 
 log = logging.getLogger(__name__)
 
@@ -181,31 +180,13 @@ class Trainer:
     # ------------------------------------------------------------ validation
 
     def validate(self) -> dict:
+        """`validation_scores` in eval mode; a stop signal abandons it (`Interrupted`)."""
         self.signals.abandon_now = True
         self.model.eval()
-        total_nll, total_tokens = 0.0, 0
-        data = self.data
-        plan = plan_batches(data.valid_ids.src_lengths, data.valid_ids.tgt_lengths,
-                            batch_tokens=self.cfg.train.batch_tokens, batch_sentences=None, seed=0, epoch=0,
-                            shuffle=False)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            for indices in plan:
-                batch = collate(data.valid_ids, indices).to(self.device)
-                real = batch.tgt_out != PAD
-                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in, real)
-                total_nll += summed_nll(logits, batch.tgt_out[real]).item()
-                total_tokens += batch.n_tokens
-        decode = self.cfg.decode
-        hypotheses = Translator(
-            self.model, self.tokenizer, device=self.device, max_len=decode.max_src_len,
-            beam_size=decode.valid_beam_size, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
-            batch_tokens=decode.batch_tokens, precision=self.precision,
-        ).translate(data.valid.src)
+        result = validation_scores(self.model, self.data, self.cfg, self.device, self.precision)
         self.model.train()
         self.signals.abandon_now = False
-        valid_loss = total_nll / max(1, total_tokens)
-        return {"valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 100)),
-                "valid_bleu": bleu(hypotheses, data.valid.tgt)}
+        return result
 
     def _validate_and_checkpoint(self) -> bool:
         """Validate (rank 0), save last.pt and maybe best.pt; True when early stopping says stop."""

@@ -49,7 +49,9 @@ class Encoder(nn.Module):
         start a decoder of the same depth and hidden size H.
         """
         embedded = dropout(self.embed(src), self.dropout_p, self.training)  # (B, S, E)
-        if packed if packed is not None else src.device.type != "cpu":
+        if packed is None:
+            packed = src.device.type != "cpu"
+        if packed:
             return self._packed(embedded, src_lengths)
         return self._padded(embedded, src_lengths, src != PAD)
 
