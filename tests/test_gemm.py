@@ -140,6 +140,31 @@ def test_step_and_bulk_products_follow_their_own_routes(monkeypatch):
         gemm.restore_routes(previous)
 
 
+@pytest.mark.parametrize("bulk, gradients", [("onednn", "torch"), ("torch", "onednn")])
+def test_forward_and_gradient_products_over_a_batch_follow_their_own_routes(monkeypatch, bulk, gradients):
+    """MKL computes the odd-width output projection slowly and its transposed gradient products well: the two
+    kinds are routed apart, and the products are the same whichever route each takes."""
+    if not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or real(*args))
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(5, 8, requires_grad=True), torch.randn(7, 8, requires_grad=True), torch.randn(7)
+    previous = gemm.set_routes("torch", bulk, False, gradients=gradients)
+    try:
+        out = gemm.linear(x, weight, bias)
+        assert len(calls) == (bulk == "onednn")
+        out.pow(2).sum().backward()
+        assert len(calls) == (bulk == "onednn") + 2 * (gradients == "onednn")  # input and weight gradients
+    finally:
+        gemm.restore_routes(previous)
+    x_ref, weight_ref = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    torch.nn.functional.linear(x_ref, weight_ref, bias).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(weight.grad, weight_ref.grad)
+
+
 @pytest.mark.parametrize("onednn_ms, expected", [(80.0, "onednn"), (95.0, "torch"), (120.0, "torch")])
 def test_routes_are_chosen_by_timing_with_a_margin_then_cached(monkeypatch, tmp_path, onednn_ms, expected):
     """oneDNN must beat torch by 10% to be chosen; the choice is written once and read back afterwards."""
@@ -152,13 +177,13 @@ def test_routes_are_chosen_by_timing_with_a_margin_then_cached(monkeypatch, tmp_
         seconds.update({f"{name}_torch": timings["torch"], f"{name}_onednn": timings["onednn"]}),
         "onednn" if timings["onednn"] < gemm.MARGIN * timings["torch"] else "torch")[1])
     measured = gemm._decide()
-    assert measured.source == "measured" and measured.step == measured.bulk == expected
+    assert measured.source == "measured" and measured.step == measured.bulk == measured.gradients == expected
     entry = json.loads((tmp_path / "cpu_products.json").read_text())[gemm._machine_key()]
     assert entry["step"] == expected
     monkeypatch.setattr(gemm, "measure_routes", lambda: pytest.fail("measured again instead of using the cache"))
     cached = gemm._decide()
-    assert (cached.source, cached.step, cached.bulk, cached.prepacked, cached.step_prepacked) == (
-        "cached", expected, expected, measured.prepacked, measured.step_prepacked)
+    assert (cached.source, cached.step, cached.bulk, cached.gradients, cached.prepacked, cached.step_prepacked) == (
+        "cached", expected, expected, expected, measured.prepacked, measured.step_prepacked)
 
 
 @pytest.mark.parametrize("forced", ["onednn", "torch"])
@@ -176,7 +201,8 @@ def test_a_real_measurement_gives_a_complete_decision():
     if not gemm.ONEDNN:
         pytest.skip("this torch has no oneDNN")
     routes = gemm.measure_routes()
-    assert routes.step in ("onednn", "torch") and routes.bulk in ("onednn", "torch")
+    assert {routes.step, routes.bulk, routes.gradients} <= {"onednn", "torch"}
     assert set(routes.milliseconds) == {"step_torch", "step_onednn", "step_forward", "step_prepacked", "bulk_torch",
-                                        "bulk_onednn", "search_plain", "search_prepacked"}
+                                        "bulk_onednn", "gradients_torch", "gradients_onednn", "search_plain",
+                                        "search_prepacked"}
     assert all(ms > 0 for ms in routes.milliseconds.values())

@@ -7,13 +7,15 @@ assumed. `routes()` decides once per machine and torch version, by timing the
 model's kinds of products both ways (a few seconds), and caches the choice
 in `$NMT_CACHE` so every later run on the machine takes the same paths (and so
 computes the same numbers, which exact resume relies on). `NMT_CPU_PRODUCTS=onednn`
-or `torch` overrides it. Three choices are made, because the libraries' strengths
+or `torch` overrides it. The choices are made apart, because the libraries' strengths
 differ by shape: float32 products of one time step's rows inside a recurrence
-(`step`: few rows, called thousands of times), products over whole batches
-(`bulk`: the output projection, weight gradients over all positions), and whether
-weights used many times are pre-laid-out in oneDNN's blocked format, which skips
-the reorder each call and fuses the bias: the training recurrence's
-(`step_prepacked`, timed at its rows) and search's (`prepacked`, at its rows).
+(`step`: few rows, called thousands of times), forward products over whole batches
+(`bulk`: the output projection, whose odd vocabulary-sized width MKL handles badly),
+the gradient products over whole batches (`gradients`: their operands are transposed
+views, which MKL takes well), and whether weights used many times are pre-laid-out
+in oneDNN's blocked format, which skips the reorder each call and fuses the bias:
+the training recurrence's (`step_prepacked`, timed at its rows) and search's
+(`prepacked`, at its rows).
 
 `product` is `F.linear` with that routing; `linear` adds a backward pass that
 routes its two products the same way. Elsewhere (GPU, float64, autocast, a torch
@@ -45,16 +47,21 @@ MARGIN = 0.9
 @dataclass
 class Routes:
     step: str  # float32 products of one step's rows in a recurrence: "onednn" or "torch"
-    bulk: str  # other float32 products
+    bulk: str  # float32 forward products over whole batches
     prepacked: bool  # search's float32 weights in oneDNN's layout
     source: str  # "measured", "cached", "set", "NMT_CPU_PRODUCTS" or "no oneDNN"
     milliseconds: dict = field(default_factory=dict)  # the timings the choice came from
     step_prepacked: bool = False  # the training recurrence's float32 weights in oneDNN's layout
+    gradients: str = ""  # float32 gradient products over whole batches; "" = as `bulk`
+
+    def __post_init__(self):
+        self.gradients = self.gradients or self.bulk
 
     def describe(self) -> str:
         step = "prepacked oneDNN" if self.step_prepacked else self.step
         packed = "prepacked oneDNN" if self.prepacked else f"plain ({self.step})"
-        return f"float32 products: {step} per step, {self.bulk} in bulk; search weights {packed} ({self.source})"
+        return (f"float32 products: {step} per step, {self.bulk} over whole batches, {self.gradients} for their"
+                f" gradients; search weights {packed} ({self.source})")
 
 
 _routes: Routes | None = None
@@ -70,13 +77,14 @@ def routes() -> Routes:
     return _routes
 
 
-def set_routes(step: str, bulk: str, prepacked: bool, step_prepacked: bool | None = None) -> Routes | None:
+def set_routes(step: str, bulk: str, prepacked: bool, step_prepacked: bool | None = None,
+               gradients: str = "") -> Routes | None:
     """Force the routes (tests; `NMT_CPU_PRODUCTS` for users); returns the previous ones. `step_prepacked`
-    follows `prepacked` unless given."""
+    follows `prepacked` and `gradients` follows `bulk` unless given."""
     global _routes
     step_prepacked = prepacked if step_prepacked is None else step_prepacked
     previous, _routes = _routes, Routes(step, bulk, prepacked and ONEDNN, "set",
-                                        step_prepacked=step_prepacked and ONEDNN)
+                                        step_prepacked=step_prepacked and ONEDNN, gradients=gradients)
     return previous
 
 
@@ -91,9 +99,10 @@ def _cache_file() -> Path:
 
 def _machine_key() -> str:
     # the version at the end: a cached choice made by an earlier measurement (v1: round vocabulary size; v2: no
-    # prepacked step weights) is measured again
+    # prepacked step weights; v3: one choice for forward and gradient products over whole batches) is measured
+    # again
     return (f"{cpu_name()} | {cpu_capability()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-            " | v3")
+            " | v4")
 
 
 def _decide() -> Routes:
@@ -109,9 +118,9 @@ def _decide() -> Routes:
         cached = json.loads(path.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError):
         cached = None
-    if isinstance(cached, dict) and {cached.get("step"), cached.get("bulk")} <= {"onednn", "torch"}:
+    if isinstance(cached, dict) and {cached.get(k) for k in ("step", "bulk", "gradients")} <= {"onednn", "torch"}:
         return Routes(cached["step"], cached["bulk"], bool(cached.get("prepacked")), "cached",
-                      cached.get("milliseconds", {}), bool(cached.get("step_prepacked")))
+                      cached.get("milliseconds", {}), bool(cached.get("step_prepacked")), cached["gradients"])
     decided = measure_routes()
     try:  # a cache that cannot be written only means measuring again next time
         entries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -148,8 +157,8 @@ def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, sec
 def measure_routes() -> Routes:
     """Time the model's kinds of float32 products both ways, about three seconds in all: a decoder step's gate
     and attention products and their input gradients, then the forward ones with prepacked weights; the output
-    projection, its gradients and a weight gradient over all positions; then search's step products with
-    prepacked weights."""
+    projection and the embedding gates over a batch; the projection's gradients and a weight gradient over all
+    positions; then search's step products with prepacked weights."""
     generator = torch.Generator().manual_seed(0)
 
     def rand(*shape):
@@ -158,10 +167,12 @@ def measure_routes() -> Routes:
     step = [(rand(64, 1024), rand(2048, 1024)), (rand(64, 2048), rand(2048, 1024).t()),
             (rand(64, 1024), rand(512, 1024))]
     rows = rand(512, 512)
-    # forward, input gradient and weight gradient of the output projection (512 rows, a vocabulary of 5,483:
-    # see search below), and a recurrent weight's gradient over all positions: (4H, positions) @ (positions, in)
-    bulk = [(rows, rand(5483, 512)), (rand(512, 5483), rand(5483, 512).t()), (rand(512, 5483).t(), rows.t()),
-            (rand(512, 2048).t(), rand(512, 1024).t())]
+    # the output projection (512 rows, a vocabulary of 5,483: see search below) and the decoder's embedding gates
+    bulk = [(rows, rand(5483, 512)), (rand(512, 256), rand(2048, 256))]
+    # the projection's input and weight gradients, and a recurrent weight's gradient over all positions:
+    # (4H, positions) @ (positions, in)
+    gradients = [(rand(512, 5483), rand(5483, 512).t()), (rand(512, 5483).t(), rows.t()),
+                 (rand(512, 2048).t(), rand(512, 1024).t())]
     seconds: dict = {}
     step_route = _faster(step, 10, seconds, "step")
     # the training recurrence's forward products use each weight at every position of a batch
@@ -172,6 +183,7 @@ def measure_routes() -> Routes:
                                     for x, w in ((x, torch.ops.mkldnn._reorder_linear_weight(w)) for x, w in forward))
     step_prepacked = seconds["step_prepacked"] < MARGIN * seconds["step_forward"]
     bulk_route = _faster(bulk, 2, seconds, "bulk")
+    gradients_route = _faster(gradients, 2, seconds, "gradients")
     # search's products: a layer's gates and the output projection, at the rows of a few sentences' beams
     # (serving) and of a full batch. The vocabulary is not a round number, as a trained one's seldom is: MKL
     # can be far slower at such sizes than at round ones, which would hide that from the measurement.
@@ -181,14 +193,15 @@ def measure_routes() -> Routes:
     seconds["search_prepacked"] = sum(_best_seconds(lambda x=x, w=w: _onednn_product(x, w), 3) for x, _, w in search)
     prepacked = seconds["search_prepacked"] < MARGIN * seconds["search_plain"]
     return Routes(step_route, bulk_route, prepacked, "measured", {k: round(v * 1e3, 3) for k, v in seconds.items()},
-                  step_prepacked)
+                  step_prepacked, gradients_route)
 
 
-def _onednn(x: torch.Tensor, weight: torch.Tensor, step: bool = False) -> bool:
+def _onednn(x: torch.Tensor, weight: torch.Tensor, step: bool = False, gradient: bool = False) -> bool:
     if not (ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.size(-1) > 0
             and not torch.is_autocast_enabled("cpu")):
         return False
-    return (routes().step if step else routes().bulk) == "onednn"
+    chosen = routes()
+    return (chosen.step if step else chosen.gradients if gradient else chosen.bulk) == "onednn"
 
 
 def _dense(matrix: torch.Tensor) -> torch.Tensor:
@@ -229,10 +242,11 @@ def step_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-            step: bool = False) -> torch.Tensor:
+            step: bool = False, gradient: bool = False) -> torch.Tensor:
     """x (..., K) @ weight (N, K)^T + bias, outside autograd; a transposed view costs nothing. `step`: one
-    time step's rows inside a recurrence, routed by what is fastest for such products."""
-    if weight.is_mkldnn or _onednn(x, weight, step):  # the first: from `prepacked`
+    time step's rows inside a recurrence; `gradient`: a gradient over a whole batch; each routed by what is
+    fastest for such products."""
+    if weight.is_mkldnn or _onednn(x, weight, step, gradient):  # the first: from `prepacked`
         return _onednn_product(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -249,15 +263,17 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         grad_rows = grad_out.reshape(-1, weight.size(0))  # (M, N)
-        grad_x = product(grad_out, weight.t()) if ctx.needs_input_grad[0] else None
-        grad_weight = product(grad_rows.t(), x.reshape(-1, weight.size(1)).t()) if ctx.needs_input_grad[1] else None
+        grad_x = product(grad_out, weight.t(), gradient=True) if ctx.needs_input_grad[0] else None
+        grad_weight = (product(grad_rows.t(), x.reshape(-1, weight.size(1)).t(), gradient=True)
+                       if ctx.needs_input_grad[1] else None)
         grad_bias = grad_rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` over whole batches, its float32 CPU products (forward and backward) done by oneDNN where
-    that route was chosen for bulk products."""
-    if _onednn(x, weight) and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    """`F.linear` over whole batches, its float32 CPU forward and gradient products each done by oneDNN where
+    that route was chosen for them."""
+    if ((_onednn(x, weight) or _onednn(x, weight, gradient=True)) and torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad)):
         return _Linear.apply(x, _dense(weight), bias)
     return product(x, weight, bias)  # F.linear, and autograd's own backward, wherever oneDNN is not used

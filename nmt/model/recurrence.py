@@ -199,13 +199,14 @@ def _backward(ctx, grad_out: Tensor):
     grads_w = []
     for n in range(n_layers):
         flat = d_gates[n].view(rows, -1)
-        d_w = product(flat.t(), xh[n][:steps].reshape(rows, -1).t()).to(acc)  # (4H, in + H)
+        d_w = product(flat.t(), xh[n][:steps].reshape(rows, -1).t(), gradient=True).to(acc)  # (4H, in + H)
         if n == 0:
             grads_w += [d_w[:, :widths[0]], d_w[:, widths[0]:]]
         else:
             d_b = flat.to(acc).sum(0)
             grads_w += [d_w[:, :hidden], d_w[:, hidden:], d_b, d_b]
-    grads_w.append(product(d_combine.view(rows, hidden).t(), ctx.combine_in.view(rows, -1).t()).to(acc))
+    grads_w.append(product(d_combine.view(rows, hidden).t(), ctx.combine_in.view(rows, -1).t(),
+                           gradient=True).to(acc))
     # the attention's sums over steps, in `acc`: they are small, and bf16 would cost accuracy here
     d_memory = torch.bmm(ctx.probs.transpose(1, 2), d_context)  # (B, S, H)
     queries = ctx.combine_in[:, :, hidden:].transpose(0, 1).to(acc)  # (B, T, H)
