@@ -12,7 +12,7 @@ import torch
 from nmt import cli, device
 from nmt.config import load_config
 from nmt.errors import NMTError
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import ROOT, TINY_CONFIG, run_nmt
 
 CPU = torch.device("cpu")
 
@@ -129,3 +129,30 @@ def test_bf16_decoding_where_the_cpu_lacks_it_runs_with_one_warning(tiny_run, cp
     assert code == 0
     assert len(out.read_text(encoding="utf-8").splitlines()) == 3
     assert sum("--precision=bf16" in r.getMessage() for r in caplog.records) == 1
+
+
+#: torch, oneDNN and MKL held to their AVX2 kernels, as on an AVX2-only CPU: the quick start once died inside
+#: oneDNN (no bf16 LSTM) under exactly these
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+@pytest.mark.slow
+def test_on_avx2_kernels_auto_trains_and_decodes_in_fp32_and_bf16_is_refused(monkeypatch, tmp_path):
+    """The real counterpart of the stand-in above, on any x86 CPU with AVX2: fresh processes whose libraries
+    see only AVX2."""
+    if device.cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("not an x86 CPU with AVX2")
+    for name, value in AVX2_KERNELS.items():
+        monkeypatch.setenv(name, value)
+    report_file = tmp_path / "bench.json"
+    result = run_nmt("bench", "--config", str(TINY_CONFIG), "--warmup-steps", "1", "--steps", "2",
+                     "--decode-sentences", "5", "--json", str(report_file), "--set", "train.precision=auto")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_file.read_text())
+    assert report["precision"] == "fp32" and "AVX2" in report["precision_choice"]
+    assert report["train_tokens_per_sec"] > 0 and report["beam5_sentences_per_sec"] > 0
+    run_dir = tmp_path / "run"
+    result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir), "--set", "train.precision=bf16")
+    assert result.returncode == 1 and not run_dir.exists()
+    error = result.stderr.strip()
+    assert error.startswith("error: train.precision=bf16:") and "AVX2" in error and len(error.splitlines()) == 1

@@ -203,7 +203,7 @@ def _backward(ctx, grad_out: Tensor):
         if n == 0:
             grads_w += [d_w[:, :widths[0]], d_w[:, widths[0]:]]
         else:
-            d_b = flat.to(acc).sum(0)
+            d_b = flat.sum(0, dtype=acc)
             grads_w += [d_w[:, :hidden], d_w[:, hidden:], d_b, d_b]
     grads_w.append(product(d_combine.view(rows, hidden).t(), ctx.combine_in.view(rows, -1).t(),
                            gradient=True).to(acc))
