@@ -17,8 +17,8 @@ in oneDNN's blocked format, which skips the reorder each call and fuses the bias
 the training recurrence's (`step_prepacked`, timed at its rows) and search's
 (`prepacked`, at its rows).
 
-`product` is `F.linear` with that routing; `linear` adds a backward pass that
-routes its two products the same way. Elsewhere (GPU, float64, autocast, a torch
+`product` is `F.linear` with that routing; `linear` adds a backward pass whose two
+products take the gradients' route. Elsewhere (GPU, float64, autocast, a torch
 without oneDNN) both are `F.linear`.
 """
 
