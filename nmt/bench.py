@@ -140,6 +140,7 @@ def run_bench(args) -> dict:
     def decode(model, tokenizer) -> None:
         report.update(bench_decoding(model.eval(), tokenizer, cfg, test.src[:n], test.tgt[:n], device, precision))
         report["decode_sentences"] = n
+        report["decoded_parameters"] = model.num_parameters()  # the checkpoint's model may not be the config's
 
     if args.checkpoint:
         # decoded first, in the state of the fresh process `nmt translate` runs in: after a training window

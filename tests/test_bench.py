@@ -29,4 +29,19 @@ def test_bench_reports_every_figure_as_its_last_line_and_in_the_json_file(tmp_pa
     if with_checkpoint:  # a few training steps translate nothing right; the trained tiny checkpoint does
         assert report["beam5_bleu"] > 0 and report["greedy_bleu"] > 0
     assert ("checkpoint_load_sec" in report) == with_checkpoint
+    if not with_checkpoint:  # the bench's own model translates
+        assert report["decoded_parameters"] == report["parameters"]
     assert "beam-5 sentences/s" in result.stdout
+
+
+def test_bench_names_the_size_of_a_checkpoint_that_is_not_the_configs_model(tmp_path, tiny_run):
+    from nmt.checkpoint import load_for_inference
+
+    checkpoint = tiny_run / "checkpoints" / "best.pt"
+    decoded = load_for_inference(checkpoint, torch.device("cpu")).model.num_parameters()
+    result = run_nmt("bench", "--config", str(TINY_CONFIG), "--set", "model.hidden_size=64", "--skip-train",
+                     "--decode-sentences", "3", "--checkpoint", str(checkpoint))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["decoded_parameters"] == decoded != report["parameters"]
+    assert f"{decoded:,} parameters (the checkpoint's)" in result.stdout

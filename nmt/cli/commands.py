@@ -122,6 +122,8 @@ def bench(args) -> int:
         ("precision", report["precision_choice"]),
         ("parameters", f"{report['parameters']:,}"), ("batch", report["batch"]),
     ]
+    if report["decoded_parameters"] != report["parameters"]:
+        rows.append(("decoded model", f"{report['decoded_parameters']:,} parameters (the checkpoint's)"))
     if "products" in report:
         rows.append(("products", report["products"]))
     if "train_tokens_per_sec" in report:
