@@ -134,7 +134,7 @@ def _malloc_trim():
 def release_free_memory() -> None:
     """Hand the C allocator's free pages back to the system (glibc; elsewhere nothing). Every batch allocates
     tensors of other sizes; glibc keeps what they free in its heap, in pieces too small to reuse, so without
-    this a training process grows for the whole run (the CPU quick start: 3.2 GiB after 20 minutes over
+    this a training process grows for the whole run (20 minutes of the matched model on a CPU: 3.2 GiB over
     about 1.1 GiB in use). A fraction of a millisecond; the pages it frees are faulted back in as needed."""
     trim = _malloc_trim()
     if trim is not None:
