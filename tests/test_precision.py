@@ -156,3 +156,21 @@ def test_on_avx2_kernels_auto_trains_and_decodes_in_fp32_and_bf16_is_refused(mon
     assert result.returncode == 1 and not run_dir.exists()
     error = result.stderr.strip()
     assert error.startswith("error: train.precision=bf16:") and "AVX2" in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_on_avx2_kernels_an_explicit_bf16_decode_runs_with_one_warning(tiny_run, monkeypatch, tmp_path):
+    """oneDNN has no bf16 LSTM there: the encoder must run in float32 under bf16 autocast, not die."""
+    if device.cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("not an x86 CPU with AVX2")
+    for name, value in AVX2_KERNELS.items():
+        monkeypatch.setenv(name, value)
+    source, out = tmp_path / "in.en", tmp_path / "out.de"
+    source.write_text("a small test\n\nanother line\n", encoding="utf-8")
+    for beam in ("1", "5"):
+        result = run_nmt("translate", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), "--input",
+                         str(source), "--output", str(out), "--precision", "bf16", "--beam-size", beam)
+        assert result.returncode == 0, result.stderr
+        assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+        assert result.stderr.count("--precision=bf16 on a CPU without native bfloat16") == 1
+        out.unlink()

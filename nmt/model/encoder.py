@@ -12,16 +12,22 @@ from a zero state, and so reaches each sentence's last token at zero; the forwar
 direction carries its final cell state through the padding, and its final h is
 read at the last token. Elsewhere (CUDA, where cuDNN runs packed sequences
 natively) the layers run through `nn.LSTM` over packed sequences; both compute
-the same function, and the tests hold them to it.
+the same function, and the tests hold them to it. Where oneDNN has no bfloat16
+kernels (AVX2 CPUs) its LSTM cannot run in bf16, so under bf16 autocast there
+(an explicit bf16 decode, which `device.resolve_precision` warns about) the
+layers run in float32.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.model.dropout import dropout
+from nmt.model.gemm import ONEDNN_BF16
 from nmt.tokenizer import PAD
 
 #: the pre-activation added at padding: sigmoid(-PAD_GATE) is 0 and sigmoid(PAD_GATE) is 1 in float32, also after
@@ -72,12 +78,15 @@ class Encoder(nn.Module):
         at_padding = (~mask).unsqueeze(2).to(embedded.dtype)  # (B, S, 1)
         last = (torch.arange(batch, device=mask.device), src_lengths.to(mask.device) - 1)
         x, hs, cs = embedded, [], []
+        # bf16 autocast would hand oneDNN an LSTM it has no kernel for; the embeddings are float32
+        float32_only = embedded.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not ONEDNN_BF16
         for layer in range(self.layers):
             if layer:
                 x = dropout(x, self.dropout_p, self.training)
             zeros = x.new_zeros(2, batch, half)
-            x, h, c = torch._VF.lstm(torch.cat([x, at_padding], 2), (zeros, zeros), self._layer_weights(layer),
-                                     True, 1, 0.0, self.training, True, True)  # x: (B, S, H)
+            with torch.autocast("cpu", enabled=False) if float32_only else contextlib.nullcontext():
+                x, h, c = torch._VF.lstm(torch.cat([x, at_padding], 2), (zeros, zeros), self._layer_weights(layer),
+                                         True, 1, 0.0, self.training, True, True)  # x: (B, S, H)
             hs.append(torch.cat([x[last][:, :half], h[1]], 1))  # the forward direction's h at the last token
             cs.append(torch.cat([c[0], c[1]], 1))
         return x * mask.unsqueeze(2).to(x.dtype), (torch.stack(hs), torch.stack(cs))
