@@ -8,6 +8,7 @@ Unknown keys and wrong types are rejected with the nearest valid key named.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -227,9 +228,10 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _nearest(name: str, valid: list[str]) -> str:
+def _nearest(name: str, valid: list[str], prefix: str = "") -> str:
+    """The closest valid key, spelt in full (`train.lr_schedule`) as a user writes it after --set."""
     match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    return f"did you mean '{match[0]}'?" if match else f"valid keys: {', '.join(valid)}"
+    return f"did you mean '{prefix}{match[0]}'?" if match else f"valid keys: {', '.join(valid)}"
 
 
 def _coerce(value, hint, where: str):
@@ -272,7 +274,7 @@ def _build(cls, values: dict, prefix: str, source: str):
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise NMTError(f"{source}: unknown key '{prefix}{key}'; {_nearest(str(key), names)}")
+            raise NMTError(f"{source}: unknown key '{prefix}{key}'; {_nearest(str(key), names, prefix)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.", source)
@@ -343,7 +345,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not isinstance(values, dict):
             raise NMTError(f"{path}: expected a mapping of sections (data:, model:, train:, ...)")
         _resolve_relative_dataset(values, path.parent)
-    return config_from_dict(apply_overrides(values, overrides), source)
+    file_values = copy.deepcopy(values)
+    try:
+        return config_from_dict(apply_overrides(values, overrides), source)
+    except NMTError as error:
+        if overrides and _is_valid(file_values, source):  # then the error is in an override: say so
+            raise NMTError("--set" + str(error).removeprefix(source)) from None
+        raise
+
+
+def _is_valid(values: dict, source: str) -> bool:
+    try:
+        config_from_dict(values, source)
+    except NMTError:
+        return False
+    return True
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:

@@ -133,5 +133,6 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
         log.info("test %s: %s", test.name, scores["bleu_text"])
         log.info("BLEU signature: %s", scores["bleu_signature"])
         log.info("chrF2 = %.2f  (%s)", scores["chrf"], scores["chrf_signature"])
+        log.info("TER = %.2f  (%s)", scores["ter"], scores["ter_signature"])
     write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -11,8 +11,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_unknown_key_names_the_nearest_valid_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  max_grad_nrom: 5\n")
-    with pytest.raises(NMTError, match=r"unknown key 'train.max_grad_nrom'; did you mean 'max_grad_norm'"):
+    with pytest.raises(NMTError, match=r"unknown key 'train.max_grad_nrom'; did you mean 'train.max_grad_norm'"):
         load_config(path)
+
+
+def test_an_error_in_an_override_names_the_override_not_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1.0\n")
+    with pytest.raises(NMTError, match=r"^--set: unknown key 'train.lr_shedule'; did you mean 'train.lr_schedule'"):
+        load_config(path, ["train.lr_shedule=budget"])
+    with pytest.raises(NMTError, match=r"^--set: train.lr=-1.0: must be"):
+        load_config(path, ["train.lr=-1"])
+    path.write_text("train:\n  lr: -1.0\n")  # the file's own error is still the file's, beside a good override
+    with pytest.raises(NMTError, match=f"^{path}: train.lr=-1.0: must be"):
+        load_config(path, ["train.max_grad_norm=2"])
 
 
 def test_unknown_section_is_rejected(tmp_path):

@@ -102,8 +102,25 @@ def test_evaluate_with_checkpoint_matches_training_score(tiny_run, best, tmp_pat
     assert result.returncode == 0, result.stderr  # a new --out folder is created
     scores = json.loads(result.stdout)
     assert scores["bleu"] == json.loads((tiny_run / "results.json").read_text())["test_bleu"]
-    assert (tmp_path / "new" / "folder" / "test.hyp.de").read_text() == (tiny_run / "test.hyp.de").read_text()
+    hypotheses = tmp_path / "new" / "folder" / "test.best.beam3.hyp.de"  # tiny.yaml: beam 3
+    assert hypotheses.read_text() == (tiny_run / "test.hyp.de").read_text()
     assert torch.load(best, weights_only=True)["format"] == "nmt-checkpoint"
+
+
+def test_evaluate_beside_the_run_leaves_the_runs_own_test_output_alone(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    before = {name: (run / name).read_bytes() for name in ("test.hyp.de", "results.json")}
+    result = run_nmt("evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--dataset", str(TINY_DATA),
+                     "--split", "test", "--beam-size", "1", "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert {name: (run / name).read_bytes() for name in before} == before
+    scores = json.loads((run / "test.best.beam1.scores.json").read_text())
+    assert scores["beam_size"] == 1 and scores["hypotheses"] == str(run / "test.best.beam1.hyp.de")
+    lines = [len((run / name).read_text().splitlines()) for name in ("test.best.beam1.hyp.de", "test.hyp.de")]
+    assert lines[0] == lines[1]
 
 
 def test_a_terminal_gets_each_line_translated_as_it_is_typed(best):

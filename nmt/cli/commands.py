@@ -11,7 +11,7 @@ def train(args) -> int:
 
     results = train_and_test(args.config, args.overrides, args.run_dir, args.resume)
     if "test_bleu" in results:
-        print(f"test BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  "
+        print(f"test BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  TER {results['test_ter']:.2f}  "
               f"({results['bleu_signature']})")
     return 0
 

@@ -144,10 +144,12 @@ def evaluate_command(args) -> dict:
                      src_lang=args.src_lang or data_cfg.src_lang, tgt_lang=args.tgt_lang or data_cfg.tgt_lang)
     corpus = load_splits(cfg, [args.split])[0]
     translator = make_translator(args, loaded, device)
-    hyp_path = check_output(out / f"{args.split}.hyp.{cfg.tgt_lang}", reads=args.checkpoint, flag="--out",
+    # named by checkpoint and beam, so that it never replaces the run's own test.hyp.* (which results.json
+    # describes) nor another evaluation's output
+    stem = f"{args.split}.{'+'.join(Path(c).stem for c in args.checkpoint)}.beam{translator.beam_size}"
+    hyp_path = check_output(out / f"{stem}.hyp.{cfg.tgt_lang}", reads=args.checkpoint, flag="--out",
                             folder_checked=True)
-    scores_path = check_output(out / f"{args.split}.scores.json", reads=args.checkpoint, flag="--out",
-                               folder_checked=True)
+    scores_path = check_output(out / f"{stem}.scores.json", reads=args.checkpoint, flag="--out", folder_checked=True)
     hypotheses = translator.translate(corpus.src, progress=sys.stderr.isatty())
     out.mkdir(parents=True, exist_ok=True)
     write_lines(hyp_path, [_one_line(h) for h in hypotheses])
