@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +61,14 @@ def load(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types on a file that is not a checkpoint
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise NMTError(f"{path}: not a readable checkpoint (truncated or corrupt? {reason})") from None
+        if not zipfile.is_zipfile(path):  # what torch.save writes
+            reason = "truncated, or not a checkpoint at all"
+        elif "Weights only load failed" in str(error):
+            reason = "it holds Python objects, which nmt's checkpoints never do"
+        else:
+            reason = f"corrupt? {str(error).splitlines()[0][:120] if str(error) else type(error).__name__}"
+        raise NMTError(f"{path}: not a readable checkpoint ({reason}); give a .pt file from a run's "
+                       "checkpoints/ folder") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise NMTError(f"{path}: not an nmt checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:

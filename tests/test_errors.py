@@ -89,7 +89,7 @@ def test_not_a_checkpoint(tmp_path):
     fake = tmp_path / "fake.pt"
     fake.write_text("hello")
     check_error(run_nmt("translate", "--checkpoint", str(fake), "--input", str(TINY_DATA / "test.en")),
-                "fake.pt", "not a readable checkpoint")
+                "fake.pt", "not a readable checkpoint (truncated, or not a checkpoint at all)", "checkpoints/ folder")
 
 
 def test_checkpoint_from_an_incompatible_version(tmp_path, tiny_run):
