@@ -18,7 +18,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -251,7 +251,8 @@ def create_app(translator: Translator, info: dict, limits: Limits, decode_thread
     async def lifespan(app):
         if decode_thread:
             batcher.start_thread()
-        log.info("serving %s; limits: %s", ", ".join(info["checkpoints"]), limits)
+        log.info("serving %s; limits: %s", ", ".join(info["checkpoints"]),
+                 ", ".join(f"{name} {value}" for name, value in asdict(limits).items()))
         yield
         batcher.stop()
 
@@ -264,7 +265,10 @@ def create_app(translator: Translator, info: dict, limits: Limits, decode_thread
         first = error.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         status = 400 if first.get("type") == "json_invalid" else 422
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=status)
+        message = f"{where}: {first.get('msg', 'invalid')}"
+        if where == "body" and "json" not in request.headers.get("content-type", ""):  # curl -d sends a form
+            message += "; send the body as JSON, with the header Content-Type: application/json"
+        return JSONResponse({"error": message}, status_code=status)
 
     def refuse(status: int, reason: str, **headers):
         return JSONResponse({"error": reason}, status_code=status, headers=headers)

@@ -185,6 +185,10 @@ def test_limits_and_bad_input_are_one_line_4xx(app_client):
         assert status({"text": "a", "beam_size": 0})[0] == 422
         assert status({"text": "a", "beam_size": 2, "nbest": 3}) == (422, "nbest 3 is more than beam_size 2")
         assert status({"text": "a house"})[0] == 200
+        # curl's -d without a header sends a form: the error says which header the body needs
+        response = client.post("/translate", content='{"text": "a house"}',
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert response.status_code == 422 and "Content-Type: application/json" in response.json()["error"]
 
 
 def test_a_full_queue_answers_503_and_a_slow_request_504(app_client):

@@ -51,7 +51,7 @@ def _resolve_split(split: str, available: list[str], where: str) -> str:
             return candidate
     raise NMTError(
         f"{where}: no split '{split}'; it has {', '.join(sorted(available)) or 'none'} "
-        f"(set data.train_split / data.valid_split / data.test_split)"
+        f"(name one: data.train_split / data.valid_split / data.test_split in a config, --split for nmt evaluate)"
     )
 
 
