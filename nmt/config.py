@@ -346,8 +346,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise NMTError(f"{path}: expected a mapping of sections (data:, model:, train:, ...)")
         _resolve_relative_dataset(values, path.parent)
     file_values = copy.deepcopy(values)
+    values = apply_overrides(values, overrides)
     try:
-        return config_from_dict(apply_overrides(values, overrides), source)
+        return config_from_dict(values, source)
     except NMTError as error:
         if overrides and _is_valid(file_values, source):  # then the error is in an override: say so
             raise NMTError("--set" + str(error).removeprefix(source)) from None
