@@ -90,15 +90,18 @@ def run_setting(setting: Setting, args, out: Path) -> dict:
     from nmt.experiment import train_and_test
 
     run_dir = out / slug(setting.name)
-    overrides = [*args.overrides, *setting.overrides(), f"train.max_minutes={args.minutes}", "train.log_every=1",
-                 "train.lr_schedule=none", "train.patience=null", "data.test_split=null"]
     error = None
     try:
-        train_and_test(args.config, overrides, str(run_dir))
+        train_and_test(args.config, setting_overrides(setting, args), str(run_dir))
     except NMTError as failure:  # e.g. too many non-finite steps in a row
         error = str(failure)
         log.warning("%s: %s", setting.name, error)
     return summarize(setting, run_dir, error)
+
+
+def setting_overrides(setting: Setting, args) -> list[str]:
+    return [*args.overrides, *setting.overrides(), f"train.max_minutes={args.minutes}", "train.log_every=1",
+            "train.lr_schedule=none", "train.patience=null", "data.test_split=null"]
 
 
 def summarize(setting: Setting, run_dir: Path, error: str | None) -> dict:
@@ -115,7 +118,8 @@ def summarize(setting: Setting, run_dir: Path, error: str | None) -> dict:
         "clipped_fraction": sum(bool(r["clipped"]) for r in steps) / len(steps) if steps else 0.0,
         "max_grad_norm_seen": max(norms) if norms else None,
         "diverged": diverged_at is not None, "diverged_at_step": diverged_at,
-        "divergence_bound": round(bound, 2), "error": error, "run_dir": str(run_dir),
+        "divergence_bound": round(bound, 2) if math.isfinite(bound) else None,  # JSON has no infinity
+        "error": error, "run_dir": str(run_dir),
     }
 
 
@@ -152,8 +156,13 @@ def run_study(args) -> tuple[str, list[Path]]:
     """Train every setting, then write study.md, study.json and the pictures; returns the table and them."""
     from nmt.study_plots import plot_study
 
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise NMTError(f"--minutes {args.minutes:g}: must be a finite number above 0")
     settings = choose_settings(args)
-    cfg = load_config(args.config, args.overrides)  # bad settings, a precision this CPU lacks: before writing
+    # bad settings, a precision this CPU lacks: before anything is written
+    cfg = load_config(args.config, args.overrides)
+    for setting in settings:
+        load_config(args.config, setting_overrides(setting, args))
     resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
     out = check_output_folder(args.out, flag="--out")
     if (out / "study.json").exists():

@@ -61,7 +61,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
             ax.plot([r["step"] for r in steps], _smooth([r["loss"] for r in steps], 25), lw=1.4, label=row["setting"])
         if row["diverged"]:
             ax.axvline(row["diverged_at_step"], ls=":", lw=1, color=ax.lines[-1].get_color() if steps else "k")
-    bound = min(r["divergence_bound"] for r in rows)
+    bound = min((r["divergence_bound"] for r in rows if r["divergence_bound"] is not None), default=12)
     ax.set_ylim(0, min(bound, 12))
     ax.set(title="Training loss per setting (moving average of 25 steps; dotted: divergence)", xlabel="step",
            ylabel="cross-entropy (nats per target token)")

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from nmt import cli
 from nmt.device import resolve_precision
 from tests.conftest import TINY_CONFIG, run_nmt
 
@@ -45,3 +46,10 @@ def test_bench_names_the_size_of_a_checkpoint_that_is_not_the_configs_model(tmp_
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["decoded_parameters"] == decoded != report["parameters"]
     assert f"{decoded:,} parameters (the checkpoint's)" in result.stdout
+
+
+def test_bench_step_and_sentence_counts_are_range_checked_before_any_work(capsys):
+    for flag, value in (("--steps", "0"), ("--warmup-steps", "-1"), ("--decode-sentences", "0")):
+        code = cli.main(["bench", "--config", str(TINY_CONFIG), flag, value])
+        assert code == 1 and capsys.readouterr().err.strip() == f"error: {flag} {value}: must be at least " + (
+            "0" if flag == "--warmup-steps" else "1")

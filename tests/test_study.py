@@ -10,7 +10,8 @@ def test_clipping_study_runs_end_to_end_and_records_divergence(tmp_path, capsys)
                  "--only", "1", "5", "--add", "sgd:1e6:none", "--set", "train.threads=1",
                  "--set", "train.max_bad_steps=3"])
     assert code == 0
-    rows = json.loads((out / "study.json").read_text())
+    rows = json.loads((out / "study.json").read_text(), parse_constant=lambda name: f"not JSON: {name}")
+    assert "not JSON" not in json.dumps(rows)  # no Infinity or NaN: other tools read study.json too
     assert [r["setting"] for r in rows] == ["sgd lr 1.0, clip 5", "adam lr 1e-3, no clip", "sgd lr 1e6, no clip"]
     default, adam, blown = rows
     assert not default["diverged"] and default["valid_bleu"] is not None
@@ -19,3 +20,12 @@ def test_clipping_study_runs_end_to_end_and_records_divergence(tmp_path, capsys)
     assert "| sgd lr 1e6, no clip |" in (out / "study.md").read_text()
     for name in ("loss.png", "grad_norm.png", "norm_vs_length.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_bad_budget_or_setting_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "study"
+    for args in (["--minutes", "0"], ["--minutes", "-1"], ["--minutes", "nan"], ["--add", "sgd:-1:5"]):
+        code = main(["study", "clipping", "--config", str(TINY_CONFIG), "--out", str(out), *args])
+        error = capsys.readouterr().err.strip()
+        assert code == 1 and error.startswith("error: ") and len(error.splitlines()) == 1, error
+        assert not out.exists()

@@ -111,8 +111,13 @@ def plot(args) -> int:
 
 def bench(args) -> int:
     from nmt.bench import run_bench
+    from nmt.errors import NMTError
     from nmt.outputs import check_output, write_text
 
+    for flag, value, least in (("--warmup-steps", args.warmup_steps, 0), ("--steps", args.steps, 1),
+                               ("--decode-sentences", args.decode_sentences, 1)):
+        if value < least:
+            raise NMTError(f"{flag} {value}: must be at least {least}")
     if args.json_out:
         check_output(args.json_out, reads=[args.checkpoint] if args.checkpoint else [], flag="--json")
     report = run_bench(args)
