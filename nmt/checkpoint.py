@@ -93,7 +93,7 @@ def latest_intact(folder: Path) -> tuple[Path, dict] | None:
     if not found:
         return None
     step, path, payload = max(found, key=lambda item: item[0])  # max keeps the first (last.pt) on ties
-    others = [f"{p.name} at step {s}" for s, p, _ in found if p != path]
+    others = [f"{p.name} at step {s}" for s, p, _ in sorted(found, key=lambda item: item[0]) if p != path]
     log.info("resuming from %s at step %d%s", path, step, f" (also found: {', '.join(others)})" if others else "")
     return path, payload
 
@@ -132,6 +132,10 @@ def average(paths: list[Path]) -> dict:
         if tokenizer_difference(payload["tokenizer"], first["tokenizer"]):
             raise NMTError(f"{path}: its tokenizer differs from {reference}'s; average checkpoints trained "
                            "on the same data and sentencepiece model")
+    for i in range(1, len(paths)):  # best.pt is often last.pt's step: those weights would count twice
+        twin = next((j for j in range(i) if _same_weights(payloads[i]["model"], payloads[j]["model"])), None)
+        if twin is not None:
+            log.warning("%s holds the same weights as %s: they count twice in the average", paths[i], paths[twin])
     averaged = {}
     for key, value in first["model"].items():
         if value.is_floating_point():
@@ -141,6 +145,10 @@ def average(paths: list[Path]) -> dict:
             averaged[key] = value.clone()
     return {"model": averaged, "config": first["config"], "tokenizer": first["tokenizer"],
             "averaged_from": [str(path) for path in paths]}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(value, b[key]) for key, value in a.items())
 
 
 def tokenizer_difference(a: dict, b: dict) -> str | None:

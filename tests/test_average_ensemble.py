@@ -24,9 +24,10 @@ def two_checkpoints(tiny_run, tmp_path):
     return a, b
 
 
-def test_the_average_of_two_checkpoints_is_their_mean(two_checkpoints, tmp_path):
+def test_the_average_of_two_checkpoints_is_their_mean(two_checkpoints, tmp_path, caplog):
     a, b = two_checkpoints
     averaged = checkpoint.average([a, b])
+    assert "same weights" not in caplog.text
     original = checkpoint.load(a)["model"]
     for key, value in original.items():
         assert torch.equal(averaged["model"][key], value / 2), key
@@ -42,6 +43,7 @@ def test_average_from_the_command_line_translates(two_checkpoints, tmp_path):
     same = run_nmt("translate", "--checkpoint", str(out), "--input", str(TINY_DATA / "test.en"))
     single = run_nmt("translate", "--checkpoint", str(a), "--input", str(TINY_DATA / "test.en"))
     assert same.returncode == 0 and same.stdout == single.stdout  # the mean of a model with itself is the model
+    assert f"{a} holds the same weights as {a}: they count twice" in result.stderr  # said, not silent
     check_error(run_nmt("average", str(a), str(b), "--out", str(a)), str(a))  # never over an input
 
 
