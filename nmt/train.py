@@ -309,8 +309,12 @@ class Trainer:
                         if progress.step % cfg.log_every == 0:
                             self._log_window(window, norm, clipped, batch, bar)
                     reason = budget_spent(cfg, progress.step, progress.elapsed)
-                    if cfg.valid_every and progress.step % cfg.valid_every == 0 and self._timed_validation():
-                        reason = self._patience_ran_out()
+                    if cfg.valid_every and progress.step % cfg.valid_every == 0:
+                        if self._timed_validation():
+                            reason = self._patience_ran_out()
+                        # its time counts in the budget: when it spent the rest, stop here, validated, rather
+                        # than one step later with a second validation
+                        reason = reason or budget_spent(cfg, progress.step, progress.elapsed)
                     if reason:
                         break
                     self._save_if_due()

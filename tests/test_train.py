@@ -178,6 +178,28 @@ def test_an_epoch_ending_just_before_the_budget_leaves_its_validation_to_the_fin
     assert "epoch 2's validation left to the final one" in result.stderr
 
 
+def test_a_validation_that_spends_the_rest_of_the_budget_ends_the_run_at_its_step(tmp_path, monkeypatch):
+    """Validation time counts in `max_minutes`: one that overruns the budget ends the run at its own step,
+    not one step later with a second validation of a model one update apart."""
+    from nmt.config import load_config
+    from nmt.distributed import World
+    from nmt.train import Trainer
+
+    cfg = load_config(TINY_CONFIG, ["train.max_minutes=0.05", "train.valid_every=5", "data.test_split=null"])
+    trainer = Trainer(cfg, tmp_path, World(), None)
+    validate = trainer.validate
+
+    def slow_validation():
+        result = validate()
+        time.sleep(3.5)  # longer than the whole 3-second budget
+        return result
+
+    monkeypatch.setattr(trainer, "validate", slow_validation)
+    reason = trainer.run()
+    assert trainer.progress.step == 5 and reason.startswith("train.max_minutes")
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "valid_bleu" in r] == [5]
+
+
 def test_plot_draws_the_runs_curves(tiny_run, tmp_path):
     from PIL import Image
 
