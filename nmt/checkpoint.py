@@ -61,6 +61,8 @@ def load(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types on a file that is not a checkpoint
+        if isinstance(error, PermissionError):
+            raise NMTError(f"{path}: cannot read it (permission denied)") from None
         if not zipfile.is_zipfile(path):  # what torch.save writes
             reason = "truncated, or not a checkpoint at all"
         elif "Weights only load failed" in str(error):

@@ -162,7 +162,10 @@ def run_study(args) -> tuple[str, list[Path]]:
     # bad settings, a precision this CPU lacks: before anything is written
     cfg = load_config(args.config, args.overrides)
     for setting in settings:
-        load_config(args.config, setting_overrides(setting, args))
+        try:
+            load_config(args.config, setting_overrides(setting, args))
+        except NMTError as error:  # its values reach the config as overrides, but the user gave a setting
+            raise NMTError(f"setting '{setting.name}': {str(error).removeprefix('--set: ')}") from None
     resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
     out = check_output_folder(args.out, flag="--out")
     if (out / "study.json").exists():

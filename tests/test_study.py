@@ -10,8 +10,7 @@ def test_clipping_study_runs_end_to_end_and_records_divergence(tmp_path, capsys)
                  "--only", "1", "5", "--add", "sgd:1e6:none", "--set", "train.threads=1",
                  "--set", "train.max_bad_steps=3"])
     assert code == 0
-    rows = json.loads((out / "study.json").read_text(), parse_constant=lambda name: f"not JSON: {name}")
-    assert "not JSON" not in json.dumps(rows)  # no Infinity or NaN: other tools read study.json too
+    rows = json.loads((out / "study.json").read_text())
     assert [r["setting"] for r in rows] == ["sgd lr 1.0, clip 5", "adam lr 1e-3, no clip", "sgd lr 1e6, no clip"]
     default, adam, blown = rows
     assert not default["diverged"] and default["valid_bleu"] is not None
@@ -29,3 +28,13 @@ def test_a_bad_budget_or_setting_is_refused_before_anything_is_written(tmp_path,
         error = capsys.readouterr().err.strip()
         assert code == 1 and error.startswith("error: ") and len(error.splitlines()) == 1, error
         assert not out.exists()
+    assert "error: setting 'sgd lr -1, clip 5': train.lr=-1.0: must be" in error  # named as the user gave it
+
+
+def test_a_setting_that_logged_no_loss_still_gives_strict_json(tmp_path):
+    """No first loss means no divergence bound: null, never Infinity, which JSON readers reject."""
+    from nmt.study import Setting, summarize
+
+    row = summarize(Setting("sgd lr 1.0, clip 5", "sgd", 1.0, 5.0), tmp_path, "failed before its first step")
+    assert row["divergence_bound"] is None and row["steps"] == 0
+    json.dumps(row, allow_nan=False)

@@ -185,13 +185,13 @@ def test_a_validation_that_spends_the_rest_of_the_budget_ends_the_run_at_its_ste
     from nmt.distributed import World
     from nmt.train import Trainer
 
-    cfg = load_config(TINY_CONFIG, ["train.max_minutes=0.05", "train.valid_every=5", "data.test_split=null"])
+    cfg = load_config(TINY_CONFIG, ["train.max_minutes=0.1", "train.valid_every=5", "data.test_split=null"])
     trainer = Trainer(cfg, tmp_path, World(), None)
     validate = trainer.validate
 
     def slow_validation():
         result = validate()
-        time.sleep(3.5)  # longer than the whole 3-second budget
+        time.sleep(6.5)  # longer than the whole 6-second budget: 5 tiny steps take well under 1 s
         return result
 
     monkeypatch.setattr(trainer, "validate", slow_validation)

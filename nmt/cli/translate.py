@@ -144,9 +144,9 @@ def evaluate_command(args) -> dict:
                      src_lang=args.src_lang or data_cfg.src_lang, tgt_lang=args.tgt_lang or data_cfg.tgt_lang)
     corpus = load_splits(cfg, [args.split])[0]
     translator = make_translator(args, loaded, device)
-    # named by checkpoint and beam, so that it never replaces the run's own test.hyp.* (which results.json
-    # describes) nor another evaluation's output
-    stem = f"{args.split}.{'+'.join(Path(c).stem for c in args.checkpoint)}.beam{translator.beam_size}"
+    # named by checkpoint(s) and beam, so that it never replaces the run's own test.hyp.*, which results.json
+    # describes (an ensemble's names are joined by +, cut to keep the file name short)
+    stem = f"{args.split}.{'+'.join(Path(c).stem for c in args.checkpoint)[:100]}.beam{translator.beam_size}"
     hyp_path = check_output(out / f"{stem}.hyp.{cfg.tgt_lang}", reads=args.checkpoint, flag="--out",
                             folder_checked=True)
     scores_path = check_output(out / f"{stem}.scores.json", reads=args.checkpoint, flag="--out", folder_checked=True)
