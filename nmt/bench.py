@@ -22,7 +22,7 @@ from nmt.batching import collate, plan_batches
 from nmt.config import Config, load_config
 from nmt.device import cpu_name, describe_cpu, precision_reason
 from nmt.distributed import World
-from nmt.model import gemm
+from nmt.model import gemm, kernels
 from nmt.scoring import bleu
 from nmt.translate import Translator, encode_sources
 
@@ -164,7 +164,8 @@ def run_bench(args) -> dict:
         decode(trainer.model, trainer.tokenizer)
     if device.type == "cpu":
         routes = gemm.routes()
-        report.update(cpu=describe_cpu(), products=routes.describe(), product_timings_ms=routes.milliseconds)
+        report.update(cpu=describe_cpu(), products=routes.describe(), product_timings_ms=routes.milliseconds,
+                      recurrence_steps=kernels.describe() if cfg.train.fused_recurrence else "autograd step loop")
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         report["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20

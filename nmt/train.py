@@ -31,7 +31,7 @@ from nmt.errors import NMTError
 from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
-from nmt.model import Seq2Seq, gemm
+from nmt.model import Seq2Seq, gemm, kernels
 from nmt.schedule import LRSchedule, budget_fraction, budget_spent, seconds_left
 from nmt.tokenizer import PAD, Tokenizer
 from nmt.validation import validation_scores
@@ -74,6 +74,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         if self.device.type == "cpu":
             gemm.routes()  # a first run on a machine times the product routes: not inside the training budget
+            if cfg.train.fused_recurrence:
+                kernels.library()  # and builds the recurrence's kernels
         if data is None:
             data = prepare_on_each_node(cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None,
                                         world)

@@ -16,6 +16,11 @@ the nonlinearities and the attention (its products are one row per sentence,
 which bf16 runs no faster on a CPU) stay float32. Only `dot` and `general`
 attention are covered: their keys are computed before the loop, so the loop's
 attention is two batched products and a softmax.
+
+Between the products, each step's element-wise work (a layer's gates and cell,
+the attention, the attentional vector, and their gradients) is one call: to
+`kernels` (C, one pass over memory) on a CPU where they could be built, else
+to `TorchSteps`, the same arithmetic in PyTorch's operations.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nmt.model import kernels
 from nmt.model.gemm import product, step_weight
 from nmt.model.layout import stacked_layers
 
@@ -71,6 +77,7 @@ class Recurrence(torch.autograd.Function):
 def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, rest) -> Tensor:
     n_layers, cd = spec.layers, spec.dtype
     acc = torch.promote_types(cd, torch.float32)  # dtype of gates, cell states and softmax
+    ops = kernels if kernels.usable(acc, emb_gates) else TorchSteps
     h0, c0, w = rest[:n_layers], rest[n_layers:2 * n_layers], rest[2 * n_layers:]
     steps, batch, four_h = emb_gates.shape
     hidden, feed = four_h // 4, w[0].shape[1]
@@ -81,7 +88,8 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     w_combine = w[-1].to(cd)  # (H, 2H)
     # laying out a transpose for the backward pass costs more than its products gain
     step_weights, step_combine = [step_weight(m) for m in weights], step_weight(w_combine)
-    keys_t, memory_acc = keys.to(acc).transpose(1, 2), memory.to(acc)  # (B, H, S), (B, S, H)
+    keys_acc, memory_acc = keys.to(acc).contiguous(), memory.to(acc).contiguous()  # (B, S, H)
+    score_bias = spec.score_bias.squeeze(1).contiguous()  # (B, S)
 
     def new(shape, dtype=acc):
         return emb_gates.new_empty(shape, dtype=dtype)
@@ -93,57 +101,38 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     tanh_c = [new((steps, batch, hidden)) for _ in range(n_layers)]
     combine_in = new((steps, batch, 2 * hidden), dtype=cd)  # [context; top h]
     attentional = new((steps, batch, hidden))  # tanh(W_c [context; h]), before dropout
+    probs = new((batch, steps, keys.size(1)))
     outputs = xh[0][1:, :, :feed] if spec.input_feed else new((steps, batch, hidden), dtype=cd)
     xh[0][0, :, :feed] = 0  # no attentional vector before the first step
     for n in range(n_layers):
         xh[n][0, :, widths[n]:] = h0[n]
         cell[n][0] = c0[n]
-    gates = new((batch, four_h))
-    g_cols = slice(2 * hidden, 3 * hidden)
     step_gates = emb_gates.to(acc)  # (T, B, 4H)
-    probs = []
     for t in range(steps):
         for n in range(n_layers):
-            torch.add(product(xh[n][t], step_weights[n], step=True), step_gates[t] if n == 0 else biases[n],
-                      out=gates)
-            a = act[n][t]
-            torch.sigmoid(gates, out=a)
-            torch.tanh(gates[:, g_cols], out=a[:, g_cols])
-            i, f, g, o = a.chunk(4, 1)
-            c = cell[n][t + 1]
-            torch.mul(f, cell[n][t], out=c).addcmul_(i, g)
-            h = xh[n][t + 1][:, widths[n]:]
-            torch.mul(o, torch.tanh(c, out=tanh_c[n][t]), out=h)
-            if n + 1 < n_layers:
-                above = xh[n + 1][t][:, :hidden]
-                if spec.layer_masks is not None:
-                    torch.mul(h, spec.layer_masks[n, t], out=above)
-                else:
-                    above.copy_(h)
-        query = xh[-1][t + 1][:, widths[-1]:]  # (B, H)
-        combine_in[t, :, hidden:] = query
-        scores = torch.bmm(query.unsqueeze(1).to(acc), keys_t)  # (B, 1, S)
-        p = torch.softmax(scores.add_(spec.score_bias), dim=2)  # (B, 1, S)
-        probs.append(p)
-        combine_in[t, :, :hidden] = torch.bmm(p, memory_acc).squeeze(1)
-        torch.tanh(product(combine_in[t], step_combine, step=True), out=attentional[t])
-        if spec.out_masks is not None:
-            torch.mul(attentional[t], spec.out_masks[t], out=outputs[t])
-        else:
-            outputs[t] = attentional[t]
-    ctx.acc, ctx.spec, ctx.widths, ctx.shapes = acc, spec, widths, (batch, steps, hidden, feed)
-    ctx.weights, ctx.w_combine, ctx.keys_t, ctx.memory_acc = weights, w_combine, keys_t, memory_acc
+            above = xh[n + 1][t][:, :hidden] if n + 1 < n_layers else None
+            mask = spec.layer_masks[n, t] if above is not None and spec.layer_masks is not None else None
+            ops.cell_forward(product(xh[n][t], step_weights[n], step=True), step_gates[t] if n == 0 else biases[n],
+                             cell[n][t], act[n][t], cell[n][t + 1], tanh_c[n][t], xh[n][t + 1][:, widths[n]:],
+                             mask, above)
+        ops.attention_forward(xh[-1][t + 1][:, widths[-1]:], keys_acc, memory_acc, score_bias, probs[:, t],
+                              combine_in[t])
+        ops.combine_forward(product(combine_in[t], step_combine, step=True), attentional[t], outputs[t],
+                            None if spec.out_masks is None else spec.out_masks[t])
+    ctx.acc, ctx.spec, ctx.widths, ctx.shapes, ctx.ops = acc, spec, widths, (batch, steps, hidden, feed), ops
+    ctx.weights, ctx.w_combine, ctx.keys, ctx.memory = weights, w_combine, keys_acc, memory_acc
     ctx.xh, ctx.act, ctx.cell, ctx.tanh_c = xh, act, cell, tanh_c
-    ctx.combine_in, ctx.attentional, ctx.probs = combine_in, attentional, torch.cat(probs, 1)  # (B, T, S)
+    ctx.combine_in, ctx.attentional, ctx.probs = combine_in, attentional, probs  # probs (B, T, S)
     ctx.dtypes = [x.dtype for x in (emb_gates, keys, memory, *rest)]
     return outputs.transpose(0, 1)
 
 
 def _backward(ctx, grad_out: Tensor):
-    spec, widths, weights, w_combine = ctx.spec, ctx.widths, ctx.weights, ctx.w_combine
+    spec, widths, weights, w_combine, ops = ctx.spec, ctx.widths, ctx.weights, ctx.w_combine, ctx.ops
     batch, steps, hidden, feed = ctx.shapes
     n_layers, cd, acc = spec.layers, spec.dtype, ctx.acc
     xh, act, cell, tanh_c = ctx.xh, ctx.act, ctx.cell, ctx.tanh_c
+
     def new(shape, dtype=acc):
         return grad_out.new_empty(shape, dtype=dtype)
 
@@ -153,47 +142,21 @@ def _backward(ctx, grad_out: Tensor):
     d_scores = new((batch, steps, ctx.probs.size(2)))
     d_h = [new((batch, hidden)).zero_() for _ in range(n_layers)]
     d_c = [new((batch, hidden)).zero_() for _ in range(n_layers)]
-    d_act = new((batch, 4 * hidden))  # gradient w.r.t. i, f, g, o
-    d_feed = None
-    g_cols = slice(2 * hidden, 3 * hidden)
-    grad_steps = grad_out.transpose(0, 1)  # (T, B, H)
-    memory_t = ctx.memory_acc.transpose(1, 2)  # (B, H, S)
-    keys = ctx.keys_t.transpose(1, 2)  # (B, S, H)
+    d_feed = new((batch, feed)) if spec.input_feed else None  # from step t + 1's first layer
+    grad_steps = grad_out.to(cd).contiguous().transpose(0, 1)  # (T, B, H)
     for t in reversed(range(steps)):
-        d_out = grad_steps[t].to(acc) if d_feed is None else d_feed + grad_steps[t]
-        if spec.out_masks is not None:
-            d_out = d_out * spec.out_masks[t]
-        tanh_backward(d_out, ctx.attentional[t], grad_input=d_combine[t])
+        ops.combine_backward(grad_steps[t], ctx.attentional[t], d_combine[t], None if t == steps - 1 else d_feed,
+                             None if spec.out_masks is None else spec.out_masks[t])
         d_in = product(d_combine[t], w_combine.t(), step=True)  # (B, 2H): [d context; d h]
-        d_ctx = d_in[:, :hidden].to(acc)
-        d_context[:, t] = d_ctx
-        d_prob = torch.bmm(d_ctx.unsqueeze(1), memory_t)  # (B, 1, S)
-        p = ctx.probs[:, t:t + 1]
-        d_score = torch._softmax_backward_data(d_prob, p, 2, acc)
-        d_scores[:, t] = d_score.squeeze(1)
-        d_h[-1] += d_in[:, hidden:]
-        d_h[-1] += torch.bmm(d_score, keys).squeeze(1)
+        ops.attention_backward(d_in, ctx.probs[:, t], ctx.keys, ctx.memory, d_context[:, t], d_scores[:, t], d_h[-1])
         for n in reversed(range(n_layers)):
-            a = act[n][t]
-            i, f, g, o = a.chunk(4, 1)
-            d_i, d_f, d_g, d_o = d_act.chunk(4, 1)
-            tc = tanh_c[n][t]
-            torch.mul(d_h[n], tc, out=d_o)
-            d_c[n] += tanh_backward(d_h[n] * o, tc, grad_input=torch.empty_like(tc))
-            torch.mul(d_c[n], g, out=d_i)
-            torch.mul(d_c[n], i, out=d_g)
-            torch.mul(d_c[n], cell[n][t], out=d_f)
-            d_c[n].mul_(f)  # now the gradient w.r.t. the previous step's cell state
-            dg = d_gates[n][t]
-            sigmoid_backward(d_act, a, grad_input=dg)
-            tanh_backward(d_g, g, grad_input=dg[:, g_cols])
-            d_xh = product(dg, weights[n].t(), step=True)  # (B, in + H)
-            d_h[n].copy_(d_xh[:, widths[n]:])
+            ops.cell_backward(d_h[n], d_c[n], act[n][t], tanh_c[n][t], cell[n][t], d_gates[n][t])
+            d_xh = product(d_gates[n][t], weights[n].t(), step=True)  # (B, in + H)
             if n > 0:
-                x_grad = d_xh[:, :hidden]
-                d_h[n - 1] += x_grad * spec.layer_masks[n - 1, t] if spec.layer_masks is not None else x_grad
-            elif spec.input_feed:
-                d_feed = d_xh[:, :feed].to(acc)
+                mask = None if spec.layer_masks is None else spec.layer_masks[n - 1, t]
+                ops.split_grad(d_xh, d_h[n], d_h[n - 1], mask)
+            else:
+                ops.split_grad(d_xh, d_h[n], d_feed, accumulate=False)
     # weight gradients: one product over all positions each
     rows = steps * batch
     grads_w = []
@@ -213,3 +176,75 @@ def _backward(ctx, grad_out: Tensor):
     d_keys = torch.bmm(d_scores.transpose(1, 2), queries)
     grads = [d_gates[0], d_keys, d_memory, *d_h, *d_c, *grads_w]
     return [g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
+
+
+class TorchSteps:
+    """`kernels`' step functions in PyTorch's operations, with the same signatures: for float64, a GPU, and
+    CPUs where the kernels cannot be built."""
+
+    @staticmethod
+    def cell_forward(pre, add, cell_prev, act, cell, tanh_cell, h, mask=None, above=None):
+        hidden = h.size(1)
+        gates = torch.add(pre, add)
+        torch.sigmoid(gates, out=act)
+        torch.tanh(gates[:, 2 * hidden:3 * hidden], out=act[:, 2 * hidden:3 * hidden])
+        i, f, g, o = act.chunk(4, 1)
+        torch.mul(f, cell_prev, out=cell).addcmul_(i, g)
+        torch.mul(o, torch.tanh(cell, out=tanh_cell), out=h)
+        if above is not None and mask is not None:
+            torch.mul(h, mask, out=above)
+        elif above is not None:
+            above.copy_(h)
+
+    @staticmethod
+    def cell_backward(d_h, d_cell, act, tanh_cell, cell_prev, d_gates):
+        hidden = d_h.size(1)
+        i, f, g, o = act.chunk(4, 1)
+        d_act = torch.empty_like(act)  # gradient w.r.t. i, f, g, o
+        d_i, d_f, d_g, d_o = d_act.chunk(4, 1)
+        torch.mul(d_h, tanh_cell, out=d_o)
+        d_cell += tanh_backward(d_h * o, tanh_cell, grad_input=torch.empty_like(tanh_cell))
+        torch.mul(d_cell, g, out=d_i)
+        torch.mul(d_cell, i, out=d_g)
+        torch.mul(d_cell, cell_prev, out=d_f)
+        d_cell.mul_(f)  # now the gradient w.r.t. the previous step's cell state
+        sigmoid_backward(d_act, act, grad_input=d_gates)
+        tanh_backward(d_g, g, grad_input=d_gates[:, 2 * hidden:3 * hidden])
+
+    @staticmethod
+    def split_grad(d_xh, d_h, below=None, mask=None, accumulate=True):
+        width = d_xh.size(1) - d_h.size(1)
+        d_h.copy_(d_xh[:, width:])
+        if below is None:
+            return
+        x_grad = d_xh[:, :width] if mask is None else d_xh[:, :width] * mask
+        below.add_(x_grad) if accumulate else below.copy_(x_grad)
+
+    @staticmethod
+    def attention_forward(query, keys, memory, bias, probs_t, combine):
+        hidden = keys.size(2)
+        scores = torch.bmm(query.to(keys.dtype).unsqueeze(1), keys.transpose(1, 2))  # (B, 1, S)
+        p = torch.softmax(scores.add_(bias.unsqueeze(1)), dim=2)
+        probs_t.copy_(p.squeeze(1))
+        combine[:, :hidden] = torch.bmm(p, memory).squeeze(1)
+        combine[:, hidden:] = query
+
+    @staticmethod
+    def attention_backward(d_combine, probs_t, keys, memory, d_context_t, d_scores_t, d_query):
+        hidden = keys.size(2)
+        d_context_t.copy_(d_combine[:, :hidden])
+        d_prob = torch.bmm(d_context_t.unsqueeze(1), memory.transpose(1, 2))  # (B, 1, S)
+        d_score = torch._softmax_backward_data(d_prob, probs_t.unsqueeze(1), 2, probs_t.dtype)
+        d_scores_t.copy_(d_score.squeeze(1))
+        d_query += d_combine[:, hidden:]
+        d_query += torch.bmm(d_score, keys).squeeze(1)
+
+    @staticmethod
+    def combine_forward(pre, attentional, out, mask=None):
+        torch.tanh(pre.to(attentional.dtype), out=attentional)  # in float32, as the docstring says
+        torch.mul(attentional, mask, out=out) if mask is not None else out.copy_(attentional)
+
+    @staticmethod
+    def combine_backward(grad, attentional, d_pre, feed=None, mask=None):
+        d = grad.to(attentional.dtype) if feed is None else feed + grad
+        tanh_backward(d if mask is None else d * mask, attentional, grad_input=d_pre)

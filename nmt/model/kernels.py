@@ -1,0 +1,213 @@
+"""The training recurrence's element-wise work in C (`kernels.c`), built for this CPU at first use.
+
+Per target position and layer, the recurrence's gates, cell and attention are a dozen or more element-wise
+PyTorch operations on (batch, 4H)-sized tensors, forward and backward: each a pass over memory, a dispatch
+and, under bf16, a conversion. On a CPU those, not the matrix products, are what the recurrence spends its
+time on beyond the products. `kernels.c` does each layer's step, the attention's step and the attentional
+vector's step in one pass, forward and backward, with the same arithmetic (float32 states and gates, the
+compute dtype for what the products read, rounded as torch rounds); its exp is a polynomial accurate to a
+few float32 ulps, so results agree with PyTorch's operations to float32 rounding, not bit for bit.
+
+The library is compiled with the system's C compiler (`$CC`, else `cc`) for this CPU (`-march=native`)
+into `$NMT_CACHE/kernels/`, under a name that covers the source, the compiler and the CPU's flags (Zen 3
+and Zen 4 EPYCs share a model name), then loaded with ctypes. Where there is no compiler or the build
+fails, `library()` is None, the reason is logged once, and the recurrence runs PyTorch's operations.
+`NMT_CPU_KERNELS=0` forces that (e.g. to compare the two). Every run on a machine takes the same path,
+which exact resume relies on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared"]
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+_SIGNATURES = {
+    "cell_forward": [_I, _I, _I, _P, _L, _P, _L, _P, _L, _P, _P, _P, _P, _L, _P, _P, _L],
+    "cell_backward": [_I, _I, _I, _P, _P, _P, _P, _P, _L, _P],
+    "split_grad": [_I, _I, _I, _P, _L, _I, _P, _P, _P, _I],
+    "attention_forward": [_I, _I, _I, _I, _P, _L, _P, _P, _P, _P, _L, _P],
+    "attention_backward": [_I, _I, _I, _I, _P, _P, _L, _P, _P, _P, _L, _P, _L, _P],
+    "combine_forward": [_I, _I, _I, _P, _P, _P, _P, _L],
+    "combine_backward": [_I, _I, _I, _P, _L, _P, _P, _P, _P],
+}
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _compiler_version(compiler: str) -> str:
+    try:
+        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _build() -> tuple[ctypes.CDLL | None, str]:
+    """The loaded library and how it was found, or None and why not."""
+    if os.environ.get("NMT_CPU_KERNELS", "").lower() in ("0", "off", "no", "false", "torch"):
+        return None, "NMT_CPU_KERNELS=0"
+    compiler = shutil.which(os.environ.get("CC") or "cc")
+    if compiler is None:
+        return None, f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(compiler).encode(),
+                                     _cpu_flags().encode()])).hexdigest()[:20]
+    folder = Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt")) / "kernels"
+    target = folder / f"recurrence-{key}.so"
+    how = f"cached {target}"
+    if not target.exists():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # built under a name of its own, then renamed: ranks of one torchrun job may build at once
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                built = Path(tmp) / target.name
+                done = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True,
+                                      text=True, timeout=300)
+                if done.returncode != 0:
+                    first = (done.stderr.strip().splitlines() or ["no message"])[0]
+                    return None, f"{compiler} failed: {first}"
+                os.replace(built, target)
+        except (OSError, subprocess.SubprocessError) as error:
+            return None, f"could not build into {folder}: {error}"
+        how = f"built {target}"
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as error:
+        return None, f"could not load {target}: {error}"
+    for name, argtypes in _SIGNATURES.items():
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = None
+    return lib, how
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The kernels, built or found once per process; None where they cannot be (the reason is logged)."""
+    lib, how = _build()
+    if lib is None:
+        log.info("fused CPU kernels unavailable (%s): the recurrence uses PyTorch's operations", how)
+    else:
+        log.info("fused CPU kernels: %s", how)
+    return lib
+
+
+def describe() -> str:
+    """For `nmt bench`: which element-wise path the CPU recurrence takes."""
+    return "fused C kernels" if library() is not None else f"PyTorch operations ({_build()[1]})"
+
+
+def usable(acc: torch.dtype, *tensors: Tensor) -> bool:
+    """Whether the recurrence's step can run on the kernels: CPU tensors, float32 states, built library."""
+    return acc == torch.float32 and all(t.device.type == "cpu" for t in tensors) and library() is not None
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _rows(t: Tensor) -> tuple[int, int]:
+    """A (B, n) operand as the kernels read it: rows of contiguous elements, `stride` elements apart."""
+    assert t.dim() == 2 and (t.stride(1) == 1 or t.size(1) == 1), "kernel operand rows must be contiguous"
+    return t.data_ptr(), t.stride(0)
+
+
+def _bf(t: Tensor) -> int:
+    assert t.dtype in (torch.bfloat16, torch.float32)
+    return int(t.dtype == torch.bfloat16)
+
+
+def _dense(t: Tensor) -> Tensor:
+    assert t.is_contiguous(), "kernel operand must be contiguous"
+    return t
+
+
+def cell_forward(pre: Tensor, add: Tensor, cell_prev: Tensor, act: Tensor, cell: Tensor, tanh_cell: Tensor,
+                 h: Tensor, mask: Tensor | None = None, above: Tensor | None = None) -> None:
+    """One layer at one step. pre (B, 4H) the gate product (compute dtype), add (B, 4H) or (4H,) float32;
+    writes act (B, 4H), cell, tanh_cell (B, H) float32, h (B, H) and, if given, above = h * mask (compute
+    dtype)."""
+    batch, hidden = h.shape
+    add_ptr, add_stride = _rows(add) if add.dim() == 2 else (_dense(add).data_ptr(), 0)
+    above_ptr, above_stride = _rows(above) if above is not None else (None, 0)
+    library().cell_forward(batch, hidden, _bf(h), *_rows(pre), add_ptr, add_stride, *_rows(cell_prev),
+                           _dense(act).data_ptr(), _dense(cell).data_ptr(), _dense(tanh_cell).data_ptr(),
+                           *_rows(h), _ptr(None if mask is None else _dense(mask)), above_ptr, above_stride)
+
+
+def cell_backward(d_h: Tensor, d_cell: Tensor, act: Tensor, tanh_cell: Tensor, cell_prev: Tensor,
+                  d_gates: Tensor) -> None:
+    """d_h (B, H); d_cell (B, H) in: from later steps, out: w.r.t. the previous cell; writes d_gates (B, 4H)."""
+    batch, hidden = d_h.shape
+    library().cell_backward(batch, hidden, _bf(d_gates), _dense(d_h).data_ptr(), _dense(d_cell).data_ptr(),
+                            _dense(act).data_ptr(), _dense(tanh_cell).data_ptr(), *_rows(cell_prev),
+                            _dense(d_gates).data_ptr())
+
+
+def split_grad(d_xh: Tensor, d_h: Tensor, below: Tensor | None = None, mask: Tensor | None = None,
+               accumulate: bool = True) -> None:
+    """d_xh (B, in + H): d_h = its h part; its input part added (times mask) to `below`, or assigned."""
+    batch, hidden = d_h.shape
+    width = d_xh.size(1) - hidden
+    library().split_grad(batch, hidden, _bf(d_xh), *_rows(d_xh), width, _dense(d_h).data_ptr(),
+                         _ptr(None if below is None else _dense(below)), _ptr(None if mask is None else _dense(mask)),
+                         int(accumulate))
+
+
+def attention_forward(query: Tensor, keys: Tensor, memory: Tensor, bias: Tensor, probs_t: Tensor,
+                      combine: Tensor) -> None:
+    """query (B, H) compute dtype; keys, memory (B, S, H) float32; bias (B, S) (-inf at padding); writes
+    probs_t (B, S) (a column of (B, T, S)) and combine (B, 2H) = [context; query]."""
+    batch, src_len, hidden = keys.shape
+    library().attention_forward(batch, src_len, hidden, _bf(combine), *_rows(query), _dense(keys).data_ptr(),
+                                _dense(memory).data_ptr(), _dense(bias).data_ptr(), *_rows(probs_t),
+                                _dense(combine).data_ptr())
+
+
+def attention_backward(d_combine: Tensor, probs_t: Tensor, keys: Tensor, memory: Tensor, d_context_t: Tensor,
+                       d_scores_t: Tensor, d_query: Tensor) -> None:
+    """d_combine (B, 2H) = [d context; d query]; writes d_context_t (B, H), d_scores_t (B, S) (columns of
+    (B, T, ·) tensors); adds the query's gradient to d_query (B, H)."""
+    batch, src_len, hidden = keys.shape
+    library().attention_backward(batch, src_len, hidden, _bf(d_combine), _dense(d_combine).data_ptr(),
+                                 *_rows(probs_t), _dense(keys).data_ptr(), _dense(memory).data_ptr(),
+                                 *_rows(d_context_t), *_rows(d_scores_t), _dense(d_query).data_ptr())
+
+
+def combine_forward(pre: Tensor, attentional: Tensor, out: Tensor, mask: Tensor | None = None) -> None:
+    """attentional (B, H) = tanh(pre), pre the combination product; out = attentional * mask (compute dtype)."""
+    batch, hidden = attentional.shape
+    library().combine_forward(batch, hidden, _bf(out), _dense(pre).data_ptr(), _dense(attentional).data_ptr(),
+                              _ptr(None if mask is None else _dense(mask)), *_rows(out))
+
+
+def combine_backward(grad: Tensor, attentional: Tensor, d_pre: Tensor, feed: Tensor | None = None,
+                     mask: Tensor | None = None) -> None:
+    """d_pre = (grad + feed) * mask * (1 - attentional^2); grad (B, H) in the compute dtype."""
+    batch, hidden = attentional.shape
+    assert grad.dtype == d_pre.dtype
+    library().combine_backward(batch, hidden, _bf(d_pre), *_rows(grad), _ptr(None if feed is None else _dense(feed)),
+                               _ptr(None if mask is None else _dense(mask)), _dense(attentional).data_ptr(),
+                               _dense(d_pre).data_ptr())
