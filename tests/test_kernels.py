@@ -165,6 +165,27 @@ def test_without_a_compiler_the_recurrence_runs_on_torch(monkeypatch, tmp_path, 
         kernels.library.cache_clear()
 
 
+def x86_64_v3() -> bool:
+    """Whether this CPU runs code built for AVX2 CPUs (x86-64-v3: AVX2, FMA, BMI1/2, MOVBE, ...)."""
+    flags = kernels._cpu_flags().split()
+    return all(flag in flags for flag in ("avx2", "fma", "bmi1", "bmi2", "movbe", "f16c"))
+
+
+@needs_kernels
+@pytest.mark.skipif(not x86_64_v3(), reason="needs an x86-64 CPU with AVX2")
+def test_a_build_for_an_avx2_cpu_computes_the_same(monkeypatch, tmp_path):
+    """The kernels are built for the CPU they run on, and the compiler vectorizes an AVX2 CPU's build
+    (Zen 3) differently from an AVX-512 one's: it must compute the same."""
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path))
+    lib, how = kernels._build([flag.replace("-march=native", "-march=x86-64-v3") for flag in kernels.FLAGS])
+    assert lib is not None, how
+    monkeypatch.setattr(kernels, "library", lambda: lib)
+    for dtype in (torch.float32, torch.bfloat16):
+        test_cell_forward_and_backward_equal_torchs(dtype, 4, 300, True, True)
+        test_attention_forward_and_backward_equal_torchs(dtype, 4, 300, 7)
+        test_combination_and_gradient_split_equal_torchs(dtype, 4, 300, True, True)
+
+
 @needs_kernels
 def test_a_build_is_cached_per_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("NMT_CACHE", str(tmp_path))

@@ -65,15 +65,15 @@ def _compiler_version(compiler: str) -> str:
         return ""
 
 
-def _build() -> tuple[ctypes.CDLL | None, str]:
-    """The loaded library and how it was found, or None and why not."""
+def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
+    """The loaded library and how it was found, or None and why not. (Tests build for other CPUs' flags.)"""
     if os.environ.get("NMT_CPU_KERNELS", "").lower() in ("0", "off", "no", "false", "torch"):
         return None, "NMT_CPU_KERNELS=0"
     compiler = shutil.which(os.environ.get("CC") or "cc")
     if compiler is None:
         return None, f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(compiler).encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), _compiler_version(compiler).encode(),
                                      _cpu_flags().encode()])).hexdigest()[:20]
     folder = Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt")) / "kernels"
     target = folder / f"recurrence-{key}.so"
@@ -84,7 +84,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
             # built under a name of its own, then renamed: ranks of one torchrun job may build at once
             with tempfile.TemporaryDirectory(dir=folder) as tmp:
                 built = Path(tmp) / target.name
-                done = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True,
+                done = subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE)], capture_output=True,
                                       text=True, timeout=300)
                 if done.returncode != 0:
                     first = (done.stderr.strip().splitlines() or ["no message"])[0]
