@@ -3,6 +3,7 @@ in float32 and bf16, and a machine that cannot build them must still train."""
 
 import itertools
 import logging
+import os
 
 import pytest
 import torch
@@ -10,7 +11,17 @@ import torch
 from nmt.model import kernels, recurrence
 from nmt.model.recurrence import TorchSteps
 
-needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C compiler: the kernels cannot be built")
+
+@pytest.fixture
+def kernels_built():
+    if kernels.library() is None:
+        why = kernels.describe()
+        if os.environ.get("NMT_REQUIRE_KERNELS"):  # CI sets it: there the kernels must be tested, not skipped
+            pytest.fail(f"the kernels could not be built: {why}")
+        pytest.skip(f"the kernels could not be built: {why}")
+
+
+needs_kernels = pytest.mark.usefixtures("kernels_built")
 BF16_ULP = 2.0 ** -7  # bf16 keeps 8 significant bits: two roundings may differ by one unit in the last place
 
 
@@ -103,7 +114,7 @@ def test_combination_and_gradient_split_equal_torchs(dtype, batch, hidden, maske
         ops.combine_backward(grad, attentional, d_pre, feed, mask)
         d_h, below, assigned = torch.empty(batch, hidden), rand(batch, hidden, seed=400), torch.empty(batch, hidden)
         ops.split_grad(d_xh, d_h, below, mask)
-        ops.split_grad(d_xh, torch.empty(batch, hidden), assigned, accumulate=False)
+        ops.split_grad(d_xh, torch.empty(batch, hidden), assigned, mask, accumulate=False)
         results.append((attentional, out, d_pre, d_h, below, assigned))
     for name, fused, reference in zip(["attentional", "out", "d_pre", "d_h", "below", "assigned"], *results):
         close(fused, reference, dtype if name in ("out", "d_pre") else torch.float32)
@@ -125,19 +136,26 @@ def test_nonlinearities_hold_at_the_extremes():
 
 
 @needs_kernels
-@pytest.mark.parametrize("bf16", [False, True])
-def test_recurrence_on_kernels_equals_recurrence_on_torch(monkeypatch, bf16):
+@pytest.mark.parametrize("attention,input_feed,layers,bf16", [
+    ("general", True, 2, False), ("dot", True, 3, False), ("general", False, 2, False), ("general", True, 1, False),
+    ("general", True, 2, True),
+])
+def test_recurrence_on_kernels_equals_recurrence_on_torch(monkeypatch, attention, input_feed, layers, bf16):
     """The whole training recurrence, forward and backward, dropout on: the kernels change no result beyond
     float32 rounding (bf16: beyond what the compute dtype's rounding allows)."""
     from test_recurrence import outputs_and_gradients
 
-    fused = outputs_and_gradients(True, dtype=torch.float32, bf16=bf16)
+    calls = []
+    cell_forward = kernels.cell_forward
+    monkeypatch.setattr(kernels, "cell_forward", lambda *args: calls.append(1) or cell_forward(*args))
+    fused = outputs_and_gradients(True, attention, input_feed, layers, dtype=torch.float32, bf16=bf16)
+    assert calls, "the kernels ran"
     monkeypatch.setattr(recurrence.kernels, "usable", lambda *args: False)
-    reference = outputs_and_gradients(True, dtype=torch.float32, bf16=bf16)
-    tolerance = dict(rtol=0.05, atol=0.02) if bf16 else dict(rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(fused[0], reference[0], **tolerance)
-    for name, grad in reference[1].items():
-        torch.testing.assert_close(fused[1][name], grad, **tolerance, msg=lambda m, n=name: f"{n}: {m}")
+    reference = outputs_and_gradients(True, attention, input_feed, layers, dtype=torch.float32, bf16=bf16)
+    tolerance = 0.02 if bf16 else 1e-5  # of each tensor's norm
+    for name, expected in [("outputs", reference[0]), *reference[1].items()]:
+        actual = fused[0] if name == "outputs" else fused[1][name]
+        assert float((actual - expected).norm()) <= tolerance * float(expected.norm()), name
 
 
 def test_without_a_compiler_the_recurrence_runs_on_torch(monkeypatch, tmp_path, caplog):
@@ -152,17 +170,17 @@ def test_without_a_compiler_the_recurrence_runs_on_torch(monkeypatch, tmp_path, 
     monkeypatch.delenv("CC")
     monkeypatch.setenv("NMT_CPU_KERNELS", "0")
     assert kernels._build() == (None, "NMT_CPU_KERNELS=0")
-    kernels.library.cache_clear()
+    kernels._loaded.cache_clear()
     try:
         with caplog.at_level(logging.INFO, logger="nmt.model.kernels"):
             assert kernels.library() is None
-            assert not kernels.usable(torch.float32, torch.zeros(1))
+            assert not kernels.usable(torch.float32, torch.float32, torch.zeros(1))
         assert "fused CPU kernels unavailable (NMT_CPU_KERNELS=0)" in caplog.text
         from test_recurrence import outputs_and_gradients
         outputs, gradients = outputs_and_gradients(True, dtype=torch.float32)
         assert torch.isfinite(outputs).all() and all(torch.isfinite(g).all() for g in gradients.values())
     finally:
-        kernels.library.cache_clear()
+        kernels._loaded.cache_clear()
 
 
 def x86_64_v3() -> bool:

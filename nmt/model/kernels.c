@@ -19,11 +19,11 @@ static inline float from_bf16(uint16_t v) {
     return f;
 }
 
-static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch does */
+static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch does; a NaN stays a NaN */
     uint32_t u;
     memcpy(&u, &f, 4);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
 }
 
 static inline float load(const void *base, long i, int bf) {
@@ -58,7 +58,12 @@ static inline float exp_(float x) {
 
 static inline float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }
 
-static inline float tanh_(float x) { return 2.0f / (1.0f + exp_(-2.0f * x)) - 1.0f; }
+/* near 0, where 2 / (1 + e^-2x) - 1 would cancel, its Taylor series (to x^7: error < 3e-11 below 0.1) */
+static inline float tanh_(float x) {
+    float x2 = x * x;
+    float series = x * (1.0f + x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f + x2 * (-17.0f / 315.0f))));
+    return x2 < 0.01f ? series : 2.0f / (1.0f + exp_(-2.0f * x)) - 1.0f;
+}
 
 /* One LSTM layer at one step. pre (B, 4H) in the compute dtype is the gate product, `add` (B, 4H) or one
    row (add_stride 0) float32 what is added to it; gates in the order i, f, g, o. Writes act (B, 4H):
@@ -151,8 +156,8 @@ void cell_backward(int B, int H, int bf, const float *d_h, float *d_cell, const 
 }
 
 /* Splits a layer's input gradient d_xh (B, width + H), compute dtype: d_h (B, H) = its h part; its input
-   part (B, width) goes to `below`, added times `mask` if `accumulate` (the layer beneath's h), else
-   assigned (the input feed). */
+   part (B, width), times `mask` if given, goes to `below`: added if `accumulate` (the layer beneath's h),
+   else assigned (the input feed). */
 KERNEL split_grad_impl(int B, int H, const void *restrict d_xh, long d_stride, int width, float *restrict d_h,
                        float *restrict below, const float *restrict mask, int accumulate, const int bf) {
     for (long b = 0; b < B; b++) {
@@ -164,12 +169,10 @@ KERNEL split_grad_impl(int B, int H, const void *restrict d_xh, long d_stride, i
             continue;
         float *bl = below + b * width;
         const float *m = mask ? mask + b * width : 0;
-        if (accumulate)
-            for (long j = 0; j < width; j++)
-                bl[j] += m ? load(d_xh, row + j, bf) * m[j] : load(d_xh, row + j, bf);
-        else
-            for (long j = 0; j < width; j++)
-                bl[j] = load(d_xh, row + j, bf);
+        for (long j = 0; j < width; j++) {
+            float v = m ? load(d_xh, row + j, bf) * m[j] : load(d_xh, row + j, bf);
+            bl[j] = accumulate ? bl[j] + v : v;
+        }
     }
 }
 

@@ -6,7 +6,8 @@ and, under bf16, a conversion. On a CPU those, not the matrix products, are what
 time on beyond the products. `kernels.c` does each layer's step, the attention's step and the attentional
 vector's step in one pass, forward and backward, with the same arithmetic (float32 states and gates, the
 compute dtype for what the products read, rounded as torch rounds); its exp is a polynomial accurate to a
-few float32 ulps, so results agree with PyTorch's operations to float32 rounding, not bit for bit.
+few float32 ulps (tanh near 0 a series), so results agree with PyTorch's operations to a few float32
+rounding errors, not bit for bit. They run on the calling thread only.
 
 The library is compiled with the system's C compiler (`$CC`, else `cc`) for this CPU (`-march=native`)
 into `$NMT_CACHE/kernels/`, under a name that covers the source, the compiler and the CPU's flags (Zen 3
@@ -24,6 +25,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -58,9 +60,9 @@ def _cpu_flags() -> str:
     return platform.processor() + platform.machine()
 
 
-def _compiler_version(compiler: str) -> str:
+def _compiler_version(compiler: list[str]) -> str:
     try:
-        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -69,34 +71,32 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
     """The loaded library and how it was found, or None and why not. (Tests build for other CPUs' flags.)"""
     if os.environ.get("NMT_CPU_KERNELS", "").lower() in ("0", "off", "no", "false", "torch"):
         return None, "NMT_CPU_KERNELS=0"
-    compiler = shutil.which(os.environ.get("CC") or "cc")
+    command = shlex.split(os.environ.get("CC") or "cc")  # CC may carry arguments: "ccache gcc"
+    compiler = shutil.which(command[0]) if command else None
     if compiler is None:
         return None, f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), _compiler_version(compiler).encode(),
-                                     _cpu_flags().encode()])).hexdigest()[:20]
     folder = Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt")) / "kernels"
-    target = folder / f"recurrence-{key}.so"
-    how = f"cached {target}"
-    if not target.exists():
-        try:
+    try:
+        key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(command + flags).encode(),
+                                         _compiler_version([compiler, *command[1:]]).encode(),
+                                         _cpu_flags().encode()])).hexdigest()[:20]
+        target = folder / f"recurrence-{key}.so"
+        how = f"cached {target}"
+        if not target.exists():
             folder.mkdir(parents=True, exist_ok=True)
             # built under a name of its own, then renamed: ranks of one torchrun job may build at once
             with tempfile.TemporaryDirectory(dir=folder) as tmp:
                 built = Path(tmp) / target.name
-                done = subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE)], capture_output=True,
-                                      text=True, timeout=300)
+                done = subprocess.run([compiler, *command[1:], *flags, "-o", str(built), str(SOURCE)],
+                                      capture_output=True, text=True, timeout=300)
                 if done.returncode != 0:
-                    first = (done.stderr.strip().splitlines() or ["no message"])[0]
-                    return None, f"{compiler} failed: {first}"
+                    lines = done.stderr.strip().splitlines() or ["no message"]
+                    return None, f"{compiler} failed: {next((x for x in lines if 'error' in x), lines[0])}"
                 os.replace(built, target)
-        except (OSError, subprocess.SubprocessError) as error:
-            return None, f"could not build into {folder}: {error}"
-        how = f"built {target}"
-    try:
+            how = f"built {target}"
         lib = ctypes.CDLL(str(target))
-    except OSError as error:
-        return None, f"could not load {target}: {error}"
+    except (OSError, subprocess.SubprocessError) as error:
+        return None, f"could not build or load them in {folder}: {error}"
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
         getattr(lib, name).restype = None
@@ -104,24 +104,31 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
 
 
 @functools.cache
-def library() -> ctypes.CDLL | None:
-    """The kernels, built or found once per process; None where they cannot be (the reason is logged)."""
+def _loaded() -> tuple[ctypes.CDLL | None, str]:
     lib, how = _build()
     if lib is None:
         log.info("fused CPU kernels unavailable (%s): the recurrence uses PyTorch's operations", how)
     else:
         log.info("fused CPU kernels: %s", how)
-    return lib
+    return lib, how
+
+
+def library() -> ctypes.CDLL | None:
+    """The kernels, built or found once per process; None where they cannot be (the reason is logged)."""
+    return _loaded()[0]
 
 
 def describe() -> str:
     """For `nmt bench`: which element-wise path the CPU recurrence takes."""
-    return "fused C kernels" if library() is not None else f"PyTorch operations ({_build()[1]})"
+    lib, how = _loaded()
+    return "fused C kernels" if lib is not None else f"PyTorch operations ({how})"
 
 
-def usable(acc: torch.dtype, *tensors: Tensor) -> bool:
-    """Whether the recurrence's step can run on the kernels: CPU tensors, float32 states, built library."""
-    return acc == torch.float32 and all(t.device.type == "cpu" for t in tensors) and library() is not None
+def usable(acc: torch.dtype, compute: torch.dtype, *tensors: Tensor) -> bool:
+    """Whether the recurrence's steps can run on the kernels: CPU tensors, float32 states and gates, float32
+    or bf16 products, and a library."""
+    return (acc == torch.float32 and compute in (torch.float32, torch.bfloat16)
+            and all(t.device.type == "cpu" for t in tensors) and library() is not None)
 
 
 def _ptr(t: Tensor | None) -> int | None:

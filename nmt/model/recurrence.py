@@ -77,7 +77,7 @@ class Recurrence(torch.autograd.Function):
 def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, rest) -> Tensor:
     n_layers, cd = spec.layers, spec.dtype
     acc = torch.promote_types(cd, torch.float32)  # dtype of gates, cell states and softmax
-    ops = kernels if kernels.usable(acc, emb_gates) else TorchSteps
+    ops = kernels if kernels.usable(acc, cd, emb_gates) else TorchSteps
     h0, c0, w = rest[:n_layers], rest[n_layers:2 * n_layers], rest[2 * n_layers:]
     steps, batch, four_h = emb_gates.shape
     hidden, feed = four_h // 4, w[0].shape[1]
