@@ -71,7 +71,10 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
     """The loaded library and how it was found, or None and why not. (Tests build for other CPUs' flags.)"""
     if os.environ.get("NMT_CPU_KERNELS", "").lower() in ("0", "off", "no", "false", "torch"):
         return None, "NMT_CPU_KERNELS=0"
-    command = shlex.split(os.environ.get("CC") or "cc")  # CC may carry arguments: "ccache gcc"
+    try:
+        command = shlex.split(os.environ.get("CC") or "cc")  # CC may carry arguments: "ccache gcc"
+    except ValueError:  # unbalanced quotes
+        command = []
     compiler = shutil.which(command[0]) if command else None
     if compiler is None:
         return None, f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
