@@ -7,6 +7,7 @@ import torch
 
 from nmt import cli
 from nmt.device import resolve_precision
+from nmt.model import kernels
 from tests.conftest import TINY_CONFIG, run_nmt
 
 FIGURES = ("train_tokens_per_sec", "matmul_gflops", "fraction_of_flop_bound", "greedy_sentences_per_sec",
@@ -33,6 +34,10 @@ def test_bench_reports_every_figure_as_its_last_line_and_in_the_json_file(tmp_pa
     if not with_checkpoint:  # the bench's own model translates
         assert report["decoded_parameters"] == report["parameters"]
     assert "beam-5 sentences/s" in result.stdout
+    # the tiny model's general attention runs the fused recurrence: on its C kernels where they build
+    expected = kernels.describe()
+    assert report["recurrence_steps"] == expected
+    assert any(line.startswith("decoder loop steps") and line.endswith(expected) for line in result.stdout.splitlines())
 
 
 def test_bench_names_the_size_of_a_checkpoint_that_is_not_the_configs_model(tmp_path, tiny_run):

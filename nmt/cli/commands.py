@@ -130,7 +130,7 @@ def bench(args) -> int:
     if report["decoded_parameters"] != report["parameters"]:
         rows.append(("decoded model", f"{report['decoded_parameters']:,} parameters (the checkpoint's)"))
     if "products" in report:
-        rows.append(("products", report["products"]))
+        rows += [("products", report["products"]), ("decoder loop steps", report["recurrence_steps"])]
     if "train_tokens_per_sec" in report:
         rows += [
             ("training target tokens/s", f"{report['train_tokens_per_sec']:,.0f}"),
