@@ -165,8 +165,8 @@ def run_bench(args) -> dict:
     if device.type == "cpu":
         routes = gemm.routes()
         report.update(cpu=describe_cpu(), products=routes.describe(), product_timings_ms=routes.milliseconds,
-                      recurrence_steps=kernels.describe() if cfg.train.fused_recurrence
-                      and cfg.model.attention in ("dot", "general") else "autograd step loop")
+                      recurrence_steps=kernels.describe() if trainer.model.decoder.runs_recurrence
+                      else "autograd step loop")
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         report["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20

@@ -74,8 +74,6 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         if self.device.type == "cpu":
             gemm.routes()  # a first run on a machine times the product routes: not inside the training budget
-            if cfg.train.fused_recurrence:
-                kernels.library()  # and builds the recurrence's kernels
         if data is None:
             data = prepare_on_each_node(cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None,
                                         world)
@@ -86,6 +84,8 @@ class Trainer:
         fused = fused is True or (fused == "auto" and self.device.type == "cpu")
         self.model = Seq2Seq(cfg.model, len(self.tokenizer.src), len(self.tokenizer.tgt),
                              fused_recurrence=fused).to(self.device)
+        if self.device.type == "cpu" and self.model.decoder.runs_recurrence:
+            kernels.library()  # a first run on a machine builds the recurrence's kernels, before the clock starts
         self.train_model = self.model
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel

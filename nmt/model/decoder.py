@@ -133,13 +133,18 @@ class Decoder(nn.Module):
         feed = attentional if self.input_feed else state.feed
         return attentional, DecoderState(hs, cs, feed), weights
 
+    @property
+    def runs_recurrence(self) -> bool:
+        """Whether training runs `recurrence.Recurrence` (it covers dot and general attention only)."""
+        return self.fused_recurrence and self.attention.kind in ("dot", "general")
+
     def forward(self, tgt_in: torch.Tensor, memory: Memory, state: DecoderState,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V), or (n, V) for the n positions where
         `keep` (B, T) is True: the loss skips padding, so the output projection need not compute it."""
         emb_gates = self._embedding_gates(tgt_in.t())  # (T, B, 4H), all steps at once, a step's rows together
         masks = self._step_masks(tgt_in.size(1), tgt_in.size(0), tgt_in.device)
-        if self.fused_recurrence and self.attention.kind in ("dot", "general"):
+        if self.runs_recurrence:
             outputs = self._fused_steps(emb_gates, memory, state, masks)
         else:
             steps = []
