@@ -2,6 +2,7 @@
 each machine's routes are chosen by timing, cached, and overridable."""
 
 import json
+import types
 
 import pytest
 import torch
@@ -206,3 +207,26 @@ def test_a_real_measurement_gives_a_complete_decision():
                                         "bulk_onednn", "gradients_torch", "gradients_onednn", "search_plain",
                                         "search_prepacked"}
     assert all(ms > 0 for ms in routes.milliseconds.values())
+
+
+@pytest.mark.parametrize("faster", ["onednn", "torch"])
+def test_a_slow_spell_while_one_route_is_timed_does_not_decide_against_it(monkeypatch, faster):
+    """On a simulated clock the faster route runs five times slower for seven calls after its first, more than
+    one route's whole timing takes: the routes take turns, so its later rounds still count and it is chosen."""
+    clock = {"now": 0.0, "calls": 0}
+
+    def route(name):
+        def run(x, weight):
+            cost = 0.5 if name == faster else 1.0
+            if name == faster:
+                clock["calls"] += 1
+                cost *= 5 if 2 <= clock["calls"] <= 8 else 1
+            clock["now"] += cost
+        return run
+
+    monkeypatch.setattr(gemm, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(gemm, "F", types.SimpleNamespace(linear=route("torch")))
+    monkeypatch.setattr(gemm, "_onednn_product", route("onednn"))
+    seconds: dict = {}
+    assert gemm._faster([(None, None)], 2, seconds, "gradients") == faster
+    assert seconds[f"gradients_{faster}"] == pytest.approx(0.5)

@@ -174,3 +174,37 @@ def test_on_avx2_kernels_an_explicit_bf16_decode_runs_with_one_warning(tiny_run,
         assert len(out.read_text(encoding="utf-8").splitlines()) == 3
         assert result.stderr.count("--precision=bf16 on a CPU without native bfloat16") == 1
         out.unlink()
+
+
+ZEN5_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu avx2 avx512f avx512_bf16
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+"""
+
+
+def test_the_cpu_is_named_by_family_and_model_where_the_name_alone_is_shared():
+    """Zen 3, 4 and 5 virtual machines all call themselves 'AMD EPYC'; the product routes' cache and the bench
+    report must still tell them apart. The first processor's block is the one read."""
+    assert device._name_from_cpuinfo(ZEN5_CPUINFO) == "AMD EPYC (family 26, model 2)"
+    assert device._name_from_cpuinfo("model name\t: Some CPU\n") == "Some CPU"
+    assert device._name_from_cpuinfo("processor\t: 0\nmodel name\t: X\ncpu family\t: ?\nmodel\t: 1\n") == "X"
+    with pytest.raises(ValueError):
+        device._name_from_cpuinfo("processor\t: 0\nBogoMIPS\t: 50.00\n")
+
+
+def test_the_cached_product_routes_are_keyed_by_the_cpus_family_and_model(monkeypatch):
+    from nmt.model import gemm
+
+    monkeypatch.setattr(gemm, "cpu_name", lambda: device._name_from_cpuinfo(ZEN5_CPUINFO))
+    zen5 = gemm._machine_key()
+    monkeypatch.setattr(gemm, "cpu_name", lambda: device._name_from_cpuinfo(ZEN5_CPUINFO.replace("26", "25", 1)))
+    assert gemm._machine_key() != zen5 and "family 26, model 2" in zen5
