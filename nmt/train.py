@@ -138,8 +138,7 @@ class Trainer:
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        log.info("resuming at step %d (epoch %d, batch %d)", self.progress.step, self.progress.epoch,
-                 self.progress.batch_in_epoch)
+        log.info("continuing epoch %d after its first %d batches", self.progress.epoch, self.progress.batch_in_epoch)
 
     def save(self, *names: str) -> None:
         self.saved_at = self.progress.elapsed
