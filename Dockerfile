@@ -12,6 +12,16 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
+# A C compiler: the training recurrence's element-wise kernels (nmt/model/kernels.c) are compiled at first
+# use for the CPU they run on, so a run without --gpus trains at the speed it does outside the image rather
+# than on PyTorch's slower operations. It is small beside torch's CUDA libraries. The base image's Debian
+# release fixes the versions, hence no pins.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+ENV CC=gcc
+
 # Dependencies in layers of their own (torch, then the rest read from pyproject.toml): editing the code
 # does not reinstall them.
 RUN pip install --no-cache-dir torch==2.13.0

@@ -76,3 +76,13 @@ def test_the_image_keeps_caches_and_runs_on_its_volumes_and_ships_no_runs():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", "runs", "**/*.pt"):
         assert entry in ignored
+
+
+def test_the_image_has_the_compiler_the_cpu_kernels_are_built_with():
+    """Without one, a CPU run in the container would train on PyTorch's slower operations (nmt/model/kernels.py
+    builds with $CC, else cc)."""
+    instructions = dockerfile_instructions()
+    compiler = re.search(r"\bCC=(\S+)", " ".join(instructions["ENV"]))
+    assert compiler, "the image sets no CC"
+    installs = [run for run in instructions["RUN"] if "apt-get install" in run]
+    assert any(re.search(rf"\b{re.escape(compiler.group(1))}\b", run) and "libc6-dev" in run for run in installs)
