@@ -55,7 +55,7 @@ def _name_from_cpuinfo(text: str) -> str:
             continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name") or fields.get("Model") or fields.get("Hardware")
+    name = fields.get("model name")
     if not name:
         raise ValueError("no model name")
     family, model = fields.get("cpu family"), fields.get("model")
