@@ -2,18 +2,76 @@
 
 An output may not be a file the command reads (its input, the checkpoint), a folder, or a symbolic link
 (replacing a link's target silently is how a mistyped path destroys a file elsewhere), and its folder must
-exist. Content goes to a temporary file beside the target, renamed over it when complete, so an
-interrupted write leaves the previous file, never half of a new one.
+exist. A file that already exists is replaced only if nmt wrote it and it has not changed since (same
+size, modification time and inode as when written; recorded in `$NMT_CACHE/written.json`), so running a
+command again replaces its own output, while a file the user wrote or edited needs `--overwrite`. Content
+goes to a temporary file beside the target, renamed over it when complete, so an interrupted write leaves
+the previous file, never half of a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from nmt.cache import cache_root
 from nmt.errors import NMTError
+
+log = logging.getLogger(__name__)
+
+# the files recorded at most; the oldest go first (a record lost only means asking for --overwrite)
+MAX_RECORDED = 5000
+
+
+def _record_file() -> Path:
+    return cache_root() / "written.json"
+
+
+def _identity(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def _read_record(record: Path) -> dict[str, list[int]]:
+    try:
+        files = json.loads(record.read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):  # none yet, or damaged: start again
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def written_by_nmt(path: Path) -> bool:
+    """Whether nmt wrote `path` and nothing changed it since."""
+    identity = _identity(path)
+    return identity is not None and _read_record(_record_file()).get(str(path.resolve())) == identity
+
+
+def remember(path: Path) -> None:
+    """Record `path` as nmt's. Best effort: if the cache cannot be written, a later run asks for
+    --overwrite, which is the safe side."""
+    record = _record_file()
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with open(record.with_name(record.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two commands finishing at once: neither loses the other's entry
+            files = {name: identity for name, identity in _read_record(record).items()
+                     if _identity(Path(name)) == identity}  # forget files deleted or changed since
+            files.pop(str(path.resolve()), None)
+            files[str(path.resolve())] = _identity(path)
+            kept = dict(list(files.items())[-MAX_RECORDED:])
+            partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
+            partial.write_text(json.dumps({"version": 1, "files": kept}), encoding="utf-8")
+            os.replace(partial, record)
+    except OSError as error:
+        log.debug("could not record %s as written by nmt: %s", path, error)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -24,9 +82,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output(path: str | Path, *, reads: Iterable[str | Path] = (), flag: str = "--output",
-                 folder_checked: bool = False) -> Path:
+                 folder_checked: bool = False, overwrite: bool = False) -> Path:
     """`path`, if it is safe to write; else one line naming it, why, and what to do. `folder_checked`: its
-    folder may not exist yet, the command creates it (`check_output_folder` approved it)."""
+    folder may not exist yet, the command creates it (`check_output_folder` approved it). `overwrite`: the
+    user allowed replacing an existing file nmt did not write."""
     path = Path(path)
     if path.is_symlink():
         raise NMTError(f"{flag} {path}: is a symbolic link; give the path of the file itself")
@@ -38,6 +97,9 @@ def check_output(path: str | Path, *, reads: Iterable[str | Path] = (), flag: st
         if _same_file(path, Path(source)):
             raise NMTError(f"{flag} {path}: is also a file this command reads ({source}); writing it would "
                            "destroy it; choose another output path")
+    if path.exists() and not overwrite and not written_by_nmt(path):
+        raise NMTError(f"{flag} {path}: already exists and nmt did not write it (or it changed since); choose "
+                       "another path, or add --overwrite to replace it")
     return path
 
 
@@ -60,6 +122,7 @@ def replacing(path: Path) -> Iterator[Path]:
     try:
         yield partial
         os.replace(partial, path)
+        remember(path)
     except OSError as error:
         raise NMTError(f"{path}: cannot write ({error.strerror or error})") from None
     finally:

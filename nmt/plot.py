@@ -16,11 +16,12 @@ from nmt.metrics_log import read_metrics  # noqa: E402
 from nmt.outputs import check_output, replacing  # noqa: E402
 
 
-def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) -> Path:
     """Loss, validation BLEU, learning rate and pre-clip gradient norm against steps, in one PNG."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise NMTError(f"{path}: not found; is {run_dir} a run directory?")
+    out = check_output(out or run_dir / "curves.png", reads=[path], flag="--out", overwrite=overwrite)
     records = read_metrics(path)
     steps = [r for r in records if "loss" in r and r.get("event") is None and r["loss"] is not None]
     valid = [r for r in records if "valid_loss" in r]
@@ -67,7 +68,6 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     ax.grid(alpha=0.3, which="both")
 
     fig.tight_layout()
-    out = check_output(out or run_dir / "curves.png", reads=[run_dir / "metrics.jsonl"], flag="--out")
     with replacing(out) as partial:
         fig.savefig(partial, dpi=110)
     plt.close(fig)

@@ -22,7 +22,7 @@ from nmt.config import load_config
 from nmt.device import resolve_device, resolve_precision
 from nmt.errors import NMTError
 from nmt.metrics_log import read_metrics
-from nmt.outputs import check_output_folder, write_text
+from nmt.outputs import check_output, check_output_folder, write_text
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def run_study(args) -> tuple[str, list[Path]]:
     """Train every setting, then write study.md, study.json and the pictures; returns the table and them."""
-    from nmt.study_plots import plot_study
+    from nmt.study_plots import FIGURES, plot_study
 
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise NMTError(f"--minutes {args.minutes:g}: must be a finite number above 0")
@@ -170,6 +170,8 @@ def run_study(args) -> tuple[str, list[Path]]:
     out = check_output_folder(args.out, flag="--out")
     if (out / "study.json").exists():
         raise NMTError(f"{out} already holds a study; choose another --out")
+    for name in ("study.md", "study.json", *FIGURES):
+        check_output(out / name, flag="--out", folder_checked=True, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, setting in enumerate(settings, 1):

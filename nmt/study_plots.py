@@ -14,6 +14,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from nmt.metrics_log import read_metrics  # noqa: E402
 from nmt.outputs import replacing  # noqa: E402
 
+FIGURES = ("loss.png", "grad_norm.png", "norm_vs_length.png")  # what plot_study writes, in its order
+
 
 def _steps(row: dict) -> list[dict]:
     path = Path(row["run_dir"]) / "metrics.jsonl"
@@ -67,7 +69,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
            ylabel="cross-entropy (nats per target token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    paths.append(_save(fig, out / "loss.png"))
+    paths.append(_save(fig, out / FIGURES[0]))
 
     fig, axes = _grid(len(rows))
     for ax, row in zip(axes, rows):
@@ -86,7 +88,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="upper right")
     fig.suptitle("Gradient norm before clipping, every step")
-    paths.append(_save(fig, out / "grad_norm.png"))
+    paths.append(_save(fig, out / FIGURES[1]))
 
     fig, axes = _grid(len(rows))
     for ax, row in zip(axes, rows):
@@ -113,7 +115,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("Gradient norm against target length, second half of each run (past the early transient)")
-    paths.append(_save(fig, out / "norm_vs_length.png"))
+    paths.append(_save(fig, out / FIGURES[2]))
     return paths
 
 

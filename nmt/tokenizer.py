@@ -20,6 +20,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
+from nmt.cache import cache_root
 from nmt.config import TokenizerConfig
 from nmt.errors import NMTError
 
@@ -30,7 +31,7 @@ SPECIALS = 4
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt")) / "sentencepiece"
+    return cache_root() / "sentencepiece"
 
 
 class Side:

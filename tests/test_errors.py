@@ -130,7 +130,7 @@ def test_output_is_not_left_half_written(tmp_path, tiny_run, subcommand):
     bad_input.write_bytes(b"ok\n\xff\xfe\n")
     if subcommand == "translate":
         result = run_nmt("translate", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), "--input",
-                         str(bad_input), "--output", str(out))
+                         str(bad_input), "--output", str(out), "--overwrite")  # allowed, yet kept whole
         check_error(result, "bad.en:2: invalid UTF-8")
     else:
         result = run_nmt("evaluate", "--hyp", str(bad_input), "--ref", str(TINY_DATA / "test.de"))

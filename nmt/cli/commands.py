@@ -52,7 +52,7 @@ def evaluate(args) -> int:
 def average(args) -> int:
     from nmt import checkpoint
     from nmt.errors import NMTError
-    from nmt.outputs import check_output
+    from nmt.outputs import check_output, remember
 
     if args.last is not None:
         if args.checkpoints or not args.run_dir or args.last < 2:
@@ -64,8 +64,9 @@ def average(args) -> int:
         paths = kept[-args.last:]
     else:
         paths = [Path(p) for p in args.checkpoints]
-    out = check_output(args.out, reads=paths, flag="--out")
+    out = check_output(args.out, reads=paths, flag="--out", overwrite=args.overwrite)
     checkpoint.save(checkpoint.average(paths), out)
+    remember(out)
     print(f"{out}: the average of {len(paths)} checkpoints ({', '.join(p.name for p in paths)})")
     return 0
 
@@ -105,7 +106,7 @@ def serve(args) -> int:
 def plot(args) -> int:
     from nmt.plot import plot_run
 
-    print(plot_run(Path(args.run_dir), Path(args.out) if args.out else None))
+    print(plot_run(Path(args.run_dir), Path(args.out) if args.out else None, overwrite=args.overwrite))
     return 0
 
 
@@ -119,7 +120,8 @@ def bench(args) -> int:
         if value < least:
             raise NMTError(f"{flag} {value}: must be at least {least}")
     if args.json_out:
-        check_output(args.json_out, reads=[args.checkpoint] if args.checkpoint else [], flag="--json")
+        check_output(args.json_out, reads=[args.checkpoint] if args.checkpoint else [], flag="--json",
+                     overwrite=args.overwrite)
     report = run_bench(args)
     rows = [
         ("device", report.get("cpu", report["device"])),

@@ -6,6 +6,12 @@ from __future__ import annotations
 import argparse
 
 
+def _add_overwrite(p, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} even if nmt did not write it (by default only nmt's own unchanged "
+                        "output is replaced)")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (default: Multi30k en->de from the hub)")
     p.add_argument("--config", help="YAML config; default: the packaged configs/multi30k_en_de.yaml settings")
@@ -43,6 +49,7 @@ def _add_translate(sub) -> None:
                    help="write K lines per input line: score<TAB>translation, best first")
     p.add_argument("--attention-plots", metavar="DIR", help="write one attention heatmap PNG per sentence")
     p.add_argument("--plot-first", type=int, default=10, metavar="N", help="plot only the first N sentences")
+    _add_overwrite(p, "an existing --output file or attention plot")
     _add_decoding_options(p)
 
 
@@ -68,6 +75,7 @@ def _add_average(sub) -> None:
                    help="instead: the last N step_*.pt of --run-dir (train with train.keep_checkpoints=N)")
     p.add_argument("--run-dir", help="the run whose kept checkpoints --last takes")
     p.add_argument("--out", required=True, help="the averaged checkpoint to write (never one of the inputs)")
+    _add_overwrite(p, "an existing --out file")
 
 
 def _add_evaluate(sub) -> None:
@@ -83,6 +91,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--tgt-lang")
     p.add_argument("--out", help="folder for the hypotheses and scores (default: the checkpoint's run)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_overwrite(p, "existing hypotheses and scores files in --out")
     _add_decoding_options(p)
 
 
@@ -90,6 +99,7 @@ def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="draw a run's curves from metrics.jsonl to PNG")
     p.add_argument("run_dir")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    _add_overwrite(p, "an existing PNG")
 
 
 def _add_bench(sub) -> None:
@@ -102,6 +112,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--decode-sentences", type=int, default=1000, help="test sentences to decode")
     p.add_argument("--skip-train", action="store_true", help="only decoding")
     p.add_argument("--json", dest="json_out", help="also write the JSON line to this file")
+    _add_overwrite(p, "an existing --json file")
 
 
 def _add_study(sub) -> None:
@@ -112,6 +123,7 @@ def _add_study(sub) -> None:
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--minutes", type=float, default=4.0, help="training budget per setting")
     c.add_argument("--out", default="runs/clipping_study", help="output folder")
+    _add_overwrite(c, "files in --out that are not a study's (study.md, the PNGs)")
     c.add_argument("--only", nargs="+", type=int, metavar="N",
                    help="keep only these default settings (numbered from 1 in the order of the table)")
     c.add_argument("--add", action="append", default=[], metavar="OPT:LR:CLIP", help="add a setting, e.g. sgd:2.0:5")

@@ -69,7 +69,8 @@ def _one_line(text: str) -> str:
 def translate_command(args) -> int:
     check_decoding_flags(args)
     if args.output != "-":
-        check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []))
+        check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []),
+                     overwrite=args.overwrite)
     if args.attention_plots:
         check_output_folder(args.attention_plots, flag="--attention-plots")
     device = resolve_device(args.device)
@@ -98,6 +99,10 @@ def translate_command(args) -> int:
         lines = [line.rstrip("\r") for line in lines]
     else:
         lines = read_text_lines(Path(args.input))
+    # line number -> its heatmap, checked before the work like every output (blank lines have no heatmap)
+    plots = {i: check_output(Path(args.attention_plots) / f"attention_{i + 1:04d}.png", flag="--attention-plots",
+                             folder_checked=True, overwrite=args.overwrite)
+             for i, line in enumerate(lines[: args.plot_first]) if keep_attention and line.strip()}
     hypotheses = run(lines, progress=args.output != "-" or not sys.stdout.isatty())
     if nbest > 1:
         out = format_nbest(hypotheses, tokenizer)
@@ -112,17 +117,15 @@ def translate_command(args) -> int:
     if keep_attention:
         from nmt.plot import plot_attention
 
-        folder = Path(args.attention_plots)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, (line, hyps) in enumerate(zip(lines[: args.plot_first], hypotheses)):
-            best = hyps[0]
-            if best.attention is None or not line.strip():
+        Path(args.attention_plots).mkdir(parents=True, exist_ok=True)
+        for i, path in plots.items():
+            best = hypotheses[i][0]
+            if best.attention is None:
                 continue
-            src_ids = translator.encode([line])[0]
+            src_ids = translator.encode([lines[i]])[0]
             plot_attention(best.attention, tokenizer.src.pieces(src_ids) + ["</s>"],
-                           tokenizer.tgt.pieces(best.tokens) + ["</s>"], folder / f"attention_{i + 1:04d}.png",
-                           title=f"line {i + 1}")
-        log.info("attention plots written to %s", folder)
+                           tokenizer.tgt.pieces(best.tokens) + ["</s>"], path, title=f"line {i + 1}")
+        log.info("attention plots written to %s", args.attention_plots)
     return 0
 
 
@@ -147,9 +150,9 @@ def evaluate_command(args) -> dict:
     # named by checkpoint(s) and beam, so that it never replaces the run's own test.hyp.*, which results.json
     # describes (an ensemble's names are joined by +, cut to keep the file name short)
     stem = f"{args.split}.{'+'.join(Path(c).stem for c in args.checkpoint)[:100]}.beam{translator.beam_size}"
-    hyp_path = check_output(out / f"{stem}.hyp.{cfg.tgt_lang}", reads=args.checkpoint, flag="--out",
-                            folder_checked=True)
-    scores_path = check_output(out / f"{stem}.scores.json", reads=args.checkpoint, flag="--out", folder_checked=True)
+    hyp_path, scores_path = (check_output(out / name, reads=args.checkpoint, flag="--out", folder_checked=True,
+                                          overwrite=args.overwrite)
+                             for name in (f"{stem}.hyp.{cfg.tgt_lang}", f"{stem}.scores.json"))
     hypotheses = translator.translate(corpus.src, progress=sys.stderr.isatty())
     out.mkdir(parents=True, exist_ok=True)
     write_lines(hyp_path, [_one_line(h) for h in hypotheses])

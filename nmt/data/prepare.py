@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nmt.cache import cache_root
 from nmt.config import Config
 from nmt.data import store
 from nmt.data.encode import ChunkEncoder, encode_in_worker, start_worker
@@ -36,7 +37,7 @@ from nmt.data.sources import Corpus, drop_empty, filter_by_length, load_data
 from nmt.data.store import StoreInfo, StoreWriter, TokenizedPairs
 from nmt.distributed import World, any_rank
 from nmt.errors import NMTError
-from nmt.tokenizer import Side, Tokenizer, cache_dir, cached_model
+from nmt.tokenizer import Side, Tokenizer, cached_model
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def _limited(stream, limit: int):
 
 
 def store_root() -> Path:
-    return cache_dir().parent / "prepared"
+    return cache_root() / "prepared"
 
 
 def store_folder(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> Path:

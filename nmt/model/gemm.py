@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nmt.cache import cache_root
 from nmt.device import cpu_capability, cpu_name
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def restore_routes(previous: Routes | None) -> None:
 
 
 def _cache_file() -> Path:
-    return Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt")) / "cpu_products.json"
+    return cache_root() / "cpu_products.json"
 
 
 def _machine_key() -> str:

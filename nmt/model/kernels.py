@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from nmt.cache import cache_root
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -78,7 +80,7 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
     compiler = shutil.which(command[0]) if command else None
     if compiler is None:
         return None, f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
-    folder = Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt")) / "kernels"
+    folder = cache_root() / "kernels"
     try:
         key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(command + flags).encode(),
                                          _compiler_version([compiler, *command[1:]]).encode(),
