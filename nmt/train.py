@@ -58,6 +58,7 @@ class Progress:
     oom_batches: int = 0
     clipped_in_epoch: int = 0
     steps_in_epoch: int = 0
+    summarized_epoch: int = 0  # the last epoch whose end was logged (a signal may land after it)
 
 
 class Trainer:
@@ -271,6 +272,10 @@ class Trainer:
         reason = budget_spent(cfg, progress.step, progress.elapsed)
         self.model.train()
         with self.signals:
+            if reason is None and self._validation_abandoned():  # done first, as the uninterrupted run did
+                if self._timed_validation():
+                    reason = self._patience_ran_out()
+                reason = reason or budget_spent(cfg, progress.step, progress.elapsed)
             while reason is None and progress.epoch <= cfg.max_epochs:
                 plan = shard(plan_batches(data.train.src_lengths, data.train.tgt_lengths, batch_tokens=cfg.batch_tokens,
                                           batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=progress.epoch),
@@ -341,6 +346,12 @@ class Trainer:
                  progress.step, progress.elapsed / 60, f"{peak_mib:,.0f}")
         return reason
 
+    def _validation_abandoned(self) -> bool:
+        """A stop signal abandoned the validation `train.valid_every` asked for at this step (the checkpoint
+        it saved is of this step, not yet validated)."""
+        step, every = self.progress.step, self.cfg.train.valid_every
+        return bool(every) and step > 0 and step % every == 0 and self.progress.validated_step != step
+
     def _patience_ran_out(self) -> str:
         return f"early stopping: train.patience={self.cfg.train.patience} validations without a better BLEU"
 
@@ -367,6 +378,9 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         progress = self.progress
+        if progress.summarized_epoch == progress.epoch:  # resumed from a signal during this epoch's validation
+            return
+        progress.summarized_epoch = progress.epoch
         fraction = progress.clipped_in_epoch / max(1, progress.steps_in_epoch)
         log.info("epoch %d done: %d steps, %.1f%% of them clipped", progress.epoch, progress.steps_in_epoch,
                  100 * fraction)

@@ -152,6 +152,51 @@ def test_a_signal_during_validation_still_saves_and_says_how_to_resume(tmp_path,
     assert saved["step"] > 0 and saved["epoch"] == 1  # the first epoch's steps, before its validation
 
 
+@pytest.mark.parametrize("abandoned", [2, 3], ids=["mid-epoch validation", "end-of-epoch validation"])
+def test_a_validation_a_signal_abandoned_is_done_on_resume_as_the_straight_run_did_it(tmp_path, monkeypatch,
+                                                                                      abandoned):
+    """Steps 10, 20, 30, 40 validate (train.valid_every=10) and so does the end of the 25-batch epoch; the
+    plateau schedule makes the learning rate depend on each of them. A signal during the 2nd or 3rd
+    validation abandons it; the resumed run must do it, once, and end where the straight run ended."""
+    import signal
+
+    from nmt import train as train_module
+    from nmt.interrupt import Interrupted
+
+    options = ["--config", str(TINY_CONFIG), "--set", "train.max_steps=40", "--set", "train.valid_every=10",
+               "--set", "train.lr_schedule=plateau", "--set", "data.test_split=null", "--set", "train.threads=1"]
+
+    def history(run_dir):
+        records = read_metrics(run_dir / "metrics.jsonl")
+        return ([(r["step"], r["valid_bleu"], r["lr"]) for r in records if "valid_bleu" in r],
+                [(r["step"], r["clip_fraction"]) for r in records if r.get("event") == "epoch_end"])
+
+    assert main(["train", *options, "--run-dir", str(tmp_path / "straight")]) == 0
+    validate, calls = train_module.Trainer.validate, []
+
+    def abandoned_validation(self):
+        calls.append(self.progress.step)
+        if len(calls) == abandoned:
+            self.signals.signum = signal.SIGTERM  # as the handler does when SIGTERM lands mid-validation
+            raise Interrupted(signal.SIGTERM, "")
+        return validate(self)
+
+    monkeypatch.setattr(train_module.Trainer, "validate", abandoned_validation)
+    run_dir = tmp_path / "interrupted"
+    assert main(["train", *options, "--run-dir", str(run_dir)]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(train_module.Trainer, "validate", validate)
+    assert main(["train", "--resume", "--run-dir", str(run_dir)]) == 0
+
+    validations, epochs = history(tmp_path / "straight")
+    assert [step for step, *_ in validations] == [10, 20, 25, 30, 40] and calls[-1] == validations[abandoned - 1][0]
+    assert history(run_dir) == (validations, epochs)
+    for name in ("last.pt", "best.pt"):
+        straight = torch.load(tmp_path / "straight" / "checkpoints" / name, weights_only=True)
+        resumed = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert resumed["progress"]["step"] == straight["progress"]["step"]
+        assert all(torch.equal(resumed["model"][key], value) for key, value in straight["model"].items())
+
+
 def test_memory_freed_in_pieces_goes_back_to_the_system():
     """Training frees tensors of a new size every batch; glibc keeps such pieces in its heap, and a run grew
     to three times the memory it used. `release_free_memory` (called every 100 steps) hands them back."""
