@@ -26,6 +26,11 @@ _POSITIVE = ("a finite number above 0", lambda v: math.isfinite(v) and v > 0)
 _AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
 _AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
 _FRACTION_BELOW_1 = ("at least 0 and below 1", lambda v: 0 <= v < 1)
+# decoding settings, also given as translate's flags: bounded, since a huge ratio overflows the length limit
+# and a huge alpha the length penalty
+DECODE_RANGES = {"beam_size": _AT_LEAST_1, "length_penalty": ("at least 0 and at most 10", lambda v: 0 <= v <= 10),
+                 "max_len_ratio": ("above 0 and at most 100", lambda v: 0 < v <= 100), "batch_tokens": _AT_LEAST_1,
+                 "max_src_len": _AT_LEAST_1, "valid_beam_size": _AT_LEAST_1}
 
 
 def _check_ranges(section: str, config, rules: dict) -> None:
@@ -111,6 +116,9 @@ class ModelConfig:
         if self.hidden_size % 2:
             raise NMTError(f"model.hidden_size={self.hidden_size}: must be even (the encoder's two directions "
                            "have half each)")
+        if self.tie_embeddings and self.emb_dim != self.hidden_size:
+            raise NMTError(f"model.tie_embeddings=true needs model.emb_dim == model.hidden_size (now {self.emb_dim} "
+                           f"and {self.hidden_size}); make them equal or set model.tie_embeddings=false")
 
 
 @dataclass
@@ -211,9 +219,7 @@ class DecodeConfig:
     valid_beam_size: int = 1
 
     def __post_init__(self):
-        _check_ranges("decode", self, {"beam_size": _AT_LEAST_1, "length_penalty": _AT_LEAST_0,
-                                       "max_len_ratio": _POSITIVE, "batch_tokens": _AT_LEAST_1,
-                                       "max_src_len": _AT_LEAST_1, "valid_beam_size": _AT_LEAST_1})
+        _check_ranges("decode", self, DECODE_RANGES)
 
 
 @dataclass

@@ -26,11 +26,14 @@ from nmt.errors import NMTError
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, setting: str = "train.device") -> torch.device:
+    """`setting` names the option in messages: a config key, or a command's flag (`--device`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise NMTError("train.device=cuda but no CUDA GPU is visible; use --set train.device=cpu or auto")
+        flag = setting.startswith("--")
+        raise NMTError(f"{setting}{' ' if flag else '='}cuda but no CUDA GPU is visible; use "
+                       f"{f'{setting} cpu' if flag else f'--set {setting}=cpu'} or auto")
     return torch.device(name)
 
 

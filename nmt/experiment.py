@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -115,11 +116,12 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
         best = run_dir / "checkpoints" / "best.pt"
         trainer.model.load_state_dict(checkpoint.load(best)["model"])
         decode = cfg.decode
+        log.info("translating %s (%d sentences, beam %d) with %s", test.name, len(test.src), decode.beam_size, best)
         hypotheses = Translator(
             trainer.model, trainer.tokenizer, device=trainer.device, max_len=decode.max_src_len,
             beam_size=decode.beam_size, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
             batch_tokens=decode.batch_tokens,  # float32, as `nmt translate` decodes by default: the same BLEU
-        ).translate(test.src)
+        ).translate(test.src, progress=sys.stderr.isatty())
         hyp_path = run_dir / f"test.hyp.{cfg.data.tgt_lang}"
         write_lines(hyp_path, hypotheses)
         scores = score(hypotheses, [test.tgt])

@@ -60,7 +60,8 @@ def budget_decay_points(cfg: TrainConfig) -> list[float]:
 def budget_lr(cfg: TrainConfig, fraction: float) -> float:
     """The rate once `fraction` of the budget is spent: a pure function, so a resumed run agrees."""
     decays = sum(fraction >= point for point in budget_decay_points(cfg))
-    return max(cfg.min_lr, cfg.lr * cfg.lr_decay ** decays) if decays else cfg.lr
+    # a floor above the starting rate (Adam's 5e-5 under the default min_lr 1e-4) never raises it
+    return min(cfg.lr, max(cfg.min_lr, cfg.lr * cfg.lr_decay ** decays))
 
 
 class LRSchedule:

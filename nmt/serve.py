@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nmt.data.sources import split_lines
 from nmt.search import BeamSearch, Hypothesis
 from nmt.translate import Translator, empty_hypotheses
 
@@ -286,7 +287,7 @@ def create_app(translator: Translator, info: dict, limits: Limits, decode_thread
             return refuse(413, f"{chars} characters; at most {limits.max_chars} per request")
         if request.nbest > beam:
             return refuse(422, f"nbest {request.nbest} is more than beam_size {beam}")
-        lines = [text.splitlines() or [""] for text in texts]  # a line break separates sentences
+        lines = [split_lines(text) or [""] for text in texts]  # a line break separates sentences, as in translate
         flat = [line for text in lines for line in text]
         try:
             started = time.perf_counter()

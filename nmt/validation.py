@@ -4,6 +4,7 @@ training loss) and the BLEU of its decoding of their sources with the validation
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -37,7 +38,7 @@ def validation_scores(model: Seq2Seq, data: PreparedData, cfg: Config, device: t
         model, data.tokenizer, device=device, max_len=decode.max_src_len, beam_size=decode.valid_beam_size,
         alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio, batch_tokens=decode.batch_tokens,
         precision=precision,
-    ).translate(data.valid.src)
+    ).translate(data.valid.src, progress=sys.stderr.isatty())  # beside the epoch's bar, gone when done
     valid_loss = total_nll / max(1, total_tokens)
     return {"valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 100)),
             "valid_bleu": bleu(hypotheses, data.valid.tgt)}

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from nmt.config import load_config
 from nmt.errors import NMTError
@@ -49,7 +50,9 @@ def test_translate_refuses_an_output_that_would_destroy_something(tiny_checkpoin
 
 
 @pytest.mark.parametrize("flag, value", [("--beam-size", "0"), ("--max-len-ratio", "0"), ("--max-len-ratio", "-1"),
-                                         ("--length-penalty", "-0.5"), ("--batch-tokens", "0"), ("--nbest", "0")])
+                                         ("--max-len-ratio", "1000"), ("--max-len-ratio", "nan"),
+                                         ("--length-penalty", "-0.5"), ("--length-penalty", "inf"),
+                                         ("--batch-tokens", "0"), ("--nbest", "0")])
 def test_translate_flags_out_of_range_are_refused_not_replaced(tiny_checkpoint, flag, value):
     check_error(run_nmt("translate", "--checkpoint", str(tiny_checkpoint), "--input", str(TINY_DATA / "test.en"),
                         flag, value), f"{flag} {value}: must be")
@@ -61,7 +64,8 @@ def test_translate_flags_out_of_range_are_refused_not_replaced(tiny_checkpoint, 
     ("train.batch_sentences", "0"), ("train.batch_tokens", "-5"), ("model.hidden_size", "0"),
     ("model.layers", "0"), ("tokenizer.vocab_size", "3"), ("decode.beam_size", "0"),
     ("decode.max_len_ratio", "0"), ("train.label_smoothing", "1.5"), ("train.save_every_minutes", "0"),
-    ("data.max_len", "0"), ("train.patience", "0"),
+    ("data.max_len", "0"), ("train.patience", "0"), ("decode.max_len_ratio", "1e30"),
+    ("decode.length_penalty", "1e300"),
 ])
 def test_every_setting_is_range_checked_naming_key_value_and_range(key, value):
     with pytest.raises(NMTError) as error:
@@ -69,6 +73,23 @@ def test_every_setting_is_range_checked_naming_key_value_and_range(key, value):
     message = str(error.value)
     assert f"{key}=" in message and "must be" in message
     assert message.startswith("--set: ") and "\n" not in message  # the bad value came from --set, not the file
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_asking_for_a_gpu_that_is_not_there_names_the_option_the_command_has(tiny_checkpoint, tmp_path):
+    check_error(run_nmt("translate", "--checkpoint", str(tiny_checkpoint), "--device", "cuda"),
+                "--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+    check_error(run_nmt("train", "--config", str(TINY_CONFIG), "--set", "train.device=cuda",
+                        "--run-dir", str(tmp_path / "run")),
+                "train.device=cuda but no CUDA GPU is visible; use --set train.device=cpu or auto")
+
+
+def test_tied_embeddings_of_different_sizes_are_refused_before_any_data_is_read(tmp_path):
+    run_dir = tmp_path / "run"
+    check_error(run_nmt("train", "--config", str(TINY_CONFIG), "--set", "model.tie_embeddings=true",
+                        "--set", "model.emb_dim=16", "--set", "model.hidden_size=32", "--run-dir", str(run_dir)),
+                "model.tie_embeddings=true needs model.emb_dim == model.hidden_size (now 16 and 32)")
+    assert not run_dir.exists()
 
 
 def test_an_empty_config_file_or_a_folder_is_an_error(tmp_path):

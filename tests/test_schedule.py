@@ -26,6 +26,16 @@ def test_budget_schedule_settings_and_floor():
     assert [budget_lr(cfg, f) for f in (0.2, 0.3, 0.6, 0.9)] == pytest.approx([0.8, 0.08, 0.008, 1e-3])
 
 
+def test_a_floor_above_the_starting_rate_never_raises_it():
+    """Adam at 5e-5 under the default min_lr of 1e-4: every schedule keeps 5e-5, none doubles it."""
+    cfg = TrainConfig(optimizer="adam", lr=5e-5, lr_schedule="budget")
+    assert [budget_lr(cfg, f) for f in (0.0, 0.5, 0.95)] == [5e-5] * 3
+    plateau = sgd_schedule(lr=5e-5, lr_schedule="plateau")
+    for ppl in (10.0, 11.0):
+        plateau.after_validation(ppl)
+    assert plateau.lr == 5e-5
+
+
 def test_the_budget_is_whichever_limit_ends_the_run_first():
     cfg = TrainConfig(max_epochs=10, max_steps=None, max_minutes=None)
     assert budget_fraction(cfg, step=500, elapsed_seconds=600, epochs_done=2.5) == pytest.approx(0.25)
@@ -71,7 +81,7 @@ def sgd_schedule(**settings):
 
     from nmt.schedule import LRSchedule
 
-    cfg = TrainConfig(lr=1.0, **settings)
+    cfg = TrainConfig(**{"lr": 1.0, **settings})
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     return LRSchedule(cfg, optimizer)
 

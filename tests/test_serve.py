@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, TINY_DATA, run_nmt
+from tests.test_errors import check_error
 
 LINES = (TINY_DATA / "test.en").read_text(encoding="utf-8").splitlines()[:40]
 
@@ -141,6 +142,17 @@ def test_line_breaks_empty_texts_and_any_unicode(server, offline):
     assert first["text"] == f"{offline[0]}\n{offline[1]}" and len(first["lines"]) == 2
     assert empty["text"] == "" and blank["text"] == ""
     assert "\n" not in unicode["text"]
+    # only "\n" separates sentences, as in `nmt translate`: a U+2028 or a form feed stays inside its line
+    inside = post(server, {"text": f"{LINES[0]}\u2028{LINES[1]}\x0c\r\n{LINES[2]}"}).json()["translations"][0]
+    assert len(inside["lines"]) == 2
+
+
+@pytest.mark.parametrize("flag, value, allowed", [
+    ("--port", "70000", "between 1 and 65535"), ("--max-wait-ms", "inf", "at most 10000"),
+    ("--max-wait-ms", "nan", "at least 0"), ("--timeout", "inf", "at most 86400"), ("--max-queue", "0", "at least 1")])
+def test_serve_flags_out_of_range_are_one_line_before_loading(tiny_run, flag, value, allowed):
+    check_error(run_nmt("serve", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), flag, value),
+                f"{flag} {value}: must be", allowed)
 
 
 @pytest.fixture

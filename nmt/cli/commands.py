@@ -78,13 +78,15 @@ def serve(args) -> int:
     from nmt.serve import Limits, create_app, serve_until_stopped
 
     check_decoding_flags(args)
-    for flag, value in (("--max-texts", args.max_texts), ("--max-chars", args.max_chars),
-                        ("--max-queue", args.max_queue), ("--port", args.port)):
-        if value < 1:
-            raise NMTError(f"{flag} {value}: must be at least 1")
-    if args.max_wait_ms < 0 or args.timeout <= 0:
-        raise NMTError("--max-wait-ms must be at least 0 and --timeout above 0")
-    device = resolve_device(args.device)
+    for flag, value, allowed, ok in (
+            *((flag, value, "at least 1", lambda v: v >= 1) for flag, value in (
+                ("--max-texts", args.max_texts), ("--max-chars", args.max_chars), ("--max-queue", args.max_queue))),
+            ("--port", args.port, "between 1 and 65535", lambda v: 1 <= v <= 65535),
+            ("--max-wait-ms", args.max_wait_ms, "at least 0 and at most 10000", lambda v: 0 <= v <= 10_000),
+            ("--timeout", args.timeout, "above 0 and at most 86400 (a day)", lambda v: 0 < v <= 86_400)):
+        if not ok(value):  # nan fails every comparison
+            raise NMTError(f"{flag} {value:g}: must be {allowed}")
+    device = resolve_device(args.device, setting="--device")
     loaded = load_checkpoints(args.checkpoint, device)
     translator = make_translator(args, loaded, device)
     config = loaded[0].config

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 from nmt import checkpoint
-from nmt.config import DataConfig
-from nmt.data.sources import load_splits, read_text_lines
+from nmt.config import DECODE_RANGES, DataConfig
+from nmt.data.sources import load_splits, read_text_lines, split_lines
 from nmt.device import resolve_device, resolve_precision
 from nmt.errors import NMTError
 from nmt.outputs import check_output, check_output_folder, write_lines, write_text
@@ -49,13 +48,11 @@ def make_translator(args, loaded: list[checkpoint.Loaded], device) -> Translator
 
 def check_decoding_flags(args) -> None:
     """Before any work: a flag given on the command line is used as given, so it must be in range."""
-    for flag, value, allowed, ok in (
-            ("--beam-size", args.beam_size, "at least 1", lambda v: v >= 1),
-            ("--length-penalty", args.length_penalty, "at least 0", lambda v: v >= 0),
-            ("--max-len-ratio", args.max_len_ratio, "a finite number above 0", lambda v: math.isfinite(v) and v > 0),
-            ("--batch-tokens", args.batch_tokens, "at least 1", lambda v: v >= 1),
-            ("--nbest", getattr(args, "nbest", None), "at least 1", lambda v: v >= 1),
-            ("--plot-first", getattr(args, "plot_first", None), "at least 0", lambda v: v >= 0)):
+    for flag, value, (allowed, ok) in (
+            *((f"--{key.replace('_', '-')}", getattr(args, key), DECODE_RANGES[key])
+              for key in ("beam_size", "length_penalty", "max_len_ratio", "batch_tokens")),
+            ("--nbest", getattr(args, "nbest", None), ("at least 1", lambda v: v >= 1)),
+            ("--plot-first", getattr(args, "plot_first", None), ("at least 0", lambda v: v >= 0))):
         if value is not None and not ok(value):
             shown = format(value, "g") if isinstance(value, float) else value
             raise NMTError(f"{flag} {shown}: must be {allowed}")
@@ -73,7 +70,7 @@ def translate_command(args) -> int:
                      overwrite=args.overwrite)
     if args.attention_plots:
         check_output_folder(args.attention_plots, flag="--attention-plots")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device")
     loaded = load_checkpoints(args.checkpoint, device)
     translator = make_translator(args, loaded, device)
     nbest = args.nbest
@@ -94,9 +91,8 @@ def translate_command(args) -> int:
         return 0
 
     if args.input == "-":
-        lines = sys.stdin.buffer.read().decode("utf-8", errors="replace")
-        lines = lines[:-1].split("\n") if lines.endswith("\n") else (lines.split("\n") if lines else [])
-        lines = [line.rstrip("\r") for line in lines]
+        text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+        lines = split_lines(text) if text else []
     else:
         lines = read_text_lines(Path(args.input))
     # line number -> its heatmap, checked before the work like every output (blank lines have no heatmap)
@@ -140,7 +136,7 @@ def evaluate_command(args) -> dict:
     ckpt = Path(args.checkpoint[0])
     out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
     check_output_folder(out, flag="--out")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device")
     loaded = load_checkpoints(args.checkpoint, device)
     data_cfg = loaded[0].config.data
     cfg = DataConfig(dataset=args.dataset, dataset_config=args.dataset_config,

@@ -236,8 +236,14 @@ def _decode_lines(raw: list[bytes], path: Path, first_line: int) -> list[str]:
         line = first_line + data.count(b"\n", 0, error.start)
         raise NMTError(f"{path}:{line}: invalid UTF-8 (byte {data[error.start]:#04x}); "
                        f"convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8") from None
+    return split_lines(text)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as every command reads them: split at "\n" only (a U+2028 or a form feed inside a sentence
+    stays in it), a "\r" before it dropped, and a final newline ending the last line, not starting another."""
     lines = text.split("\n")
-    if text.endswith("\n"):  # the last line's newline ends it; it does not start another (a lone "\n" is one line)
+    if text.endswith("\n"):  # a lone "\n" is one empty line
         lines.pop()
     return [line.rstrip("\r") for line in lines]
 

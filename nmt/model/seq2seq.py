@@ -26,9 +26,7 @@ class Seq2Seq(nn.Module):
         with torch.no_grad():
             self.encoder.embed.weight[PAD].zero_()
             self.decoder.embed.weight[PAD].zero_()
-        if cfg.tie_embeddings:
-            if cfg.emb_dim != cfg.hidden_size:
-                raise ValueError("model.tie_embeddings needs model.emb_dim == model.hidden_size")
+        if cfg.tie_embeddings:  # ModelConfig checked emb_dim == hidden_size
             self.decoder.generator.weight = self.decoder.embed.weight
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
