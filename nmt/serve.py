@@ -346,8 +346,13 @@ def serve_until_stopped(app, host: str, port: int) -> bool:
         signal.signal(signum, stop)
     thread = threading.Thread(target=http, name="http")
     thread.start()
-    app.state.batcher.run()
-    thread.join()
+    try:
+        app.state.batcher.run()
+    except BaseException:  # the decoder died: stop at once rather than answer /health "ok" and time out
+        server.should_exit = server.force_exit = True
+        raise
+    finally:
+        thread.join()
     return server.started
 
 

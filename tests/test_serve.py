@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,6 +87,40 @@ def test_a_port_in_use_is_a_one_line_error(tiny_run):
         result = run_nmt("serve", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), "--port", str(port))
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[-1] == f"error: could not serve on 127.0.0.1:{port} (the log above says why)"
+
+
+def test_a_decoder_that_fails_stops_the_server_instead_of_hanging(tiny_run, monkeypatch):
+    from nmt import checkpoint
+    from nmt.serve import Batcher, Limits, create_app, serve_until_stopped
+    from nmt.translate import Translator
+
+    loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
+    translator = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=100, beam_size=2,
+                            alpha=0.6, max_len_ratio=2.0, batch_tokens=4000)
+    info = {"source_language": "en", "target_language": "de", "checkpoints": ["best.pt"]}
+    app = create_app(translator, info, Limits(), decode_thread=False)
+
+    def failing(self):
+        time.sleep(1.0)  # the HTTP server is up by now
+        raise RuntimeError("the decoder failed")
+
+    monkeypatch.setattr(Batcher, "run", failing)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="the decoder failed"):
+            serve_until_stopped(app, "127.0.0.1", port)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert time.monotonic() - started < 10  # not the 30 s graceful wait
+    # and nothing left serving: a live HTTP thread would keep the process up, answering /health "ok"
+    assert not [thread for thread in threading.enumerate() if thread.name == "http"]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
 @pytest.fixture(scope="module")
