@@ -62,13 +62,17 @@ class Translator:
         return encode_sources(self.tokenizer, lines, self.max_len)
 
     def translate_ids(self, sources: list[list[int]], *, nbest: int = 1, keep_attention: bool = False,
-                      progress: bool = False, beam_size: int | None = None) -> list[list[Hypothesis]]:
+                      progress: bool | tqdm = False, beam_size: int | None = None) -> list[list[Hypothesis]]:
         """Hypotheses for each source (a list of model ids); an empty source gets one empty hypothesis.
+        `progress`: a bar of its own, or a caller's bar to advance (one bar over many calls).
         `beam_size` overrides the translator's for this call."""
         results = empty_hypotheses(len(sources), nbest)
         beam_size = beam_size or self.beam_size
         batches = plan_decoding_batches([len(s) for s in sources], self.batch_tokens)
-        bar = tqdm(total=sum(map(len, batches)), unit="sent", disable=not progress, leave=False, dynamic_ncols=True)
+        own_bar = not isinstance(progress, tqdm)
+        bar = tqdm(total=len(sources), unit="sent", disable=not progress, leave=False,
+                   dynamic_ncols=True) if own_bar else progress
+        bar.update(len(sources) - sum(map(len, batches)))  # empty lines: nothing to decode
         for indices in batches:
             src, src_lengths = self.source_batch([sources[i] for i in indices])
             with self.autocast():
@@ -78,7 +82,8 @@ class Translator:
             for i, hyps in zip(indices, hypotheses):
                 results[i] = hyps
             bar.update(len(indices))
-        bar.close()
+        if own_bar:
+            bar.close()
         return results
 
     def running_search(self, *, beam_size: int, nbest: int, keep_attention: bool) -> BeamSearch:

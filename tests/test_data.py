@@ -3,7 +3,14 @@ import json
 import pytest
 
 from nmt.config import DataConfig
-from nmt.data.sources import drop_empty, filter_by_length, load_splits, read_text_lines
+from nmt.data.sources import (
+    count_text_lines,
+    drop_empty,
+    filter_by_length,
+    load_splits,
+    read_line_chunks,
+    read_text_lines,
+)
 from nmt.errors import NMTError
 
 
@@ -90,3 +97,23 @@ def test_drop_empty_and_length_filters():
     assert keep.nonzero()[0].tolist() == [0, 2, 4]  # 3 vs 9 is exactly the ratio bound: kept
     assert reasons["longer than data.max_len=10 pieces"] == 1
     assert reasons["length ratio above data.max_len_ratio=3.0"] == 1
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"a", b"a\r\nb", b"a\n\nb\n", "\u00fc\u2028x\n".encode() * 7])
+def test_a_file_read_in_chunks_gives_the_lines_read_whole_gives(tmp_path, data):
+    path = tmp_path / "lines.txt"
+    path.write_bytes(data)
+    whole = read_text_lines(path)
+    assert count_text_lines(path) == len(whole)
+    assert [line for chunk in read_line_chunks(path, 2) for line in chunk] == whole
+    assert all(len(chunk) <= 2 for chunk in read_line_chunks(path, 2))
+
+
+def test_counting_a_files_lines_finds_invalid_utf8_on_any_line(tmp_path, monkeypatch):
+    path = tmp_path / "lines.txt"
+    path.write_bytes("\u00fc ok\n".encode() * 5 + b"bad \xff\n" + b"ok\n")
+    with pytest.raises(NMTError, match=r"lines.txt:6: invalid UTF-8 \(byte 0xff\)"):
+        count_text_lines(path)
+    path.write_bytes(b"ok\n" * 3 + b"last line without newline \xe2\x82")  # cut inside a character
+    with pytest.raises(NMTError, match=r"lines.txt:4: invalid UTF-8"):
+        count_text_lines(path)

@@ -105,6 +105,28 @@ def test_prepacked_weights_give_the_plain_weights_products(dtype, onednn_routes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_search_products_reach_onednn_in_a_few_row_counts_and_give_the_same_rows(monkeypatch, dtype, onednn_routes):
+    """Search's live rows shrink by one as each hypothesis finishes; oneDNN builds a primitive per row count, so
+    the counts are padded to multiples of ROW_BUCKET. The padding rows are cut off: each real row is the
+    product it would be alone."""
+    if dtype == torch.bfloat16 and not gemm.ONEDNN_BF16:
+        pytest.skip("no bfloat16 oneDNN on this CPU")
+    torch.manual_seed(0)
+    weight, bias = torch.randn(40, 24).to(dtype), torch.randn(40).to(dtype)
+    counts, real = [], torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
+                        lambda *args: counts.append(args[0].size(0)) or real(*args))
+    for packed in (gemm.prepacked(weight), weight):
+        for rows in range(1, 50):
+            x = torch.randn(rows, 24).to(dtype)
+            got = gemm.product(x, packed, bias, step=True, varying_rows=True)
+            assert got.shape == (rows, 40)
+            torch.testing.assert_close(got, gemm.product(x, packed, bias, step=True))
+    padded = counts[0::2]  # each padded call was followed by the plain one it is compared with
+    assert sorted(set(padded)) == [16, 32, 48, 64] and all(c % gemm.ROW_BUCKET == 0 for c in padded)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_recurrence_weights_prepacked_from_a_transposed_view_give_its_products(dtype, onednn_routes):
     """The training recurrence prepacks its weights once per batch, whatever their layout."""
     if dtype == torch.bfloat16 and not gemm.ONEDNN_BF16:

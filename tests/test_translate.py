@@ -61,6 +61,38 @@ def test_stdin_to_stdout(best):
     assert result.stdout.split("\n")[1:] == ["", ""]
 
 
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_long_input_is_read_and_written_a_chunk_at_a_time_with_the_same_lines(best, tmp_path, monkeypatch, capsys,
+                                                                               source):
+    """Memory stays flat however long the input: at most CHUNK_LINES lines are decoded at once, and the output
+    is the one a single chunk gives, line for line, n-best included."""
+    import io
+
+    from nmt.cli import translate as command
+    from nmt.translate import Translator
+
+    lines = (TINY_DATA / "test.en").read_text(encoding="utf-8").splitlines()[:23]
+    lines[4] = lines[9] = ""  # a blank line inside a chunk and one at a chunk's end
+    text = "\n".join(lines) + "\n"
+    whole = translate(best, text, tmp_path, "--nbest", "2")
+    decoded, translate_ids = [], Translator.translate_ids
+
+    def counting(self, sources, **options):
+        decoded.append(len(sources))
+        return translate_ids(self, sources, **options)
+
+    monkeypatch.setattr(command, "CHUNK_LINES", 5)
+    monkeypatch.setattr(Translator, "translate_ids", counting)
+    if source == "file":
+        assert translate(best, text, tmp_path, "--nbest", "2") == whole
+    else:
+        stdin = io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8")
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert main(["translate", "--checkpoint", str(best), "--nbest", "2", "--device", "cpu"]) == 0
+        assert capsys.readouterr().out == whole
+    assert max(decoded) <= 5 and sum(decoded) == len(lines) and whole.count("\n") == 2 * len(lines)
+
+
 def test_attention_plots(best, tmp_path):
     plots = tmp_path / "plots"
     translate(best, "The dog sees the cat .\nThe old horse pulls the car .\n", tmp_path, "--attention-plots",

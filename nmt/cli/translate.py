@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from nmt import checkpoint
 from nmt.config import DECODE_RANGES, DataConfig
-from nmt.data.sources import load_splits, read_text_lines, split_lines
-from nmt.device import resolve_device, resolve_precision
+from nmt.data.sources import count_text_lines, load_splits, read_line_chunks, split_lines
+from nmt.device import release_free_memory, resolve_device, resolve_precision
 from nmt.errors import NMTError
-from nmt.outputs import check_output, check_output_folder, write_lines, write_text
+from nmt.outputs import check_output, check_output_folder, replacing, write_lines, write_text
 from nmt.scoring import score, score_files
 from nmt.translate import Translator, format_nbest
 
@@ -52,7 +56,7 @@ def check_decoding_flags(args) -> None:
             *((f"--{key.replace('_', '-')}", getattr(args, key), DECODE_RANGES[key])
               for key in ("beam_size", "length_penalty", "max_len_ratio", "batch_tokens")),
             ("--nbest", getattr(args, "nbest", None), ("at least 1", lambda v: v >= 1)),
-            ("--plot-first", getattr(args, "plot_first", None), ("at least 0", lambda v: v >= 0))):
+            ("--plot-first", getattr(args, "plot_first", None), ("between 0 and 1000", lambda v: 0 <= v <= 1000))):
         if value is not None and not ok(value):
             shown = format(value, "g") if isinstance(value, float) else value
             raise NMTError(f"{flag} {shown}: must be {allowed}")
@@ -70,6 +74,7 @@ def translate_command(args) -> int:
                      overwrite=args.overwrite)
     if args.attention_plots:
         check_output_folder(args.attention_plots, flag="--attention-plots")
+    total = count_text_lines(Path(args.input)) if args.input != "-" else None  # and every byte is UTF-8
     device = resolve_device(args.device, setting="--device")
     loaded = load_checkpoints(args.checkpoint, device)
     translator = make_translator(args, loaded, device)
@@ -77,52 +82,74 @@ def translate_command(args) -> int:
     if not 1 <= nbest <= translator.beam_size:
         raise NMTError(f"--nbest {nbest} must be between 1 and --beam-size {translator.beam_size}")
     tokenizer = loaded[0].tokenizer
-    keep_attention = bool(args.attention_plots)
 
-    def run(lines: list[str], progress: bool):
+    def run(lines: list[str], *, keep_attention: bool = False, progress=False):
         return translator.translate_ids(translator.encode(lines), nbest=nbest, keep_attention=keep_attention,
                                         progress=progress)
 
     if args.input == "-" and sys.stdin.isatty():  # typed at a terminal: answer line by line
         for line in sys.stdin:
-            hypotheses = run([line.rstrip("\n")], progress=False)
+            hypotheses = run(split_lines(line) or [""])
             out = format_nbest(hypotheses, tokenizer) if nbest > 1 else [tokenizer.tgt.decode(hypotheses[0][0].tokens)]
             print("\n".join(map(_one_line, out)), flush=True)
         return 0
 
-    if args.input == "-":
-        text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
-        lines = split_lines(text) if text else []
-    else:
-        lines = read_text_lines(Path(args.input))
-    # line number -> its heatmap, checked before the work like every output (blank lines have no heatmap)
-    plots = {i: check_output(Path(args.attention_plots) / f"attention_{i + 1:04d}.png", flag="--attention-plots",
-                             folder_checked=True, overwrite=args.overwrite)
-             for i, line in enumerate(lines[: args.plot_first]) if keep_attention and line.strip()}
-    hypotheses = run(lines, progress=args.output != "-" or not sys.stdout.isatty())
-    if nbest > 1:
-        out = format_nbest(hypotheses, tokenizer)
-    else:
-        out = [tokenizer.tgt.decode(hyps[0].tokens) for hyps in hypotheses]
-    out = [_one_line(text) for text in out]
-    if args.output == "-":
-        sys.stdout.write("".join(line + "\n" for line in out))
-        sys.stdout.flush()
-    else:
-        write_lines(Path(args.output), out)
-    if keep_attention:
-        from nmt.plot import plot_attention
-
-        Path(args.attention_plots).mkdir(parents=True, exist_ok=True)
-        for i, path in plots.items():
-            best = hypotheses[i][0]
-            if best.attention is None:
-                continue
-            src_ids = translator.encode([lines[i]])[0]
-            plot_attention(best.attention, tokenizer.src.pieces(src_ids) + ["</s>"],
-                           tokenizer.tgt.pieces(best.tokens) + ["</s>"], path, title=f"line {i + 1}")
-        log.info("attention plots written to %s", args.attention_plots)
+    chunks = _input_chunks(args.input)
+    first = next(chunks, [])
+    plotted = args.plot_first if args.attention_plots else 0  # the first chunk's first lines
+    plots = _attention_plot_paths(args, first[:plotted])
+    bar = tqdm(total=total, unit="sent", disable=args.output == "-" and sys.stdout.isatty(), dynamic_ncols=True)
+    with contextlib.ExitStack() as stack:  # the file closes, then `replacing` renames it over the output
+        out = sys.stdout if args.output == "-" else stack.enter_context(
+            open(stack.enter_context(replacing(Path(args.output))), "w", encoding="utf-8", newline="\n"))
+        for index, lines in enumerate(itertools.chain([first], chunks)):
+            head = plotted if index == 0 else 0  # decoded keeping the attention the heatmaps draw
+            hypotheses = (run(lines[:head], keep_attention=True, progress=bar)
+                          + run(lines[head:], keep_attention=False, progress=bar))
+            texts = format_nbest(hypotheses, tokenizer) if nbest > 1 else [
+                tokenizer.tgt.decode(hyps[0].tokens) for hyps in hypotheses]
+            out.write("".join(_one_line(text) + "\n" for text in texts))
+            out.flush()
+            release_free_memory()
+            if index == 0 and plots:
+                _draw_attention(Path(args.attention_plots), plots, lines, hypotheses, translator)
+    bar.close()
     return 0
+
+
+# lines sorted and batched together: translate's memory stays flat however long the input is
+CHUNK_LINES = 100_000
+
+
+def _input_chunks(source: str):
+    """The input, `CHUNK_LINES` lines at a time; standard input as it arrives (invalid UTF-8 replaced there:
+    a pipe cannot be read twice to find the line first)."""
+    if source != "-":
+        yield from read_line_chunks(Path(source), CHUNK_LINES)
+        return
+    while raw := list(itertools.islice(sys.stdin.buffer, CHUNK_LINES)):
+        yield split_lines(b"".join(raw).decode("utf-8", errors="replace"))
+
+
+def _attention_plot_paths(args, lines: list[str]) -> dict[int, Path]:
+    """Line index -> its heatmap, checked before the work like every output (blank lines have none)."""
+    return {i: check_output(Path(args.attention_plots) / f"attention_{i + 1:04d}.png", flag="--attention-plots",
+                            folder_checked=True, overwrite=args.overwrite)
+            for i, line in enumerate(lines) if line.strip()}
+
+
+def _draw_attention(folder: Path, plots: dict[int, Path], lines: list[str], hypotheses,
+                    translator: Translator) -> None:
+    from nmt.plot import plot_attention
+
+    tokenizer = translator.tokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in plots.items():
+        best = hypotheses[i][0]
+        if best.attention is not None:
+            plot_attention(best.attention, tokenizer.src.pieces(translator.encode([lines[i]])[0]) + ["</s>"],
+                           tokenizer.tgt.pieces(best.tokens) + ["</s>"], path, title=f"line {i + 1}")
+    log.info("attention plots written to %s", folder)
 
 
 def evaluate_command(args) -> dict:

@@ -225,11 +225,20 @@ def _dense(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.contiguous()
 
 
-def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+# search's row counts are padded up to a multiple of this (see `product`)
+ROW_BUCKET = 16
+
+
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    varying_rows: bool = False) -> torch.Tensor:
     rows = _dense(x.reshape(-1, x.size(-1)))  # a 3-D input, too, gets the reference kernel
     weight = weight if weight.is_mkldnn else _dense(weight)
+    count = rows.size(0)
+    padded = -(-count // ROW_BUCKET) * ROW_BUCKET if varying_rows else count
+    if padded != count:
+        rows = torch.cat([rows, rows.new_zeros(padded - count, rows.size(1))])
     out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-    return out.view(*x.shape[:-1], weight.size(0))
+    return out[:count].view(*x.shape[:-1], weight.size(0))
 
 
 def prepacked(weight: torch.Tensor) -> torch.Tensor:
@@ -255,12 +264,15 @@ def step_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-            step: bool = False, gradient: bool = False) -> torch.Tensor:
+            step: bool = False, gradient: bool = False, varying_rows: bool = False) -> torch.Tensor:
     """x (..., K) @ weight (N, K)^T + bias, outside autograd; a transposed view costs nothing. `step`: one
     time step's rows inside a recurrence; `gradient`: a gradient over a whole batch; each routed by what is
-    fastest for such products."""
+    fastest for such products. `varying_rows`: the row count changes from call to call (search's live
+    hypotheses, one fewer each time one finishes): oneDNN builds and caches a primitive, JIT-compiled code
+    included, for every row count it meets, which cost a long translation more time than the products and
+    most of its memory; padded to a multiple of ROW_BUCKET, the rows meet a few dozen."""
     if weight.is_mkldnn or _onednn(x, weight, step, gradient):  # the first: from `prepacked`
-        return _onednn_product(x, weight, bias)
+        return _onednn_product(x, weight, bias, varying_rows)
     return F.linear(x, weight, bias)
 
 

@@ -79,7 +79,8 @@ class FastStep:
         below = state.feed.to(dtype)  # layer 0's input: the previous attentional vector
         hs, cs = [], []
         for n, (w, bias) in enumerate(zip(self.layers, self.biases)):
-            gates = product(torch.cat([below, state.h[n].to(dtype)], 1), w, step=True).to(accumulate)  # (N, 4H)
+            gates = product(torch.cat([below, state.h[n].to(dtype)], 1), w, step=True,
+                            varying_rows=True).to(accumulate)  # (N, 4H)
             gates += emb_gates if n == 0 else bias
             torch.sigmoid_(gates)[:, 2 * hidden: 3 * hidden].mul_(2).sub_(1)  # tanh: those rows were doubled
             i, f, cell_input, o = gates.chunk(4, 1)
@@ -90,8 +91,8 @@ class FastStep:
             cs.append(c)
         context, attention = self.decoder.attention(below, memory.keys, memory.outputs, memory.mask)
         combine_in = torch.cat([context.to(dtype), below], 1)  # (N, 2H)
-        attentional = torch.tanh(product(combine_in, self.combine, step=True))  # (N, H)
-        logits = product(attentional, self.generator, self.generator_bias, step=True)
+        attentional = torch.tanh(product(combine_in, self.combine, step=True, varying_rows=True))  # (N, H)
+        logits = product(attentional, self.generator, self.generator_bias, step=True, varying_rows=True)
         feed = attentional if self.input_feed else state.feed
         return logits, DecoderState(hs, cs, feed), attention
 
