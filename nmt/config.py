@@ -263,6 +263,11 @@ def _coerce(value, hint, where: str):
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _looks_numeric(value):  # YAML 1.1 reads 1e-3 as text
+        return float(value)
+    if hint is str and isinstance(value, bool):
+        raise NMTError(f"{where}: expected text, got {str(value).lower()} (YAML reads no, yes, on and off as "
+                       f"true or false); quote it, e.g. '{'yes' if value else 'no'}'")
     if hint is bool and not isinstance(value, bool):
         raise NMTError(f"{where}: expected true or false, got {value!r}")
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -318,6 +323,20 @@ def _looks_numeric(raw: str) -> bool:
     return True
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error: YAML would silently keep the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(problem=f"'{key}' is given twice",
+                                                        problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _resolve_relative_dataset(values: dict, folder: Path) -> None:
     """A relative `data.dataset` in a YAML file means a folder beside that file, when there is one."""
     data = values.get("data")
@@ -334,7 +353,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         path = Path(path)
         source = str(path)
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+            values = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
         except FileNotFoundError:
             raise NMTError(f"{path}: config file not found; see configs/ for examples") from None
         except IsADirectoryError:
@@ -375,7 +394,9 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         keys, value = parse_override(text)
         node = values
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
+            if node.get(key) is None:  # absent, or a section left empty in the file (`train:`)
+                node[key] = {}
+            node = node[key]
             if not isinstance(node, dict):
                 raise NMTError(f"--set {text}: '{key}' is not a section")
         node[keys[-1]] = value

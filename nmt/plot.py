@@ -15,6 +15,8 @@ from nmt.errors import NMTError  # noqa: E402
 from nmt.metrics_log import read_metrics  # noqa: E402
 from nmt.outputs import check_output, replacing  # noqa: E402
 
+IMAGE_FORMATS = {"png", "svg", "pdf", "jpg", "jpeg"}
+
 
 def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) -> Path:
     """Loss, validation BLEU, learning rate and pre-clip gradient norm against steps, in one PNG."""
@@ -22,6 +24,9 @@ def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) ->
     if not path.exists():
         raise NMTError(f"{path}: not found; is {run_dir} a run directory?")
     out = check_output(out or run_dir / "curves.png", reads=[path], flag="--out", overwrite=overwrite)
+    image_format = out.suffix[1:].lower() or "png"
+    if image_format not in IMAGE_FORMATS:
+        raise NMTError(f"--out {out}: ends in .{image_format}; give a .png, .svg or .pdf file")
     records = read_metrics(path)
     steps = [r for r in records if "loss" in r and r.get("event") is None and r["loss"] is not None]
     valid = [r for r in records if "valid_loss" in r]
@@ -69,7 +74,7 @@ def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) ->
 
     fig.tight_layout()
     with replacing(out) as partial:
-        fig.savefig(partial, dpi=110)
+        fig.savefig(partial, dpi=110, format=image_format)
     plt.close(fig)
     return out
 

@@ -55,6 +55,22 @@ def test_ints_are_accepted_where_floats_are_expected():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
 
 
+def test_yaml_files_read_as_a_user_means_them(tmp_path):
+    """1e-3 is a number (YAML 1.1 reads it as text); an empty section takes --set keys; a key given twice
+    is an error, not the last one silently; `no` for a language is a quoting mistake, said so."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  optimizer: adam\n  lr: 1e-3\n  min_lr: 1e-5\n")
+    assert (load_config(path).train.lr, load_config(path).train.min_lr) == (1e-3, 1e-5)
+    path.write_text("model:\ntrain:\n")
+    assert load_config(path, ["train.lr=0.5"]).train.lr == 0.5
+    path.write_text("data:\n  max_len: 5\ntrain:\n  lr: 0.5\ndata:\n  max_len: 50\n")
+    with pytest.raises(NMTError, match=r"c.yaml:5: not valid YAML \('data' is given twice\)"):
+        load_config(path)
+    path.write_text("data:\n  tgt_lang: no\n")
+    with pytest.raises(NMTError, match=r"data.tgt_lang: expected text, got false .*quote it, e.g. 'no'"):
+        load_config(path)
+
+
 def test_default_config_file_equals_the_packaged_defaults():
     """`nmt train` with no arguments uses the dataclass defaults; the YAML must say the same."""
     assert load_config(ROOT / "configs" / "multi30k_en_de.yaml") == Config()

@@ -148,6 +148,22 @@ def test_a_build_killed_midway_leaves_nothing_that_is_read(corpus, encoded_chunk
     assert not stale.exists() and data.store.meta["source"].endswith("train.{en,de}")
 
 
+def test_a_full_disk_while_writing_the_store_is_one_line_and_leaves_nothing(corpus, monkeypatch):
+    import errno
+
+    def full(self, side, ids, lengths):
+        for file in self.files.values():  # what a full disk does: the write fails, and so does every flush
+            file.close = lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.StoreWriter, "append", full)
+    with pytest.raises(NMTError, match=r"cannot write the prepared data under .*prepared \(No space left on device\); "
+                                       r"free space there or set NMT_CACHE"):
+        prepare(config(corpus))
+    root = prepare_module.store_root()
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
+
+
 def test_sentencepiece_trains_on_a_sample_of_max_sentences(corpus, caplog):
     with caplog.at_level(logging.INFO):
         data = prepare(config(corpus, "tokenizer.max_sentences=100"))

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+# --debug after the command as well (`nmt plot RUN --debug`, `scripts/train.py --debug`); SUPPRESS keeps a
+# `nmt --debug plot RUN` from being reset by the command's default
+_DEBUG = argparse.ArgumentParser(add_help=False)
+_DEBUG.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
 
 def _add_overwrite(p, what: str) -> None:
     p.add_argument("--overwrite", action="store_true",
@@ -13,7 +18,8 @@ def _add_overwrite(p, what: str) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model (default: Multi30k en->de from the hub)")
+    p = sub.add_parser("train", parents=[_DEBUG],
+                       help="train a model (default: Multi30k en->de from the hub)")
     p.add_argument("--config", help="YAML config; default: the packaged configs/multi30k_en_de.yaml settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=0.5 (repeatable)")
@@ -22,7 +28,8 @@ def _add_train(sub) -> None:
 
 
 def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="tokenize the training data into the cache ahead of training "
+    p = sub.add_parser("prepare", parents=[_DEBUG],
+                       help="tokenize the training data into the cache ahead of training "
                                        "(train does it too when needed)")
     p.add_argument("--config", help="the YAML config the training run will use")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -40,7 +47,8 @@ def _add_decoding_options(p) -> None:
 
 
 def _add_translate(sub) -> None:
-    p = sub.add_parser("translate", help="translate a file, one output line per input line")
+    p = sub.add_parser("translate", parents=[_DEBUG],
+                       help="translate a file, one output line per input line")
     p.add_argument("--checkpoint", required=True, action="append",
                    help="a checkpoint; give several for an ensemble (log-probabilities averaged at every step)")
     p.add_argument("--input", default="-", help="input text file, or - for standard input")
@@ -54,7 +62,8 @@ def _add_translate(sub) -> None:
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="an HTTP API and a web page over a checkpoint (or an ensemble)")
+    p = sub.add_parser("serve", parents=[_DEBUG],
+                       help="an HTTP API and a web page over a checkpoint (or an ensemble)")
     p.add_argument("--checkpoint", required=True, action="append", help="a checkpoint; several: an ensemble")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8080)
@@ -69,7 +78,8 @@ def _add_serve(sub) -> None:
 
 
 def _add_average(sub) -> None:
-    p = sub.add_parser("average", help="average the weights of checkpoints of one model into a new checkpoint")
+    p = sub.add_parser("average", parents=[_DEBUG],
+                       help="average the weights of checkpoints of one model into a new checkpoint")
     p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoints to average")
     p.add_argument("--last", type=int, metavar="N",
                    help="instead: the last N step_*.pt of --run-dir (train with train.keep_checkpoints=N)")
@@ -79,7 +89,8 @@ def _add_average(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="BLEU, chrF and TER of a hypothesis file, or of a checkpoint on a split")
+    p = sub.add_parser("evaluate", parents=[_DEBUG],
+                       help="BLEU, chrF and TER of a hypothesis file, or of a checkpoint on a split")
     p.add_argument("--hyp", help="hypotheses, one line per reference line")
     p.add_argument("--ref", action="append", default=[], help="reference file (repeat for several references)")
     p.add_argument("--checkpoint", action="append",
@@ -96,14 +107,16 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_plot(sub) -> None:
-    p = sub.add_parser("plot", help="draw a run's curves from metrics.jsonl to PNG")
+    p = sub.add_parser("plot", parents=[_DEBUG],
+                       help="draw a run's curves from metrics.jsonl to PNG")
     p.add_argument("run_dir")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     _add_overwrite(p, "an existing PNG")
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="measure training tokens/s, decoding sentences/s and the FLOP bound")
+    p = sub.add_parser("bench", parents=[_DEBUG],
+                       help="measure training tokens/s, decoding sentences/s and the FLOP bound")
     p.add_argument("--config", default=None, help="YAML config (default: the packaged default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--warmup-steps", type=int, default=50)
@@ -116,9 +129,11 @@ def _add_bench(sub) -> None:
 
 
 def _add_study(sub) -> None:
-    p = sub.add_parser("study", help="reproducible studies; `nmt study clipping --help`")
+    p = sub.add_parser("study", parents=[_DEBUG],
+                       help="reproducible studies; `nmt study clipping --help`")
     studies = p.add_subparsers(dest="study", required=True)
-    c = studies.add_parser("clipping", help="why clip: SGD and Adam with and without gradient-norm clipping")
+    c = studies.add_parser("clipping", parents=[_DEBUG],
+                           help="why clip: SGD and Adam with and without gradient-norm clipping")
     c.add_argument("--config", required=True)
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--minutes", type=float, default=4.0, help="training budget per setting")

@@ -279,9 +279,12 @@ def _build(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: Path) 
                            f"raise data.max_len or data.max_len_ratio")
         writer.finish({"source": stream.name, "offered": limit, "empty": empty, "dropped": dict(dropped),
                        "src_pieces": used[0].nonzero()[0].tolist(), "tgt_pieces": used[1].nonzero()[0].tolist()})
-    except BaseException:
+    except BaseException as error:
         bar.close()
         writer.abandon()
+        if isinstance(error, OSError):  # a full disk, a quota: the partial store is gone again
+            raise NMTError(f"cannot write the prepared data under {folder.parent} ({error.strerror or error}); "
+                           "free space there or set NMT_CACHE to a folder with room") from None
         raise
     seconds = time.perf_counter() - started
     log.info("prepared data: %s pairs in %.0f s (%s pairs/s)", f"{limit:,}", seconds, f"{limit / seconds:,.0f}")

@@ -164,8 +164,12 @@ class StoreWriter:
         return self.final
 
     def abandon(self) -> None:
+        """Remove the partial folder, even when closing its files fails again (a full disk)."""
         for file in self.files.values():
-            file.close()
+            try:
+                file.close()
+            except OSError:
+                pass
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
