@@ -8,3 +8,8 @@ class NMTError(Exception):
     wrong and what to do. The CLI prints it on one line and exits non-zero;
     `--debug` shows the traceback as well.
     """
+
+
+class Diverged(NMTError):
+    """Training stopped because its loss or gradient norm stayed non-finite: a result for a study of
+    training settings, where any other error is a mistake to report."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nmt.config import load_config
 from nmt.device import resolve_device, resolve_precision
-from nmt.errors import NMTError
+from nmt.errors import Diverged, NMTError
 from nmt.metrics_log import read_metrics
 from nmt.outputs import check_output, check_output_folder, write_text
 
@@ -86,14 +86,14 @@ def slug(name: str) -> str:
 
 
 def run_setting(setting: Setting, args, out: Path) -> dict:
-    """Train one setting; a run that blows up is recorded, not raised."""
+    """Train one setting; a run that blows up is recorded, not raised (any other error stops the study)."""
     from nmt.experiment import train_and_test
 
     run_dir = out / slug(setting.name)
     error = None
     try:
         train_and_test(args.config, setting_overrides(setting, args), str(run_dir))
-    except NMTError as failure:  # e.g. too many non-finite steps in a row
+    except Diverged as failure:  # too many non-finite steps in a row
         error = str(failure)
         log.warning("%s: %s", setting.name, error)
     return summarize(setting, run_dir, error)
@@ -172,6 +172,9 @@ def run_study(args) -> tuple[str, list[Path]]:
         raise NMTError(f"{out} already holds a study; choose another --out")
     for name in ("study.md", "study.json", *FIGURES):
         check_output(out / name, flag="--out", folder_checked=True, overwrite=args.overwrite)
+    earlier = [slug(setting.name) for setting in settings if (out / slug(setting.name)).exists()]
+    if earlier:  # an interrupted study's: its runs would be summarised as this one's
+        raise NMTError(f"{out} holds runs of an earlier study ({', '.join(earlier)}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, setting in enumerate(settings, 1):

@@ -27,7 +27,7 @@ from nmt.config import Config
 from nmt.data.prepare import PreparedData, prepare_on_each_node
 from nmt.device import autocast, precision_reason, release_free_memory, resolve_device, resolve_precision, set_threads
 from nmt.distributed import World, any_rank, barrier, broadcast_object
-from nmt.errors import NMTError
+from nmt.errors import Diverged, NMTError
 from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
@@ -247,7 +247,7 @@ class Trainer:
                 f"a learning rate too high for this data (train.lr={train.lr:g})",
                 *(["fp16 overflow (use train.precision=bf16 or fp32)"] if self.precision == "fp16" else []),
                 "corrupt input (check the data for very long or garbled lines)"]
-            raise NMTError(
+            raise Diverged(
                 f"{progress.consecutive_bad_steps} consecutive steps had a non-finite value, {first} first "
                 f"(up to step {progress.step}); training stopped; {saved}; likely causes, most likely first: "
                 + "; ".join(causes))

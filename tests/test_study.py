@@ -38,3 +38,19 @@ def test_a_setting_that_logged_no_loss_still_gives_strict_json(tmp_path):
     row = summarize(Setting("sgd lr 1.0, clip 5", "sgd", 1.0, 5.0), tmp_path, "failed before its first step")
     assert row["divergence_bound"] is None and row["steps"] == 0
     json.dumps(row, allow_nan=False)
+
+
+def test_a_setting_that_fails_for_another_reason_stops_the_study_and_old_runs_are_refused(tmp_path, capsys):
+    """Only divergence is a result; a missing dataset is a mistake, not a row of zeros. An interrupted
+    study's runs would be summarised as the new one's: its folder is refused."""
+    out = tmp_path / "study"
+    code = main(["study", "clipping", "--config", str(TINY_CONFIG), "--minutes", "0.05", "--out", str(out),
+                 "--only", "1", "--set", f"data.dataset={tmp_path / 'nowhere'}"])
+    assert code == 1 and "nowhere" in capsys.readouterr().err
+    assert not (out / "study.json").exists() and not (out / "study.md").exists()
+    (out / "sgd_lr_1.0__clip_5").mkdir(parents=True, exist_ok=True)
+    code = main(["study", "clipping", "--config", str(TINY_CONFIG), "--minutes", "0.05", "--out", str(out),
+                 "--only", "1"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert error == f"error: {out} holds runs of an earlier study (sgd_lr_1.0__clip_5); choose another --out"
