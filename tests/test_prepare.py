@@ -127,6 +127,17 @@ def test_a_damaged_store_is_rebuilt_never_used(corpus, encoded_chunks, caplog):
     assert again.store.meta == first.store.meta
 
 
+def test_a_store_damaged_in_place_is_one_line_naming_it(corpus):
+    """Same sizes, so the store is reused; its first batch finds an id no tokenizer has and says what to do."""
+    first = prepare(config(corpus))
+    ids = first.store.folder / "train.src.ids"
+    ids.write_bytes(b"\xff" * ids.stat().st_size)
+    again = prepare(config(corpus))
+    with pytest.raises(NMTError, match=rf"^{first.store.folder}: the prepared data is damaged \(pair 1 holds a src "
+                                       r"piece id beyond the tokenizer's\); delete that folder"):
+        again.train.rows([0])
+
+
 def test_a_build_killed_midway_leaves_nothing_that_is_read(corpus, encoded_chunks, monkeypatch):
     cfg = config(corpus)
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nmt.errors import NMTError
+
 FORMAT = 1
 META = "meta.json"
 SIDES = ("src", "tgt")
@@ -72,7 +74,9 @@ class TokenizedPairs:
     vocabulary pruning of the same sentencepiece model.
     """
 
-    def __init__(self, arrays: dict, src_map: np.ndarray | None = None, tgt_map: np.ndarray | None = None):
+    def __init__(self, arrays: dict, src_map: np.ndarray | None = None, tgt_map: np.ndarray | None = None,
+                 folder: Path | None = None):
+        self.folder = folder  # on disk: named when its content turns out damaged
         self._ids = {side: arrays[f"{side}.ids"] for side in SIDES}
         self._offsets = {side: arrays[f"{side}.offsets"] for side in SIDES}
         self.src_lengths = np.asarray(arrays["src.lengths"])  # (pairs,) pieces, no EOS
@@ -97,7 +101,7 @@ class TokenizedPairs:
             arrays[f"{side}.ids"] = FileArray(folder / f"{split}.{side}.ids", meta["id_dtype"])
             arrays[f"{side}.offsets"] = FileArray(folder / f"{split}.{side}.offsets", np.int64)
             arrays[f"{side}.lengths"] = np.fromfile(folder / f"{split}.{side}.lengths", meta["length_dtype"])
-        return cls(arrays, src_map, tgt_map)
+        return cls(arrays, src_map, tgt_map, folder)
 
     def __len__(self) -> int:
         return len(self.tgt_lengths)
@@ -106,7 +110,11 @@ class TokenizedPairs:
         start, stop = self._offsets[side][index: index + 2]
         ids = self._ids[side][int(start): int(stop)]
         table = self._maps[side]
-        return table[ids] if table is not None else ids.astype(np.int64)
+        try:
+            return table[ids] if table is not None else ids.astype(np.int64)
+        except IndexError:  # sizes intact (read_meta checks them), content not
+            raise NMTError(f"{self.folder}: the prepared data is damaged (pair {index + 1} holds a {side} piece id "
+                           "beyond the tokenizer's); delete that folder and it is built again") from None
 
     def src_row(self, index: int) -> np.ndarray:
         return self._row("src", index)
