@@ -195,7 +195,7 @@ def test_line_count_mismatch_and_bad_utf8_in_a_streamed_split_are_one_line_error
         prepare(config(corpus))
 
 
-def test_hub_layout_streams_to_the_same_store_content(corpus, tmp_path):
+def test_hub_layout_streams_to_the_same_store_content(corpus, tmp_path, encoded_chunks):
     hub = tmp_path / "hub"
     hub.mkdir()
     for split in ("train", "valid", "test"):
@@ -206,6 +206,12 @@ def test_hub_layout_streams_to_the_same_store_content(corpus, tmp_path):
     assert from_hub.store.folder != text.store.folder  # another source, another fingerprint
     for name in text.store.meta["files"]:
         assert (from_hub.store.folder / name).read_bytes() == (text.store.folder / name).read_bytes(), name
+    copy = tmp_path / "hub copy"  # copied and touched: the same content, so the same tokenizer and store
+    shutil.copytree(hub, copy)
+    os.utime(copy / "valid.jsonl", (1, 1))
+    encoded_chunks.clear()
+    assert prepare(config(copy)).store.folder == from_hub.store.folder
+    assert encoded_chunks == []
 
 
 def _rank(rank: int, port: int, cache: str, dataset: str, out: str) -> None:

@@ -255,6 +255,18 @@ def _digest_and_count(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), newlines + (1 if last and not last.endswith(b"\n") else 0)
 
 
+def _folder_digest(folder: Path) -> str:
+    """sha256 over a folder's files (names relative to it, then content), hidden ones left out."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(folder).parts)):
+        digest.update(f"{path.relative_to(folder)}\0".encode())
+        with open(path, "rb") as file:
+            while block := file.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def _decode_lines(raw: list[bytes], path: Path, first_line: int) -> list[str]:
     data = b"".join(raw)
     try:
@@ -287,7 +299,11 @@ class HubPairs:
         return len(self.table)
 
     def fingerprint(self) -> str:
-        """datasets' own fingerprint of the table (its files and the transforms applied to them)."""
+        """A local folder: its files' content, as for text files (datasets' own fingerprint follows paths and
+        modification times, so a copied or touched folder would be tokenized again). From the hub: datasets'
+        fingerprint of the table (its files and the transforms applied to them)."""
+        if Path(self._dataset).is_dir():
+            return f"hub-folder:{_folder_digest(Path(self._dataset))}:{self.split}:{'-'.join(self.langs)}"
         return f"hub:{self._dataset}:{self.split}:{self.table._fingerprint}:{'-'.join(self.langs)}"
 
     def chunks(self, size: int):
