@@ -293,7 +293,7 @@ class HubPairs:
     def __init__(self, table, langs: tuple[str, str], name: str, split: str):
         _check_languages(table, langs, name)
         self.table, self.langs, self.name, self.split = table, langs, f"{name}[{split}]", split
-        self._dataset = name
+        self._dataset, self._digest = name, None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -303,7 +303,9 @@ class HubPairs:
         modification times, so a copied or touched folder would be tokenized again). From the hub: datasets'
         fingerprint of the table (its files and the transforms applied to them)."""
         if Path(self._dataset).is_dir():
-            return f"hub-folder:{_folder_digest(Path(self._dataset))}:{self.split}:{'-'.join(self.langs)}"
+            if self._digest is None:  # asked for twice (tokenizer and store): the files are read once
+                self._digest = _folder_digest(Path(self._dataset))
+            return f"hub-folder:{self._digest}:{self.split}:{'-'.join(self.langs)}"
         return f"hub:{self._dataset}:{self.split}:{self.table._fingerprint}:{'-'.join(self.langs)}"
 
     def chunks(self, size: int):
