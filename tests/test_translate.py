@@ -178,3 +178,24 @@ def test_a_terminal_gets_each_line_translated_as_it_is_typed(best):
         os.write(controller, b"\x04")  # Ctrl-D: end of input
         process.wait(timeout=30)
         os.close(controller)
+
+
+def test_lines_typed_at_a_terminal_with_an_output_file_go_to_that_file(best, tmp_path):
+    """--output is never ignored: typed lines are read until Ctrl-D and written to the file."""
+    import os
+    import pty
+
+    controller, terminal = pty.openpty()
+    output = tmp_path / "typed.de"
+    process = subprocess.Popen([sys.executable, "-m", "nmt", "translate", "--checkpoint", str(best), "--device", "cpu",
+                                "--output", str(output)],
+                               stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    os.close(terminal)
+    try:
+        os.write(controller, b"The dog sees the cat .\nThe cat sees the dog .\n\x04")
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+    assert process.stdout.read() == b""
+    lines = output.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Der Hund sieht die Katze")

@@ -87,7 +87,7 @@ def translate_command(args) -> int:
         return translator.translate_ids(translator.encode(lines), nbest=nbest, keep_attention=keep_attention,
                                         progress=progress)
 
-    if args.input == "-" and sys.stdin.isatty():  # typed at a terminal: answer line by line
+    if args.input == "-" and sys.stdin.isatty() and args.output == "-":  # typed at a terminal: line by line
         for line in sys.stdin:
             hypotheses = run(split_lines(line) or [""])
             out = format_nbest(hypotheses, tokenizer) if nbest > 1 else [tokenizer.tgt.decode(hypotheses[0][0].tokens)]
@@ -127,8 +127,12 @@ def _input_chunks(source: str):
     if source != "-":
         yield from read_line_chunks(Path(source), CHUNK_LINES)
         return
-    while raw := list(itertools.islice(sys.stdin.buffer, CHUNK_LINES)):
-        yield split_lines(b"".join(raw).decode("utf-8", errors="replace"))
+    while True:
+        raw = list(itertools.islice(sys.stdin.buffer, CHUNK_LINES))
+        if raw:
+            yield split_lines(b"".join(raw).decode("utf-8", errors="replace"))
+        if len(raw) < CHUNK_LINES:  # the end: a terminal's Ctrl-D is not sticky, so never read past it
+            return
 
 
 def _attention_plot_paths(args, lines: list[str]) -> dict[int, Path]:
