@@ -175,6 +175,24 @@ def test_a_full_disk_while_writing_the_store_is_one_line_and_leaves_nothing(corp
     assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_a_folder_being_built_is_never_removed_even_where_its_pid_looks_dead(corpus):
+    """Containers sharing a cache and a host name number their processes alike: a pid dead here may be
+    building there. The builder's lock decides; the pid only for folders without one."""
+    prepare(config(corpus))
+    root = prepare_module.store_root()
+    writer = store.StoreWriter(root / "other", "train", np.dtype(np.uint16), np.dtype(np.uint8))
+    building = root / f"other.partial-{socket.gethostname()}-999999999"  # as the other container's looks here
+    writer.folder.rename(building)
+    stale = root / f"old.partial-{socket.gethostname()}-999999998"
+    stale.mkdir()
+    (stale / store.BUILDING).touch()  # its builder was killed: nobody holds the lock
+    store.remove_stale_partials(root)
+    assert building.exists() and not stale.exists()
+    writer.folder = building
+    writer.abandon()  # the build ends: the lock is released with it
+    assert not building.exists()
+
+
 def test_sentencepiece_trains_on_a_sample_of_max_sentences(corpus, caplog):
     with caplog.at_level(logging.INFO):
         data = prepare(config(corpus, "tokenizer.max_sentences=100"))

@@ -19,6 +19,7 @@ counts as resident.)
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from nmt.errors import NMTError
 
 FORMAT = 1
 META = "meta.json"
+BUILDING = ".building"  # the lock a builder holds in its partial folder
 SIDES = ("src", "tgt")
 REQUIRED = ("split", "pairs", "offered", "tokens", "id_dtype", "length_dtype", "files", "src_pieces", "tgt_pieces")
 
@@ -135,6 +137,9 @@ class StoreWriter:
         self.folder = partial_folder(final)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
+        # held while this process builds: `remove_stale_partials` leaves a folder alone while anyone holds it
+        self._building = open(self.folder / BUILDING, "w")
+        fcntl.flock(self._building, fcntl.LOCK_EX)
         self.id_type, self.length_type = id_type, length_type
         self.files = {}
         for side in SIDES:
@@ -161,14 +166,17 @@ class StoreWriter:
             file.close()
         meta = {**meta, "format": FORMAT, "split": self.split, "pairs": self.pairs, "tokens": self.tokens,
                 "id_dtype": self.id_type.name, "length_dtype": self.length_type.name,
-                "files": {p.name: p.stat().st_size for p in sorted(self.folder.iterdir())}}
+                "files": {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.name != BUILDING}}
         (self.folder / META).write_text(json.dumps(meta) + "\n", encoding="utf-8")
         try:
             os.rename(self.folder, self.final)
+            (self.final / BUILDING).unlink(missing_ok=True)
         except OSError:  # another process (another node on shared storage) finished first: use theirs
             if read_meta(self.final) is None:
                 raise
             shutil.rmtree(self.folder, ignore_errors=True)
+        finally:
+            self._building.close()
         return self.final
 
     def abandon(self) -> None:
@@ -179,6 +187,7 @@ class StoreWriter:
             except OSError:
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._building.close()
 
 
 def read_meta(folder: Path) -> dict | None:
@@ -209,11 +218,20 @@ def partial_folder(final: Path) -> Path:
 
 
 def remove_stale_partials(parent: Path) -> None:
-    """Partial folders whose builder, on this host, is gone (killed mid-build)."""
+    """Partial folders whose builder, on this host, is gone (killed mid-build). A builder holds a lock in its
+    folder: a pid alone can mislead, since containers sharing a cache and a host name each number their
+    processes from 1."""
     for folder in parent.glob(f"*.partial-{socket.gethostname()}-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            with open(folder / BUILDING, "r+") as building:
+                fcntl.flock(building, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # being built
+        except OSError:  # no lock: a folder being deleted, or one from before the lock: ask its pid
+            pid = folder.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
