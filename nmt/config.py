@@ -329,7 +329,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):  # left to SafeLoader's own error
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(problem=f"'{key}' is given twice",
                                                         problem_mark=key_node.start_mark)

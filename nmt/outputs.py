@@ -65,7 +65,8 @@ def remember(path: Path) -> None:
             files = {name: identity for name, identity in _read_record(record).items()
                      if _identity(Path(name)) == identity}  # forget files deleted or changed since
             files.pop(str(path.resolve()), None)
-            files[str(path.resolve())] = _identity(path)
+            if _identity(path) is not None:
+                files[str(path.resolve())] = _identity(path)
             kept = dict(list(files.items())[-MAX_RECORDED:])
             partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
             partial.write_text(json.dumps({"version": 1, "files": kept}), encoding="utf-8")

@@ -26,7 +26,7 @@ def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) ->
     out = check_output(out or run_dir / "curves.png", reads=[path], flag="--out", overwrite=overwrite)
     image_format = out.suffix[1:].lower() or "png"
     if image_format not in IMAGE_FORMATS:
-        raise NMTError(f"--out {out}: ends in .{image_format}; give a .png, .svg or .pdf file")
+        raise NMTError(f"--out {out}: ends in .{image_format}; give a .png, .svg, .pdf or .jpg file")
     records = read_metrics(path)
     steps = [r for r in records if "loss" in r and r.get("event") is None and r["loss"] is not None]
     valid = [r for r in records if "valid_loss" in r]

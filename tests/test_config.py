@@ -66,6 +66,8 @@ def test_yaml_files_read_as_a_user_means_them(tmp_path):
     path.write_text("data:\n  max_len: 5\ntrain:\n  lr: 0.5\ndata:\n  max_len: 50\n")
     with pytest.raises(NMTError, match=r"c.yaml:5: not valid YAML \('data' is given twice\)"):
         load_config(path)
+    path.write_text("model:\n  <<: {layers: 1, dropout: 0.1}\n  dropout: 0.2\n")  # a merge: not a key twice
+    assert (load_config(path).model.layers, load_config(path).model.dropout) == (1, 0.2)
     path.write_text("data:\n  tgt_lang: no\n")
     with pytest.raises(NMTError, match=r"data.tgt_lang: expected text, got false .*quote it, e.g. 'no'"):
         load_config(path)

@@ -120,7 +120,7 @@ def test_translate_plot_and_evaluate_refuse_a_users_file_and_replace_their_own(t
     assert picture.read_bytes() == b"a user's picture"
     assert run_nmt("plot", str(run), "--out", str(tmp_path / "curves"), "--debug").returncode == 0  # no suffix
     assert (tmp_path / "curves").read_bytes().startswith(b"\x89PNG")
-    check_error(run_nmt("plot", str(run), "--out", str(tmp_path / "curves.txt")), "give a .png, .svg or .pdf file")
+    check_error(run_nmt("plot", str(run), "--out", str(tmp_path / "curves.txt")), "give a .png, .svg, .pdf or .jpg")
 
     scores = tmp_path / "scores"
     scores.mkdir()

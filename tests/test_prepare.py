@@ -155,6 +155,7 @@ def test_a_build_killed_midway_leaves_nothing_that_is_read(corpus, encoded_chunk
     stale = root / f"whatever.partial-{socket.gethostname()}-999999999"
     stale.mkdir()
     (stale / "meta.json").write_text("{}")
+    os.utime(stale, (1, 1))  # not one made a moment ago, whose builder may not have locked it yet
     data = prepare(cfg)
     assert not stale.exists() and data.store.meta["source"].endswith("train.{en,de}")
 
@@ -186,7 +187,12 @@ def test_a_folder_being_built_is_never_removed_even_where_its_pid_looks_dead(cor
     stale = root / f"old.partial-{socket.gethostname()}-999999998"
     stale.mkdir()
     (stale / store.BUILDING).touch()  # its builder was killed: nobody holds the lock
+    young = root / f"young.partial-{socket.gethostname()}-999999997"
+    young.mkdir()  # just made, its builder about to lock it
+    for folder in (building, stale):
+        os.utime(folder, (1, 1))
     store.remove_stale_partials(root)
+    assert young.exists()
     assert building.exists() and not stale.exists()
     writer.folder = building
     writer.abandon()  # the build ends: the lock is released with it

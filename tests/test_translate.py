@@ -199,3 +199,20 @@ def test_lines_typed_at_a_terminal_with_an_output_file_go_to_that_file(best, tmp
     assert process.stdout.read() == b""
     lines = output.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 and lines[0].startswith("Der Hund sieht die Katze")
+
+
+def test_a_pipe_as_input_is_read_once(best, tmp_path):
+    """`--input <(zcat corpus.gz)` is a pipe: counting its lines first would leave nothing to translate."""
+    import os
+    import threading
+
+    fifo = tmp_path / "lines.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("The dog sees the cat .\n\nThe cat sees the dog .\n"))
+    writer.start()
+    out = tmp_path / "out.de"
+    assert main(["translate", "--checkpoint", str(best), "--input", str(fifo), "--output", str(out),
+                 "--device", "cpu"]) == 0
+    writer.join()
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 4 and lines[0].startswith("Der Hund") and lines[1] == "" and lines[3] == ""

@@ -74,7 +74,15 @@ def translate_command(args) -> int:
                      overwrite=args.overwrite)
     if args.attention_plots:
         check_output_folder(args.attention_plots, flag="--attention-plots")
-    total = count_text_lines(Path(args.input)) if args.input != "-" else None  # and every byte is UTF-8
+    # a regular file is read twice: counted (and checked for UTF-8) first; a pipe (`<(zcat ...)`) once
+    pipe = args.input == "-" or (Path(args.input).exists() and not Path(args.input).is_file())
+    total = None if pipe else count_text_lines(Path(args.input))
+    interactive = args.input == "-" and sys.stdin.isatty() and args.output == "-"  # typed: line by line
+    if not interactive:  # the heatmaps' files checked before the model is loaded, like every output
+        chunks = _input_chunks(args.input)
+        first = next(chunks, [])
+        plotted = args.plot_first if args.attention_plots else 0  # the first chunk's first lines
+        plots = _attention_plot_paths(args, first[:plotted])
     device = resolve_device(args.device, setting="--device")
     loaded = load_checkpoints(args.checkpoint, device)
     translator = make_translator(args, loaded, device)
@@ -87,17 +95,13 @@ def translate_command(args) -> int:
         return translator.translate_ids(translator.encode(lines), nbest=nbest, keep_attention=keep_attention,
                                         progress=progress)
 
-    if args.input == "-" and sys.stdin.isatty() and args.output == "-":  # typed at a terminal: line by line
+    if interactive:
         for line in sys.stdin:
             hypotheses = run(split_lines(line) or [""])
             out = format_nbest(hypotheses, tokenizer) if nbest > 1 else [tokenizer.tgt.decode(hypotheses[0][0].tokens)]
             print("\n".join(map(_one_line, out)), flush=True)
         return 0
 
-    chunks = _input_chunks(args.input)
-    first = next(chunks, [])
-    plotted = args.plot_first if args.attention_plots else 0  # the first chunk's first lines
-    plots = _attention_plot_paths(args, first[:plotted])
     bar = tqdm(total=total, unit="sent", disable=args.output == "-" and sys.stdout.isatty(), dynamic_ncols=True)
     with contextlib.ExitStack() as stack:  # the file closes, then `replacing` renames it over the output
         out = sys.stdout if args.output == "-" else stack.enter_context(

@@ -11,6 +11,7 @@ so memory does not grow with the corpus.
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import hashlib
 import json
@@ -242,7 +243,6 @@ def _workers(requested: int) -> int:
 def _build(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: Path) -> None:
     data = cfg.data
     pieces = max(tokenizer.src.sp.get_piece_size(), tokenizer.tgt.sp.get_piece_size())
-    writer = StoreWriter(folder, "train", store.id_dtype(pieces), store.length_dtype(data.max_len))
     encoder_args = (tokenizer.src.model_proto, tokenizer.tgt.model_proto, data.max_len, data.max_len_ratio)
     workers = _workers(data.num_workers) if limit >= POOL_MIN_PAIRS else 1
     log.info("prepared data: tokenizing %s pairs of %s with %d process(es) into %s",
@@ -251,8 +251,9 @@ def _build(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: Path) 
     empty, done, dropped, started = 0, 0, Counter(), time.perf_counter()
     bar = tqdm(total=limit, desc="tokenizing", unit=" pairs", unit_scale=True, dynamic_ncols=True,
                disable=not sys.stderr.isatty(), mininterval=1.0)
-    logged = started
+    logged, writer = started, None
     try:
+        writer = StoreWriter(folder, "train", store.id_dtype(pieces), store.length_dtype(data.max_len))
         for chunk in _encoded(stream, limit, workers, encoder_args):
             writer.append("src", chunk.src_ids, chunk.src_lengths)
             writer.append("tgt", chunk.tgt_ids, chunk.tgt_lengths)
@@ -281,8 +282,10 @@ def _build(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: Path) 
                        "src_pieces": used[0].nonzero()[0].tolist(), "tgt_pieces": used[1].nonzero()[0].tolist()})
     except BaseException as error:
         bar.close()
-        writer.abandon()
-        if isinstance(error, OSError):  # a full disk, a quota: the partial store is gone again
+        if writer is not None:
+            writer.abandon()
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            # a full disk, a quota: the partial store is gone again
             raise NMTError(f"cannot write the prepared data under {folder.parent} ({error.strerror or error}); "
                            "free space there or set NMT_CACHE to a folder with room") from None
         raise

@@ -305,7 +305,8 @@ class HubPairs:
         if Path(self._dataset).is_dir():
             if self._digest is None:  # asked for twice (tokenizer and store): the files are read once
                 self._digest = _folder_digest(Path(self._dataset))
-            return f"hub-folder:{self._digest}:{self.split}:{'-'.join(self.langs)}"
+            config_name = getattr(self.table.info, "config_name", None)  # two configs of one folder differ
+            return f"hub-folder:{self._digest}:{config_name}:{self.split}:{'-'.join(self.langs)}"
         return f"hub:{self._dataset}:{self.split}:{self.table._fingerprint}:{'-'.join(self.langs)}"
 
     def chunks(self, size: int):

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +224,8 @@ def remove_stale_partials(parent: Path) -> None:
     processes from 1."""
     for folder in parent.glob(f"*.partial-{socket.gethostname()}-*"):
         try:
+            if time.time() - folder.stat().st_mtime < 60:  # just made: its builder may not hold the lock yet
+                continue
             with open(folder / BUILDING, "r+") as building:
                 fcntl.flock(building, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
