@@ -117,3 +117,5 @@ def test_counting_a_files_lines_finds_invalid_utf8_on_any_line(tmp_path, monkeyp
     path.write_bytes(b"ok\n" * 3 + b"last line without newline \xe2\x82")  # cut inside a character
     with pytest.raises(NMTError, match=r"lines.txt:4: invalid UTF-8"):
         count_text_lines(path)
+    with pytest.raises(NMTError, match="is a folder; give a text file"):
+        count_text_lines(tmp_path)

@@ -75,8 +75,9 @@ def translate_command(args) -> int:
     if args.attention_plots:
         check_output_folder(args.attention_plots, flag="--attention-plots")
     # a regular file is read twice: counted (and checked for UTF-8) first; a pipe (`<(zcat ...)`) once
-    pipe = args.input == "-" or (Path(args.input).exists() and not Path(args.input).is_file())
-    total = None if pipe else count_text_lines(Path(args.input))
+    source = Path(args.input)
+    pipe = args.input == "-" or (source.exists() and not source.is_file() and not source.is_dir())
+    total = None if pipe else count_text_lines(source)
     interactive = args.input == "-" and sys.stdin.isatty() and args.output == "-"  # typed: line by line
     if not interactive:  # the heatmaps' files checked before the model is loaded, like every output
         chunks = _input_chunks(args.input)

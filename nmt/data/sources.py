@@ -91,6 +91,8 @@ def count_text_lines(path: Path) -> int:
                 lines, carry = lines + block.count(b"\n", 0, cut), block[cut:]
     except FileNotFoundError:
         raise NMTError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise NMTError(f"{path}: is a folder; give a text file, one sentence a line") from None
     except OSError as error:
         raise NMTError(f"{path}: cannot read ({error.strerror})") from None
     _decode_lines([carry], path, lines + 1)
