@@ -62,11 +62,11 @@ def remember(path: Path) -> None:
         record.parent.mkdir(parents=True, exist_ok=True)
         with open(record.with_name(record.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two commands finishing at once: neither loses the other's entry
-            files = {name: identity for name, identity in _read_record(record).items()
-                     if _identity(Path(name)) == identity}  # forget files deleted or changed since
-            files.pop(str(path.resolve()), None)
-            if _identity(path) is not None:
-                files[str(path.resolve())] = _identity(path)
+            name, identity = str(path.resolve()), _identity(path)
+            files = {other: known for other, known in _read_record(record).items()
+                     if other != name and _identity(Path(other)) == known}  # forget files deleted or changed
+            if identity is not None:
+                files[name] = identity  # last: the newest
             kept = dict(list(files.items())[-MAX_RECORDED:])
             partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
             partial.write_text(json.dumps({"version": 1, "files": kept}), encoding="utf-8")

@@ -272,10 +272,8 @@ class Trainer:
         reason = budget_spent(cfg, progress.step, progress.elapsed)
         self.model.train()
         with self.signals:
-            if reason is None and self._validation_abandoned():  # done first, as the uninterrupted run did
-                if self._timed_validation():
-                    reason = self._patience_ran_out()
-                reason = reason or budget_spent(cfg, progress.step, progress.elapsed)
+            if reason is None and self._validation_due():  # a signal abandoned it: done first, as it was due
+                reason = self._due_validation(reason)
             while reason is None and progress.epoch <= cfg.max_epochs:
                 plan = shard(plan_batches(data.train.src_lengths, data.train.tgt_lengths, batch_tokens=cfg.batch_tokens,
                                           batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=progress.epoch),
@@ -315,12 +313,8 @@ class Trainer:
                         if progress.step % cfg.log_every == 0:
                             self._log_window(window, norm, clipped, batch, bar)
                     reason = budget_spent(cfg, progress.step, progress.elapsed)
-                    if cfg.valid_every and progress.step % cfg.valid_every == 0:
-                        if self._timed_validation():
-                            reason = self._patience_ran_out()
-                        # its time counts in the budget: when it spent the rest, stop here, validated, rather
-                        # than one step later with a second validation
-                        reason = reason or budget_spent(cfg, progress.step, progress.elapsed)
+                    if self._validation_due():
+                        reason = self._due_validation(reason)
                     if reason:
                         break
                     self._save_if_due()
@@ -346,11 +340,18 @@ class Trainer:
                  progress.step, progress.elapsed / 60, f"{peak_mib:,.0f}")
         return reason
 
-    def _validation_abandoned(self) -> bool:
-        """A stop signal abandoned the validation `train.valid_every` asked for at this step (the checkpoint
-        it saved is of this step, not yet validated)."""
+    def _validation_due(self) -> bool:
+        """`train.valid_every` asks for a validation at this step and it has not run (just trained, or a stop
+        signal abandoned it: the checkpoint that signal saved is of this step, not yet validated)."""
         step, every = self.progress.step, self.cfg.train.valid_every
         return bool(every) and step > 0 and step % every == 0 and self.progress.validated_step != step
+
+    def _due_validation(self, reason: str | None) -> str | None:
+        """That validation; why to stop now. Its time counts in the budget: when it spent the rest, stop here,
+        validated, rather than one step later with a second validation."""
+        if self._timed_validation():
+            return self._patience_ran_out()
+        return reason or budget_spent(self.cfg.train, self.progress.step, self.progress.elapsed)
 
     def _patience_ran_out(self) -> str:
         return f"early stopping: train.patience={self.cfg.train.patience} validations without a better BLEU"

@@ -9,6 +9,7 @@ Rows may be flat (`{"en": ..., "de": ...}`) or carry a `translation` dict column
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -68,14 +69,23 @@ def text_languages(path: Path) -> list[str]:
                    and len(p.suffix) <= 9 and p.suffix[1:].lower() not in NOT_LANGUAGES})
 
 
-def read_text_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 file, without newlines; invalid UTF-8 is an error naming the line."""
+@contextlib.contextmanager
+def _reading(path: Path):
+    """A text file that cannot be read is one line naming it."""
     try:
-        data = path.read_bytes()
+        yield
     except FileNotFoundError:
         raise NMTError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise NMTError(f"{path}: is a folder; give a text file, one sentence a line") from None
     except OSError as error:
         raise NMTError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 file, without newlines; invalid UTF-8 is an error naming the line."""
+    with _reading(path):
+        data = path.read_bytes()
     return _decode_lines([data], path, 1) if data else []
 
 
@@ -83,25 +93,18 @@ def count_text_lines(path: Path) -> int:
     """The lines `read_line_chunks` will give, counted in one streaming pass that also checks the whole file
     is UTF-8, so a bad byte on line 9,000,000 is reported before any translating, not after."""
     lines, carry = 0, b""
-    try:
-        with open(path, "rb") as file:
-            while block := file.read(1 << 22):
-                block, cut = carry + block, (carry + block).rfind(b"\n") + 1
-                _decode_lines([block[:cut]], path, lines + 1)
-                lines, carry = lines + block.count(b"\n", 0, cut), block[cut:]
-    except FileNotFoundError:
-        raise NMTError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise NMTError(f"{path}: is a folder; give a text file, one sentence a line") from None
-    except OSError as error:
-        raise NMTError(f"{path}: cannot read ({error.strerror})") from None
+    with _reading(path), open(path, "rb") as file:
+        while block := file.read(1 << 22):
+            block, cut = carry + block, (carry + block).rfind(b"\n") + 1
+            _decode_lines([block[:cut]], path, lines + 1)
+            lines, carry = lines + block.count(b"\n", 0, cut), block[cut:]
     _decode_lines([carry], path, lines + 1)
     return lines + (1 if carry else 0)
 
 
 def read_line_chunks(path: Path, size: int):
     """`read_text_lines`, `size` lines at a time."""
-    with open(path, "rb") as file:
+    with _reading(path), open(path, "rb") as file:
         first_line = 1
         while raw := list(itertools.islice(file, size)):
             yield _decode_lines(raw, path, first_line)
@@ -230,30 +233,17 @@ class TextPairs:
         return self._fingerprint
 
     def chunks(self, size: int):
-        with open(self.paths[0], "rb") as src_file, open(self.paths[1], "rb") as tgt_file:
-            first_line = 1
-            while True:
-                src_raw, tgt_raw = list(itertools.islice(src_file, size)), list(itertools.islice(tgt_file, size))
-                if not src_raw:
-                    return
-                yield (_decode_lines(src_raw, self.paths[0], first_line),
-                       _decode_lines(tgt_raw, self.paths[1], first_line))
-                first_line += len(src_raw)
+        yield from zip(*(read_line_chunks(path, size) for path in self.paths))  # in step: the counts match
 
 
 def _digest_and_count(path: Path) -> tuple[str, int]:
     """sha256 of a file and its line count as `read_text_lines` counts them, in one streaming pass."""
     digest, newlines, last = hashlib.sha256(), 0, b""
-    try:
-        with open(path, "rb") as file:
-            while block := file.read(1 << 22):
-                digest.update(block)
-                newlines += block.count(b"\n")
-                last = block
-    except FileNotFoundError:
-        raise NMTError(f"{path}: file not found") from None
-    except OSError as error:
-        raise NMTError(f"{path}: cannot read ({error.strerror})") from None
+    with _reading(path), open(path, "rb") as file:
+        while block := file.read(1 << 22):
+            digest.update(block)
+            newlines += block.count(b"\n")
+            last = block
     return digest.hexdigest(), newlines + (1 if last and not last.endswith(b"\n") else 0)
 
 
@@ -262,10 +252,7 @@ def _folder_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not any(
             part.startswith(".") for part in p.relative_to(folder).parts)):
-        digest.update(f"{path.relative_to(folder)}\0".encode())
-        with open(path, "rb") as file:
-            while block := file.read(1 << 22):
-                digest.update(block)
+        digest.update(f"{path.relative_to(folder)}\0{_digest_and_count(path)[0]}".encode())
     return digest.hexdigest()
 
 
