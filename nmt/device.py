@@ -48,8 +48,8 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def _name_from_cpuinfo(text: str) -> str:
-    """The first processor's name from a /proc/cpuinfo text (ValueError if it names none)."""
+def _first_processor(text: str) -> dict[str, str]:
+    """The first processor's fields in a /proc/cpuinfo text."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
@@ -58,6 +58,12 @@ def _name_from_cpuinfo(text: str) -> str:
             continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _name_from_cpuinfo(text: str) -> str:
+    """The first processor's name from a /proc/cpuinfo text (ValueError if it names none)."""
+    fields = _first_processor(text)
     name = fields.get("model name")
     if not name:
         raise ValueError("no model name")
@@ -65,6 +71,15 @@ def _name_from_cpuinfo(text: str) -> str:
     if family and model and family.isdigit() and model.isdigit():
         return f"{name} (family {family}, model {model})"
     return name
+
+
+def cpu_flags() -> list[str]:
+    """The vector-instruction flags that decide nmt's CPU paths, of those /proc/cpuinfo lists."""
+    try:
+        flags = set(_first_processor(Path("/proc/cpuinfo").read_text()).get("flags", "").split())
+    except OSError:
+        return []
+    return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni"})
 
 
 def cpu_capability() -> str:
@@ -118,6 +133,27 @@ def resolve_precision(name: str, device: torch.device, *, setting: str = "train.
         _warn_once(f"{setting}=bf16 on a CPU without native bfloat16 ({describe_cpu()}): it runs several "
                    f"times slower than fp32 here; {setting}=auto chooses fp32")
     return name
+
+
+def describe_machine() -> str:
+    """What `nmt --version` prints: the versions, and the device and precision `auto` would choose here; a
+    user's first check that a container sees its GPU (a CUDA torch without a GPU is said so)."""
+    import nmt
+
+    lines = [f"nmt {nmt.__version__}, torch {torch.__version__}, Python {platform.python_version()}"]
+    device = resolve_device("auto")
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_properties(device)
+        lines.append(f"device (train.device auto): cuda, {gpu.name}, {gpu.total_memory / 2**30:.0f} GiB, "
+                     f"compute capability {gpu.major}.{gpu.minor}, CUDA {torch.version.cuda}, "
+                     f"{torch.cuda.device_count()} GPU(s) visible")
+    else:
+        unseen = f"; no CUDA GPU visible to this torch (built for CUDA {torch.version.cuda})" if torch.version.cuda \
+            else ""
+        lines.append(f"device (train.device auto): cpu, {describe_cpu()}, flags {' '.join(cpu_flags()) or 'none'}"
+                     f"{unseen}")
+    lines.append(f"precision (train.precision auto): {resolve_precision('auto', device)}")
+    return "\n".join(lines)
 
 
 def precision_reason(name: str, chosen: str, device: torch.device) -> str:

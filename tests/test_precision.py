@@ -208,3 +208,37 @@ def test_the_cached_product_routes_are_keyed_by_the_cpus_family_and_model(monkey
     zen5 = gemm._machine_key()
     monkeypatch.setattr(gemm, "cpu_name", lambda: device._name_from_cpuinfo(ZEN5_CPUINFO.replace("26", "25", 1)))
     assert gemm._machine_key() != zen5 and "family 26, model 2" in zen5
+
+
+def test_version_names_the_versions_and_what_auto_chooses_here(cpu_without_bf16, capsys):
+    """`nmt --version` is a user's first check in a container: no command needed, and the device and precision
+    it names are the ones `auto` then trains with."""
+    import nmt
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"nmt {nmt.__version__}, torch {torch.__version__}, Python ")
+    chosen = device.resolve_device("auto")
+    assert lines[1].startswith(f"device (train.device auto): {chosen.type}, ")
+    if chosen.type == "cpu":
+        assert "AVX2, no bfloat16" in lines[1] and "flags " in lines[1]
+    assert lines[2] == f"precision (train.precision auto): {device.resolve_precision('auto', chosen)}"
+    assert lines[2].endswith("fp32") or chosen.type == "cuda"  # the stand-in CPU has no bf16
+
+
+@pytest.mark.parametrize("millions, on, warned", [(42.7, "cpu", True), (4.3, "cpu", False), (42.7, "cuda", False)])
+def test_a_model_sized_for_a_gpu_started_on_a_cpu_is_said_so_with_the_cpu_config(millions, on, warned, caplog):
+    from types import SimpleNamespace
+
+    from nmt.experiment import warn_if_sized_for_a_gpu
+
+    model = SimpleNamespace(num_parameters=lambda: int(millions * 1e6))
+    with caplog.at_level(logging.WARNING, logger="nmt"):
+        warn_if_sized_for_a_gpu(SimpleNamespace(model=model, device=torch.device(on)))
+    said = [r.getMessage() for r in caplog.records]
+    assert bool(said) == warned
+    if warned:
+        assert len(said) == 1 and "42.7 M parameters" in said[0] and "configs/multi30k_en_de_cpu.yaml" in said[0]
+        assert (ROOT / "configs" / "multi30k_en_de_cpu.yaml").is_file()

@@ -11,6 +11,20 @@ _DEBUG = argparse.ArgumentParser(add_help=False)
 _DEBUG.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
+class _Version(argparse.Action):
+    """`nmt --version`: versions, device and precision (imported only when asked: torch is slow to load)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print nmt's and torch's versions and the device "
+                         "and precision auto chooses here, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from nmt.device import describe_machine
+
+        print(describe_machine())
+        parser.exit()
+
+
 def _add_overwrite(p, what: str) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace {what} even if nmt did not write it (by default only nmt's own unchanged "
@@ -149,6 +163,7 @@ def _add_study(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nmt", description="LSTM-attention neural machine translation")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_prepare(sub)
