@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +34,8 @@ def init_world(device_type: str) -> World:
     if not dist.is_initialized():
         # the first run on a large corpus waits at a collective while one rank per node prepares the data
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timedelta(hours=1))
+    if dist.get_rank() != 0:  # rank 0 alone tells the run's story; the others still warn and fail aloud
+        logging.getLogger("nmt").setLevel(logging.WARNING)
     return World(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), size=size)
 
 

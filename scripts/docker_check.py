@@ -47,7 +47,10 @@ class CheckFailed(Exception):
 def run(args: list[str], *, timeout: float = 1800, log: Path | None = None, check: bool = True,
         stdin=None) -> subprocess.CompletedProcess:
     """A command; its output kept in `log` (appended) when given, and returned."""
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=stdin)
+    try:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=stdin)
+    except FileNotFoundError:
+        raise CheckFailed(f"{args[0]} not found") from None
     if log is not None:
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"$ {' '.join(args)}\n{result.stdout}{result.stderr}\n")
@@ -174,8 +177,15 @@ def ensure_standin(work: Path, log: Path) -> str:
     return f"stand-in {key} made with debootstrap from {mirror}"
 
 
+def image_id(image: str) -> str:
+    return run(["docker", "image", "inspect", image, "--format", "{{.Id}}"], check=False).stdout.strip()
+
+
 def build(image: str, log: Path) -> str:
+    before = image_id(image)
     result = run(["docker", "build", "--network", "host", "-t", image, str(ROOT)], timeout=3600, log=log)
+    if before and before != image_id(image):  # the last check's image, now untagged: its own layers go
+        run(["docker", "rmi", before], check=False, log=log)
     steps = len(re.findall(r"^Step \d+/\d+", result.stdout, flags=re.M))
     cached = result.stdout.count("Using cache")
     size = int(run(["docker", "image", "inspect", image, "--format", "{{.Size}}"]).stdout)
@@ -419,7 +429,10 @@ def machine() -> str:
     first = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
     cpu = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first)}
     flags = sorted(set(cpu.get("flags", "").split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni"})
-    server = run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).stdout.strip()
+    try:
+        server = run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).stdout.strip()
+    except CheckFailed:
+        server = ""
     return (f"{cpu.get('model name', '?')} (family {cpu.get('cpu family', '?')}, model {cpu.get('model', '?')}; "
             f"{' '.join(flags)}), {os.cpu_count()} cores; Docker engine {server or '?'}; {time.strftime('%Y-%m-%d')}")
 
@@ -436,7 +449,7 @@ def main() -> int:
     parser.add_argument("--image", default="nmt:docker-check", help="tag for the image built")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, runs) afterwards")
     args = parser.parse_args()
-    table, started, dockerd, failed, where = [], time.monotonic(), None, False, ""
+    table, started, dockerd, failure = [], time.monotonic(), None, None
     work = Path(tempfile.mkdtemp(prefix="nmt-docker-check-"))
     try:
         engine: list[subprocess.Popen | None] = []
@@ -445,19 +458,19 @@ def main() -> int:
         timed(table, "base image", ensure_standin, work, work / "build.log")
         timed(table, "docker build", build, args.image, work / "build.log")
         exercise(table, args.image, work)
-    except CheckFailed as failure:
-        failed = True
-        print(f"docker_check: {failure} (logs: {work})", file=sys.stderr)
+    except CheckFailed as failed:
+        failure = failed
     finally:
         where = machine()  # while the engine still answers
         if dockerd is not None:
             stop_dockerd(dockerd)
-        if not (failed or args.keep):
-            shutil.rmtree(work, ignore_errors=True)
+    kept = args.keep or (failure is not None and any(work.iterdir()))
+    if not kept:
+        shutil.rmtree(work, ignore_errors=True)
     print_table(table, time.monotonic() - started, where)
-    if failed:
-        print(f"docker_check: FAILED (logs: {work})", file=sys.stderr)
-    return 1 if failed else 0
+    if failure is not None:
+        print(f"docker_check: {failure}" + (f" (logs: {work})" if kept else ""), file=sys.stderr)
+    return 0 if failure is None else 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Two processes with the gloo backend on the CPU, as torchrun would start them."""
 
+import logging
 import math
 import os
 import socket
@@ -108,3 +109,24 @@ def test_two_gloo_processes_average_to_the_one_process_gradient(tmp_path):
     for name, p in model.named_parameters():
         assert p.grad.abs().sum() > 0, name
         torch.testing.assert_close(ddp[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("rank, level", [(0, logging.NOTSET), (1, logging.WARNING)])
+def test_only_rank_0_logs_the_runs_progress(rank, level, monkeypatch):
+    """Under torchrun every rank runs the same code: the others' info lines (epoch ends, the model, the
+    kernels built) would repeat rank 0's, out of step. Their warnings and errors still show."""
+    import torch.distributed as dist
+
+    from nmt.distributed import init_world
+
+    logger, before = logging.getLogger("nmt"), logging.getLogger("nmt").level
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+    try:
+        world = init_world("cpu")
+        assert (world.rank, world.size, world.is_main) == (rank, 2, rank == 0)
+        assert logger.level == level
+    finally:
+        logger.setLevel(before)

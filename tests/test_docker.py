@@ -6,6 +6,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,7 @@ def documented_docker_runs() -> list[list[str]]:
     runs = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = re.sub(r"\\\n\s*", " ", doc.read_text())
-        runs += [shlex.split(m) for m in re.findall(r"^docker run (.+)$", text, flags=re.M)]
+        runs += [shlex.split(m, comments=True) for m in re.findall(r"(?:^|&& )docker run (.+)$", text, flags=re.M)]
     return runs
 
 
@@ -64,6 +65,11 @@ def test_every_documented_docker_run_uses_the_images_volumes_and_a_valid_command
         else:
             assert entrypoint == ["nmt"]
             command = command or json.loads(instructions["CMD"][-1])
+        if command == ["--version"]:
+            continue  # prints and exits; reads and writes nothing
+        # the caches and the record of nmt's own outputs live in /data: without the volume the same command
+        # run again would refuse to replace its own output
+        assert "/data" in mounts, args
         build_parser().parse_args(command)  # exits (fails the test) on an invalid command line
         config = next((command[i + 1] for i, a in enumerate(command) if a == "--config"), None)
         if config:
@@ -86,3 +92,48 @@ def test_the_image_has_the_compiler_the_cpu_kernels_are_built_with():
     assert compiler, "the image sets no CC"
     installs = [run for run in instructions["RUN"] if "apt-get install" in run]
     assert any(re.search(rf"\b{re.escape(compiler.group(1))}\b", run) and "libc6-dev" in run for run in installs)
+
+
+def docker_check():
+    """scripts/docker_check.py as a module (CI runs it as root after the tests; these check its rules)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docker_check", ROOT / "scripts" / "docker_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("lacking, said", [("root", "must run as root"), ("debian", "needs a Debian machine"),
+                                           ("space", "GiB free under /var/lib")])
+def test_the_docker_check_fails_in_one_line_where_it_cannot_run(lacking, said, monkeypatch, capsys):
+    """CI must go red, not skip, on a machine where the image cannot be built and run."""
+    check = docker_check()
+    if lacking == "root":
+        monkeypatch.setattr(check.os, "geteuid", lambda: 1000)
+    if lacking == "debian":
+        monkeypatch.setattr(check.shutil, "which", lambda tool: None)
+    if lacking == "space":
+        monkeypatch.setattr(check.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 99, 2**30))
+    monkeypatch.setattr(check.sys, "argv", ["docker_check.py"])
+    assert check.main() == 1
+    printed = capsys.readouterr()
+    errors = printed.err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("docker_check: packages and engine: ") and said in errors[0]
+    assert "| packages and engine | 0 | FAILED: " in printed.out and said in printed.out
+
+
+def test_the_stand_in_base_takes_the_machines_registry_settings_but_not_its_local_paths(monkeypatch):
+    """Inside the build only network indexes mean something; the certificate pip trusts here goes into the
+    stand-in at the path its pip.conf names."""
+    listed = ("global.index-url='https://mirror.example/simple'\n"
+              "global.extra-index-url='file:///opt/pypi/simple https://extra.example/simple'\n"
+              "global.find-links='/opt/wheels'\nglobal.constraint='/etc/xdg/pip/constraints.txt'\n"
+              ":env:.cert='/etc/ssl/certs/custom.crt'\n:env:.default-timeout='180'\n")
+    check = docker_check()
+    monkeypatch.setattr(check.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, listed, ""))
+    conf, cert = check.host_pip_settings()
+    assert conf == ("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n"
+                    "extra-index-url = https://extra.example/simple\nindex-url = https://mirror.example/simple\n"
+                    "timeout = 180\n")
+    assert cert == Path("/etc/ssl/certs/custom.crt")
