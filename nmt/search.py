@@ -177,6 +177,29 @@ class BeamSearch:
         return self.keys + [key for keys, *_ in self.joining for key in keys]
 
     @torch.inference_mode()
+    def drop(self, unwanted) -> list:
+        """Remove the live sentences whose key `unwanted(key)` is true (nobody waits for them any more), and
+        return their keys; sentences still joining are dropped at a later call, once they are live."""
+        gone = [i for i, key in enumerate(self.keys) if unwanted(key)]
+        if not gone:
+            return []
+        dropped = [self.keys[i] for i in gone]
+        kept = sorted(set(range(len(self.keys))) - set(gone))
+        if not kept:
+            self.keys, self.finished, self.sentences = [], [], None
+            self.memory = self.state = self.tokens = self.history = self.attention = None
+            return dropped
+        keep = torch.tensor(kept, device=self.tokens.device)
+        rows = (keep.unsqueeze(1) * self.k + torch.arange(self.k, device=keep.device)).view(-1)  # k beams each
+        self.memory, self.state, self.sentences = self.memory.index_select(keep), self.state.index_select(rows), \
+            self.sentences.select(keep)
+        self.tokens, self.history = self.tokens[rows], self.history[rows]
+        if self.keep_attention:
+            self.attention = self.attention[rows]
+        self.keys, self.finished = [self.keys[i] for i in kept], [self.finished[i] for i in kept]
+        return dropped
+
+    @torch.inference_mode()
     def add(self, src: torch.Tensor, src_lengths: torch.Tensor, keys) -> None:
         """src (B, S) padded ids and their lengths (B,); the sentences start at the next step."""
         memory, state = self.decoder.encode(src, src_lengths)

@@ -13,12 +13,10 @@ import asyncio
 import logging
 import math
 import queue
-import signal
 import threading
 import time
 from collections import defaultdict, deque
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +37,10 @@ class Limits:
     timeout_s: float = 60.0  # a request waiting longer gets 504
     max_wait_ms: float = 5.0  # on an idle server, how long the first sentence waits for others to start with
     batch_tokens: int = 4000  # source pieces being decoded at once; more sentences wait their turn
+    client_timeout_s: float = 10.0  # for a request's line, headers and body to arrive; beyond it: closed, or 408
+    keep_alive_s: float = 5.0  # an idle connection is closed after this
+    max_connections: int = 1000  # open sockets; a new one beyond it is closed at once
+    debug: bool = False  # tracebacks in the log for failures (else one line each)
 
 
 class TranslateRequest(BaseModel):
@@ -64,7 +66,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     results: list = field(default_factory=list)
     left: int = 0  # sentences still decoding
-    abandoned: bool = False  # timed out: not started if it has not been
+    abandoned: bool = False  # answered, timed out, or its client left: not started, or dropped at the next step
 
     @property
     def tokens(self) -> int:
@@ -88,6 +90,7 @@ class Batcher:
         self.steps = 0
         self.pieces: dict[tuple, int] = {}  # source pieces in each search
         self.thread: threading.Thread | None = None
+        self.abandons = 0  # requests left unanswered (timed out, client gone): their sentences leave the search
 
     async def translate(self, sources: list[list[int]], beam_size: int, nbest: int, attention: bool):
         if self.waiting + len(sources) > self.limits.max_queue:
@@ -101,6 +104,8 @@ class Batcher:
         finally:
             self.waiting -= len(sources)
             job.abandoned = True
+            if not job.future.done():  # timed out or cancelled (the client went away): the decoder drops it
+                self.abandons += 1
 
     def start_thread(self) -> None:
         """Decode in a thread of its own (`run` in the main thread is faster: see `serve_until_stopped`)."""
@@ -117,15 +122,27 @@ class Batcher:
         self.translator.translate(["warm up"])  # the first search builds and touches everything once
         backlog: deque[_Job] = deque()  # arrived, not yet admitted
         searches: dict[tuple, BeamSearch] = {}  # one per decoding setting
+        abandons = 0
         while True:
             idle = not searches and not backlog
             try:
                 self._take(backlog, block=idle)
             except _Stop:
                 return
+            if abandons != self.abandons:  # read without a lock: a late count only delays a drop by a step
+                abandons = self.abandons
+                self._drop_abandoned(searches)
             self._admit(backlog, searches)
             for key in list(searches):
                 self._advance(key, searches)
+
+    def _drop_abandoned(self, searches: dict) -> None:
+        """Sentences of requests nobody waits for any more leave their searches, freeing their rows."""
+        for key in list(searches):
+            for job, i in searches[key].drop(lambda sentence: sentence[0].abandoned):
+                self.pieces[key] -= len(job.sources[i]) + 1
+            if not searches[key]:
+                del searches[key], self.pieces[key]
 
     def _take(self, backlog: deque, block: bool) -> None:
         """Move arrived jobs to the backlog; on an idle server, wait for the first and `max_wait_ms` more."""
@@ -174,8 +191,8 @@ class Batcher:
                 try:
                     with self.translator.autocast():
                         search.add(*self.translator.source_batch([job.sources[i] for job, i in sentences]), sentences)
-                except Exception:  # noqa: BLE001 - decoded again one request at a time: only the culprit fails
-                    log.exception("starting a batch failed; decoding its requests one at a time")
+                except Exception as error:  # noqa: BLE001 - decoded again one request at a time: only the culprit fails
+                    self._log_failure("starting a batch", error, "decoding its requests one at a time")
                     for job in jobs:
                         self._alone(job)
                     continue
@@ -191,8 +208,8 @@ class Batcher:
         try:
             with self.translator.autocast():
                 done = search.step()
-        except Exception:  # noqa: BLE001 - its requests are decoded again alone: only a culprit fails
-            log.exception("a decoding step failed; decoding its requests one at a time")
+        except Exception as error:  # noqa: BLE001 - its requests are decoded again alone: only a culprit fails
+            self._log_failure("a decoding step", error, "decoding its requests one at a time")
             del searches[key], self.pieces[key]
             for job in dict.fromkeys(job for job, _ in search.all_keys()):
                 self._alone(job)
@@ -213,10 +230,13 @@ class Batcher:
             job.results = self.translator.translate_ids(job.sources, nbest=nbest, keep_attention=attention,
                                                         beam_size=beam)
         except Exception as error:  # noqa: BLE001 - this request fails, and only this one
-            log.exception("decoding a request failed")
+            self._log_failure("decoding a request", error, "it is answered 500")
             job.loop.call_soon_threadsafe(_settle, job.future, None, error)
             return
         self._settle(job)
+
+    def _log_failure(self, what: str, error: Exception, then: str) -> None:
+        log.error("%s failed (%s: %s); %s", what, type(error).__name__, error, then, exc_info=self.limits.debug)
 
     def _settle(self, job: _Job) -> None:
         job.loop.call_soon_threadsafe(_settle, job.future, job.results, None)
@@ -235,125 +255,22 @@ def _settle(future: asyncio.Future, results, error) -> None:
         future.set_exception(RuntimeError("decoding failed"))
 
 
-def create_app(translator: Translator, info: dict, limits: Limits, decode_thread: bool = True):
-    """The FastAPI app: POST /translate, GET /health, GET /info, the page at /, OpenAPI docs at /docs.
-    Its `state.batcher` decodes in a thread it starts, or, with `decode_thread=False`, wherever the caller
-    runs `app.state.batcher.run()`."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-
-    from nmt.serve_page import PAGE
-
-    batcher = Batcher(translator, limits)
-    tokenizer = translator.tokenizer
-
-    @asynccontextmanager
-    async def lifespan(app):
-        if decode_thread:
-            batcher.start_thread()
-        log.info("serving %s; limits: %s", ", ".join(info["checkpoints"]),
-                 ", ".join(f"{name} {value}" for name, value in asdict(limits).items()))
-        yield
-        batcher.stop()
-
-    app = FastAPI(title="nmt", summary=f"{info['source_language']}→{info['target_language']} translation",
-                  lifespan=lifespan)
-    app.state.batcher = batcher
-
-    @app.exception_handler(RequestValidationError)
-    async def one_line(request: Request, error: RequestValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        status = 400 if first.get("type") == "json_invalid" else 422
-        message = f"{where}: {first.get('msg', 'invalid')}"
-        if where == "body" and "json" not in request.headers.get("content-type", ""):  # curl -d sends a form
-            message += "; send the body as JSON, with the header Content-Type: application/json"
-        return JSONResponse({"error": message}, status_code=status)
-
-    def refuse(status: int, reason: str, **headers):
-        return JSONResponse({"error": reason}, status_code=status, headers=headers)
-
-    @app.post("/translate")
-    async def translate(request: TranslateRequest):
-        if (request.text is None) == (request.texts is None):
-            return refuse(422, "give exactly one of 'text' and 'texts'")
-        texts = [request.text] if request.text is not None else request.texts
-        beam = request.beam_size or translator.beam_size
-        if len(texts) > limits.max_texts:
-            return refuse(413, f"{len(texts)} texts; at most {limits.max_texts} per request")
-        chars = sum(map(len, texts))
-        if chars > limits.max_chars:
-            return refuse(413, f"{chars} characters; at most {limits.max_chars} per request")
-        if request.nbest > beam:
-            return refuse(422, f"nbest {request.nbest} is more than beam_size {beam}")
-        lines = [split_lines(text) or [""] for text in texts]  # a line break separates sentences, as in translate
-        flat = [line for text in lines for line in text]
-        try:
-            started = time.perf_counter()
-            sources = translator.encode(flat)
-            hypotheses = await batcher.translate(sources, beam, request.nbest, request.attention)
-        except QueueFull:
-            return refuse(503, "too many sentences waiting; retry shortly", **{"Retry-After": "1"})
-        except asyncio.TimeoutError:
-            return refuse(504, f"not translated within {limits.timeout_s:g} s; retry, or send fewer texts")
-        except RuntimeError:  # this request's decoding failed (the others' did not)
-            return refuse(500, "decoding failed; the server's log has the reason")
-        answers, position = [], 0
-        for text_lines in lines:
-            rows = [_line(tokenizer, sources[i], hypotheses[i], request.nbest, request.attention)
-                    for i in range(position, position + len(text_lines))]
-            position += len(text_lines)
-            answers.append({"text": "\n".join(row["text"] for row in rows), "lines": rows})
-        return {"translations": answers, "milliseconds": round(1000 * (time.perf_counter() - started), 1)}
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "batches": batcher.batches, "steps": batcher.steps, "waiting": batcher.waiting}
-
-    @app.get("/info")
-    async def about():
-        return info
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page():
-        return PAGE
-
-    return app
+def split_texts(texts: list[str]) -> list[list[str]]:
+    """Each text's lines: a line break separates sentences, as in `nmt translate`; an empty text is one empty
+    line."""
+    return [split_lines(text) or [""] for text in texts]
 
 
-def serve_until_stopped(app, host: str, port: int) -> bool:
-    """Serve `app` (made with `decode_thread=False`) until SIGINT or SIGTERM; False if it could not start.
-
-    Decoding takes the main thread and HTTP a second one: the encoder's LSTM ran about three times
-    slower in a thread other than the main one. Signals reach the main thread: they ask the server to stop
-    taking requests; it finishes those in flight, then stops the decoder (a second Ctrl-C: at once)."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30))
-
-    def http() -> None:
-        try:
-            server.run()
-        finally:
-            app.state.batcher.stop()  # also when the server could not start
-
-    def stop(signum, frame) -> None:
-        server.force_exit = server.should_exit and signum == signal.SIGINT
-        server.should_exit = True
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
-    thread = threading.Thread(target=http, name="http")
-    thread.start()
-    try:
-        app.state.batcher.run()
-    except BaseException:  # the decoder died: stop at once rather than answer /health "ok" and time out
-        server.should_exit = server.force_exit = True
-        raise
-    finally:
-        thread.join()
-    return server.started
+def answer_lines(tokenizer, lines: list[list[str]], sources: list[list[int]], hypotheses, nbest: int,
+                 attention: bool) -> list[dict]:
+    """The answer for each text: its lines' translations joined by line breaks, and each line's details."""
+    answers, position = [], 0
+    for text_lines in lines:
+        rows = [_line(tokenizer, sources[i], hypotheses[i], nbest, attention)
+                for i in range(position, position + len(text_lines))]
+        position += len(text_lines)
+        answers.append({"text": "\n".join(row["text"] for row in rows), "lines": rows})
+    return answers
 
 
 def _line(tokenizer, source: list[int], hyps: list[Hypothesis], nbest: int, attention: bool) -> dict:

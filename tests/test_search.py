@@ -262,3 +262,28 @@ def test_the_fast_search_finds_the_reference_searchs_hypotheses_on_a_trained_mod
     want = search(loaded.model, src, src_lengths, **options)
     assert [h[0].tokens for h in got] == [h[0].tokens for h in want]
     assert [h[0].score for h in got] == pytest.approx([h[0].score for h in want], abs=1e-3)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_dropping_sentences_from_a_running_search_leaves_the_others_as_they_were(beam_size):
+    """`nmt serve` drops the sentences of a request nobody waits for any more (timed out, client gone): the
+    others must finish with the hypotheses, scores and attention they get without the drop."""
+    model = random_model(1, eos_bias=0.0, weight_scale=10.0)
+    options = dict(beam_size=beam_size, alpha=1.0, max_len_ratio=2.0, nbest=beam_size, keep_attention=True)
+    search = BeamSearch(model, **options)
+    search.add(*batch_of(SOURCES), list(range(len(SOURCES))))
+    answers, unwanted = {}, {1, 4}
+    for steps in range(200):
+        if steps == 2:
+            assert sorted(search.drop(lambda key: key in unwanted)) == sorted(unwanted - set(answers))
+        answers.update(search.step())
+        if not search:
+            break
+    assert sorted(answers) == sorted(set(range(len(SOURCES))) - unwanted)
+    for i in answers:
+        (alone,) = beam_search(model, *batch_of([SOURCES[i]]), **options)
+        assert [h.tokens for h in answers[i]] == [h.tokens for h in alone]
+        for kept, single in zip(answers[i], alone):
+            assert kept.score == pytest.approx(single.score, rel=1e-4)
+            torch.testing.assert_close(kept.attention, single.attention, atol=1e-3, rtol=0)
+    assert search.drop(lambda key: True) == []  # nothing live: nothing to drop

@@ -86,12 +86,15 @@ def test_a_port_in_use_is_a_one_line_error(tiny_run):
         port = taken.getsockname()[1]
         result = run_nmt("serve", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), "--port", str(port))
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines()[-1] == f"error: could not serve on 127.0.0.1:{port} (the log above says why)"
+    assert result.stderr.splitlines() == [f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address "
+                                          "already in use); another server may hold the port: stop it or choose "
+                                          "another --port"]  # said before the model loads: nothing else logged
 
 
 def test_a_decoder_that_fails_stops_the_server_instead_of_hanging(tiny_run, monkeypatch):
     from nmt import checkpoint
-    from nmt.serve import Batcher, Limits, create_app, serve_until_stopped
+    from nmt.serve import Batcher, Limits
+    from nmt.serve_app import create_app, serve_until_stopped
     from nmt.translate import Translator
 
     loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
@@ -112,7 +115,7 @@ def test_a_decoder_that_fails_stops_the_server_instead_of_hanging(tiny_run, monk
     started = time.monotonic()
     try:
         with pytest.raises(RuntimeError, match="the decoder failed"):
-            serve_until_stopped(app, "127.0.0.1", port)
+            serve_until_stopped(app, "127.0.0.1", port, Limits())
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
@@ -196,7 +199,8 @@ def app_client(tiny_run):
     from fastapi.testclient import TestClient
 
     from nmt import checkpoint
-    from nmt.serve import Limits, create_app
+    from nmt.serve import Limits
+    from nmt.serve_app import create_app
     from nmt.translate import Translator
 
     loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))

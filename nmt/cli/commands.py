@@ -75,32 +75,41 @@ def serve(args) -> int:
     from nmt.cli.translate import check_decoding_flags, load_checkpoints, make_translator
     from nmt.device import resolve_device
     from nmt.errors import NMTError
-    from nmt.serve import Limits, create_app, serve_until_stopped
+    from nmt.serve import Limits
+    from nmt.serve_app import check_port, create_app, serve_until_stopped
 
     check_decoding_flags(args)
     for flag, value, allowed, ok in (
             *((flag, value, "at least 1", lambda v: v >= 1) for flag, value in (
-                ("--max-texts", args.max_texts), ("--max-chars", args.max_chars), ("--max-queue", args.max_queue))),
+                ("--max-texts", args.max_texts), ("--max-chars", args.max_chars), ("--max-queue", args.max_queue),
+                ("--max-connections", args.max_connections))),
             ("--port", args.port, "between 1 and 65535", lambda v: 1 <= v <= 65535),
             ("--max-wait-ms", args.max_wait_ms, "at least 0 and at most 10000", lambda v: 0 <= v <= 10_000),
-            ("--timeout", args.timeout, "above 0 and at most 86400 (a day)", lambda v: 0 < v <= 86_400)):
+            *((flag, value, "above 0 and at most 86400 (a day)", lambda v: 0 < v <= 86_400) for flag, value in (
+                ("--timeout", args.timeout), ("--client-timeout", args.client_timeout),
+                ("--keep-alive", args.keep_alive)))):
         if not ok(value):  # nan fails every comparison
             raise NMTError(f"{flag} {value:g}: must be {allowed}")
+    check_port(args.host, args.port)  # before the model loads
     device = resolve_device(args.device, setting="--device")
     loaded = load_checkpoints(args.checkpoint, device)
     translator = make_translator(args, loaded, device)
     config = loaded[0].config
+    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
+                    timeout_s=args.timeout, max_wait_ms=args.max_wait_ms,
+                    batch_tokens=args.batch_tokens or config.decode.batch_tokens, client_timeout_s=args.client_timeout,
+                    keep_alive_s=args.keep_alive, max_connections=args.max_connections, debug=bool(args.debug))
+    # what a client needs to use the server; host paths and the training config only if the operator says so
     info = {"source_language": config.data.src_lang, "target_language": config.data.tgt_lang,
             "checkpoints": [Path(p).name for p in args.checkpoint], "ensemble": len(loaded),
             "parameters": sum(one.model.num_parameters() for one in loaded),
             "validation_bleu": [one.validation_bleu for one in loaded],
             "decode": {"beam_size": translator.beam_size, "length_penalty": translator.alpha,
                        "max_len_ratio": translator.max_len_ratio},
-            "config": config.to_dict()}
-    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
-                    timeout_s=args.timeout, max_wait_ms=args.max_wait_ms,
-                    batch_tokens=args.batch_tokens or config.decode.batch_tokens)
-    if not serve_until_stopped(create_app(translator, info, limits, decode_thread=False), args.host, args.port):
+            "limits": {"max_texts": limits.max_texts, "max_chars": limits.max_chars, "timeout_s": limits.timeout_s},
+            **({"config": config.to_dict()} if args.expose_config else {})}
+    app = create_app(translator, info, limits, decode_thread=False)
+    if not serve_until_stopped(app, args.host, args.port, limits):
         raise NMTError(f"could not serve on {args.host}:{args.port} (the log above says why)")
     return 0
 

@@ -88,6 +88,15 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-chars", type=int, default=5000, help="characters per request")
     p.add_argument("--max-queue", type=int, default=512, help="sentences waiting; beyond it: 503")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait; beyond it: 504")
+    p.add_argument("--client-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers and body; beyond it the connection is "
+                        "closed (or answered 408)")
+    p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection is kept open")
+    p.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections; a new one beyond it is closed at once")
+    p.add_argument("--expose-config", action="store_true",
+                   help="show the training config (with its host paths) at /info; by default only what a client "
+                        "needs")
     _add_decoding_options(p)
 
 

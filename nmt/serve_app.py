@@ -1,0 +1,306 @@
+"""`nmt serve`'s HTTP side: the app (POST /translate, /health, /info, the page at /, /docs served from the
+package, so it works offline) and the bounds that keep a hostile or broken client from costing the server
+memory, sockets or its shutdown.
+
+A server published with `--host 0.0.0.0` (as in Docker) meets clients that send bodies of any size, send
+half a request and stall, or open sockets and say nothing. So a body is refused by its declared length
+before it is read, and a chunked one as its running size passes the limit; a request's headers and body
+must arrive within `client_timeout_s`; an idle connection closes after `keep_alive_s`; past
+`max_connections` a new socket is closed at once; and on SIGTERM a body still arriving is answered 503, the
+requests being decoded get `SHUTDOWN_GRACE_S` to finish, and the process exits well within the 10 s that
+`docker stop` waits. Every answer that is not 2xx is one line of JSON, `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+from fastapi import HTTPException, Request
+
+from nmt.errors import NMTError
+from nmt.serve import Batcher, Limits, QueueFull, TranslateRequest, answer_lines, split_texts
+
+log = logging.getLogger(__name__)
+
+# what requests in flight get to finish after SIGTERM: `docker stop` kills after 10 s
+SHUTDOWN_GRACE_S = 5.0
+
+
+def max_body_bytes(limits: Limits) -> int:
+    """JSON may spend 12 bytes on one character (an escaped surrogate pair); the rest of a request is small."""
+    return 12 * limits.max_chars + 64 * 1024
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before the model loads (seconds) when the address cannot be listened on."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as error:
+        raise NMTError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error}); another "
+                       "server may hold the port: stop it or choose another --port") from None
+
+
+async def _refuse(send, status: int, reason: str) -> None:
+    """A whole answer from below the app: one line of JSON, and the connection closed after it."""
+    body = json.dumps({"error": reason}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BoundedBodies:
+    """ASGI middleware: a request body over `max_bytes` is refused (413) from its Content-Length before any of
+    it is read, or, sent in chunks, as soon as its total passes the limit; a body not complete within
+    `timeout_s` of the request's start is answered 408; once `stopping()` is true a body still arriving is
+    answered 503. The app reads the body through this; the rest stays in the socket's buffers."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float, stopping):
+        self.app, self.max_bytes, self.timeout_s, self.stopping = app, max_bytes, timeout_s, stopping
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit():
+            return await _refuse(send, 400, "Content-Length is not a number")
+        if int(declared) > self.max_bytes:
+            return await _refuse(send, 413, f"a body of {int(declared)} bytes; at most {self.max_bytes}")
+        deadline, received, complete = time.monotonic() + self.timeout_s, 0, False
+        pending: asyncio.Future | None = None
+
+        async def bounded_receive():
+            nonlocal received, complete, pending
+            if complete:
+                return await receive()
+            pending = pending or asyncio.ensure_future(receive())
+            while not pending.done():  # waits in slices, to see a shutdown
+                if self.stopping():
+                    raise HTTPException(503, "the server is shutting down")
+                if time.monotonic() > deadline:
+                    raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s")
+                await asyncio.wait({pending}, timeout=min(0.25, max(0.0, deadline - time.monotonic())))
+            message, pending = pending.result(), None
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, f"a body of more than {self.max_bytes} bytes")
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        try:
+            await self.app(scope, bounded_receive, send)
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+
+def create_app(translator, info: dict, limits: Limits, decode_thread: bool = True):
+    """The FastAPI app: POST /translate, GET /health, GET /info, the page at /, OpenAPI docs at /docs. Its
+    `state.batcher` decodes in a thread it starts, or, with `decode_thread=False`, wherever the caller runs
+    `app.state.batcher.run()`; `state.stopping` is set when the server shuts down."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi_offline import FastAPIOffline
+    from starlette.exceptions import HTTPException as StarletteHTTPException  # routing's 404 and 405 too
+
+    from nmt.serve_page import PAGE
+
+    batcher = Batcher(translator, limits)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if decode_thread:
+            batcher.start_thread()
+        log.info("serving %s; limits: %s", ", ".join(info["checkpoints"]),
+                 ", ".join(f"{name} {value}" for name, value in asdict(limits).items()))
+        yield
+        batcher.stop()
+
+    app = FastAPIOffline(title="nmt", summary=f"{info['source_language']}→{info['target_language']} translation",
+                         lifespan=lifespan, redoc_url=None)
+    app.state.batcher, app.state.stopping = batcher, False
+    app.add_middleware(BoundedBodies, max_bytes=max_body_bytes(limits), timeout_s=limits.client_timeout_s,
+                       stopping=lambda: app.state.stopping)
+
+    def refuse(status: int, reason: str, **headers):
+        return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        message = f"{where}: {first.get('msg', 'invalid')}"
+        if where == "body" and "json" not in request.headers.get("content-type", ""):  # curl -d sends a form
+            message += "; send the body as JSON, with the header Content-Type: application/json"
+        return refuse(400 if first.get("type") == "json_invalid" else 422, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405, and the bounds above
+        return refuse(error.status_code, str(error.detail), **(error.headers or {}))
+
+    @app.post("/translate")
+    async def translate(request: TranslateRequest, raw: Request):
+        try:
+            return await _translate(request, raw)
+        except Exception as error:  # noqa: BLE001 - one line for the client and the log, not a traceback
+            log.error("POST /translate failed: %s: %s", type(error).__name__, error, exc_info=limits.debug)
+            return refuse(500, f"internal error ({type(error).__name__}); the server's log has the reason")
+
+    async def _translate(request: TranslateRequest, raw: Request):
+        if (request.text is None) == (request.texts is None):
+            return refuse(422, "give exactly one of 'text' and 'texts'")
+        texts = [request.text] if request.text is not None else request.texts
+        beam = request.beam_size or translator.beam_size
+        if len(texts) > limits.max_texts:
+            return refuse(413, f"{len(texts)} texts; at most {limits.max_texts} per request")
+        chars = sum(map(len, texts))
+        if chars > limits.max_chars:
+            return refuse(413, f"{chars} characters; at most {limits.max_chars} per request")
+        if request.nbest > beam:
+            return refuse(422, f"nbest {request.nbest} is more than beam_size {beam}")
+        lines = split_texts(texts)
+        started = time.perf_counter()
+        try:
+            sources = translator.encode([line for text in lines for line in text])
+        except Exception as error:  # noqa: BLE001 - the client's text: a 4xx, one line
+            return refuse(422, f"the text could not be tokenized ({type(error).__name__}: {error})")
+        try:
+            hypotheses = await _unless_gone(raw, batcher.translate(sources, beam, request.nbest, request.attention))
+        except QueueFull:
+            return refuse(503, "too many sentences waiting; retry shortly", **{"Retry-After": "1"})
+        except asyncio.TimeoutError:
+            return refuse(504, f"not translated within {limits.timeout_s:g} s; retry, or send fewer texts")
+        except RuntimeError:  # this request's decoding failed (the others' did not)
+            return refuse(500, "decoding failed; the server's log has the reason")
+        if hypotheses is None:
+            return refuse(499, "the client went away")  # nobody reads it
+        answers = answer_lines(translator.tokenizer, lines, sources, hypotheses, request.nbest, request.attention)
+        return {"translations": answers, "milliseconds": round(1000 * (time.perf_counter() - started), 1)}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "batches": batcher.batches, "steps": batcher.steps, "waiting": batcher.waiting}
+
+    @app.get("/info")
+    async def about():
+        return info
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return PAGE
+
+    return app
+
+
+async def _unless_gone(raw, translation):
+    """The translation's result, or None when the client disconnects first (its sentences then leave the
+    search at its next step, as a timed-out request's do)."""
+    work = asyncio.ensure_future(translation)
+    gone = asyncio.ensure_future(_disconnected(raw))
+    try:
+        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled: the server is stopping
+        work.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()
+    return None
+
+
+async def _disconnected(raw) -> None:
+    while (await raw.receive())["type"] != "http.disconnect":
+        pass
+
+
+def bounded_protocol(limits: Limits):
+    """uvicorn's HTTP/1.1 protocol with two more bounds: a connection beyond `max_connections` is closed as it
+    opens, and one whose request line and headers have not arrived `client_timeout_s` after it opened, or
+    after its last answer, is closed (uvicorn times out only a silent connection after an answer; a socket
+    that never sends, or sends a byte at a time, it keeps for good)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedH11(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                log.warning("a connection beyond --max-connections %d closed", limits.max_connections)
+                transport.close()
+                return
+            self._wait_for_request()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._wait_for_request()
+
+        def connection_lost(self, exc):
+            if getattr(self, "_request_timer", None) is not None:
+                self._request_timer.cancel()
+            super().connection_lost(exc)
+
+        def _wait_for_request(self):
+            if getattr(self, "_request_timer", None) is not None:
+                self._request_timer.cancel()
+            self._request_timer = self.loop.call_later(limits.client_timeout_s, self._close_unless_asked, self.cycle)
+
+        def _close_unless_asked(self, cycle_then):
+            if self.cycle is cycle_then and not self.transport.is_closing():  # no request began since
+                try:
+                    self.conn.send(h11.ConnectionClosed())
+                except h11.LocalProtocolError:
+                    pass
+                self.transport.close()
+
+    return BoundedH11
+
+
+def serve_until_stopped(app, host: str, port: int, limits: Limits) -> bool:
+    """Serve `app` (made with `decode_thread=False`) until SIGINT or SIGTERM; False if it could not start.
+
+    Decoding takes the main thread and HTTP a second one: the encoder's LSTM ran about three times
+    slower in a thread other than the main one. Signals reach the main thread: they ask the server to stop
+    taking requests; it finishes those in flight within SHUTDOWN_GRACE_S, then stops the decoder (a second
+    Ctrl-C: at once)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", http=bounded_protocol(limits),
+                                           timeout_keep_alive=limits.keep_alive_s,
+                                           timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
+    batcher = app.state.batcher
+
+    def http() -> None:
+        try:
+            server.run()
+        finally:
+            batcher.stop()  # also when the server could not start
+
+    def stop(signum, frame) -> None:
+        server.force_exit = server.should_exit and signum == signal.SIGINT
+        server.should_exit = app.state.stopping = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    thread = threading.Thread(target=http, name="http")
+    thread.start()
+    try:
+        batcher.run()
+    except BaseException:  # the decoder died: stop at once rather than answer /health "ok" and time out
+        server.should_exit = server.force_exit = True
+        raise
+    finally:
+        thread.join()
+    return server.started
