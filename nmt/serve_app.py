@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # what requests in flight get to finish after SIGTERM: `docker stop` kills after 10 s
 SHUTDOWN_GRACE_S = 5.0
+# on an answer given before the body was read to its end: the rest is not read, the connection ends
+CLOSE = {"Connection": "close"}
 
 
 def max_body_bytes(limits: Limits) -> int:
@@ -87,14 +89,14 @@ class BoundedBodies:
             pending = pending or asyncio.ensure_future(receive())
             while not pending.done():  # waits in slices, to see a shutdown
                 if self.stopping():
-                    raise HTTPException(503, "the server is shutting down")
+                    raise HTTPException(503, "the server is shutting down", CLOSE)
                 if time.monotonic() > deadline:
-                    raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s")
+                    raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s", CLOSE)
                 await asyncio.wait({pending}, timeout=min(0.25, max(0.0, deadline - time.monotonic())))
             message, pending = pending.result(), None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise HTTPException(413, f"a body of more than {self.max_bytes} bytes")
+                raise HTTPException(413, f"a body of more than {self.max_bytes} bytes", CLOSE)
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
