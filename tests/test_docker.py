@@ -26,7 +26,19 @@ def test_the_image_ships_the_torch_ci_tests():
     """The private torch ops the code calls change between releases: the image must run the tested one."""
     image = re.findall(r"torch==([0-9][\w.+]*)", (ROOT / "Dockerfile").read_text())
     ci = re.findall(r"torch==([0-9][\w.+]*)", (ROOT / ".ci" / "run").read_text())
-    assert len(image) == 1 and image == ci, (image, ci)
+    assert len(image) == 1 and image[0] == ci[0], (image, ci)  # the first: the whole suite's environment
+
+
+def test_the_torch_range_ends_at_the_newest_version_ci_tests():
+    """A fresh `pip install .` must not bring a torch no test has run (docs/usage.md, "Which torch")."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    torch_range = SpecifierSet(re.search(r'^\s*"torch([^"]*)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1))
+    tested = [Version(v) for v in re.findall(r"torch==([0-9][\w.+]*)", (ROOT / ".ci" / "run").read_text())]
+    newest = max(tested)
+    assert all(version in torch_range for version in tested), (torch_range, tested)
+    assert Version(f"{newest.major}.{newest.minor + 1}") not in torch_range, torch_range
 
 
 def dockerfile_instructions() -> dict[str, list[str]]:
