@@ -1,14 +1,60 @@
 """Where nmt keeps what it can rebuild or measure again: `$NMT_CACHE`, by default ~/.cache/nmt.
 
 Tokenizers, prepared data, compiled kernels, the timed product routes and the record of the files the
-commands wrote all live under it; deleting it loses no result, only the time to rebuild them.
+commands wrote all live under it; deleting it loses no result, only the time to rebuild them. Each kind
+checks what it reads; a damaged entry is renamed `<name>.bad-<time>` (kept to look at, never read again)
+and rebuilt, because a cache that fails a command, or that is silently redone on every run, is worse
+than none. `nmt prepare --clean DAYS` removes what was set aside, with the unused prepared data.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SET_ASIDE = ".bad-"
+_SET_ASIDE_TIME = re.compile(r"\.bad-(\d{8}-\d{6})(?:-\d+)?$")
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("NMT_CACHE", Path.home() / ".cache" / "nmt"))
+
+
+def set_aside(path: Path, problem: str, remedy: str) -> None:
+    """Rename the damaged cache entry `path` (a file or a folder) out of the way and say so in one line:
+    `problem` is what is wrong with it, `remedy` what happens instead ("measuring them again")."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}{SET_ASIDE}{stamp}")
+    count = 1
+    while aside.exists():
+        aside, count = path.with_name(f"{path.name}{SET_ASIDE}{stamp}-{count}"), count + 1
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another process set it aside first, and said so
+    except OSError as error:
+        log.warning("%s: %s; cannot set it aside (%s); %s", path, problem, error.strerror or error, remedy)
+        return
+    log.warning("%s: %s; set aside as %s; %s", path, problem, aside.name, remedy)
+
+
+def set_aside_before(cutoff: float) -> list[Path]:
+    """The entries set aside before the time `cutoff` (seconds since the epoch), anywhere in the cache."""
+    root, found = cache_root(), []
+    for folder in (root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())) if root.is_dir() else ():
+        for path in folder.glob(f"*{SET_ASIDE}*"):
+            stamp = _SET_ASIDE_TIME.search(path.name)
+            if stamp and time.mktime(time.strptime(stamp.group(1), "%Y%m%d-%H%M%S")) < cutoff:
+                found.append(path)
+    return found
+
+
+def unwritable(path: Path, error: OSError, consequence: str) -> None:
+    """One warning for a cache entry that cannot be written: the process goes on with what it has."""
+    log.warning("%s: cannot write it (%s); %s; set NMT_CACHE to a writable folder to keep it",
+                path, error.strerror or error, consequence)

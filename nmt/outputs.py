@@ -6,7 +6,7 @@ exist. A file that already exists is replaced only if nmt wrote it and it has no
 size, modification time and inode as when written; recorded in `$NMT_CACHE/written.json`), so running a
 command again replaces its own output, while a file the user wrote or edited needs `--overwrite`. Content
 goes to a temporary file beside the target, renamed over it when complete, so an interrupted write leaves
-the previous file, never half of a new one.
+the previous file, never half of a new one. The caches are written the same way (`written_whole`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from nmt.cache import cache_root
+from nmt.cache import cache_root, set_aside, unwritable
 from nmt.errors import NMTError
 
 log = logging.getLogger(__name__)
 
 # the files recorded at most; the oldest go first (a record lost only means asking for --overwrite)
 MAX_RECORDED = 5000
+
+# what this process wrote and could not record: it still knows its own files
+_written_here: dict[str, list[int]] = {}
 
 
 def _record_file() -> Path:
@@ -40,39 +43,81 @@ def _identity(path: Path) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
 
+def _record_problem(content: object) -> str | None:
+    """What is wrong with the record's parsed content, or None."""
+    if not isinstance(content, dict) or not isinstance(content.get("files"), dict):
+        return "not a JSON object with a \"files\" object"
+    for name, identity in content["files"].items():
+        if not (isinstance(identity, list) and len(identity) == 3 and all(type(n) is int for n in identity)):
+            return f"the entry for {name} is not [size, modification time, inode]"
+    return None
+
+
 def _read_record(record: Path) -> dict[str, list[int]]:
+    """The recorded files; a damaged record is set aside (every file then counts as the user's)."""
     try:
-        files = json.loads(record.read_text(encoding="utf-8")).get("files", {})
-    except (OSError, ValueError, AttributeError):  # none yet, or damaged: start again
+        text = record.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):  # none yet
         return {}
-    return files if isinstance(files, dict) else {}
+    except OSError as error:
+        log.warning("%s: cannot read it (%s); files nmt wrote count as yours", record, error.strerror or error)
+        return {}
+    try:
+        content = json.loads(text)
+    except ValueError:
+        content = None
+    problem = _record_problem(content) if content is not None else "not JSON (truncated?)"
+    if problem:
+        set_aside(record, problem, "starting a new record (replacing a file written before needs --overwrite)")
+        return {}
+    return content["files"]
+
+
+@contextlib.contextmanager
+def _record_lock(record: Path) -> Iterator[None]:
+    """Held while the record is read or written: two commands finishing at once lose neither's entry, and a
+    damaged record is set aside once. Without one (a cache that cannot be written) the record is only read."""
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(record.with_name(record.name + ".lock"), "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def written_by_nmt(path: Path) -> bool:
     """Whether nmt wrote `path` and nothing changed it since."""
-    identity = _identity(path)
-    return identity is not None and _read_record(_record_file()).get(str(path.resolve())) == identity
+    identity, name = _identity(path), str(path.resolve())
+    if identity is None:
+        return False
+    if _written_here.get(name) == identity:
+        return True
+    record = _record_file()
+    with _record_lock(record):
+        return _read_record(record).get(name) == identity
 
 
 def remember(path: Path) -> None:
-    """Record `path` as nmt's. Best effort: if the cache cannot be written, a later run asks for
-    --overwrite, which is the safe side."""
-    record = _record_file()
+    """Record `path` as nmt's. If the cache cannot be written, this process still knows it, and a later run
+    asks for --overwrite, which is the safe side."""
+    record, name, identity = _record_file(), str(path.resolve()), _identity(path)
     try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        with open(record.with_name(record.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # two commands finishing at once: neither loses the other's entry
-            name, identity = str(path.resolve()), _identity(path)
+        with _record_lock(record):
             files = {other: known for other, known in _read_record(record).items()
                      if other != name and _identity(Path(other)) == known}  # forget files deleted or changed
             if identity is not None:
                 files[name] = identity  # last: the newest
             kept = dict(list(files.items())[-MAX_RECORDED:])
-            partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
-            partial.write_text(json.dumps({"version": 1, "files": kept}), encoding="utf-8")
-            os.replace(partial, record)
+            with written_whole(record) as partial:
+                partial.write_text(json.dumps({"version": 1, "files": kept}), encoding="utf-8")
     except OSError as error:
-        log.debug("could not record %s as written by nmt: %s", path, error)
+        if identity is not None:
+            _written_here[name] = identity
+        unwritable(record, error, f"{path} is not recorded as nmt's, so running this command again will ask "
+                                  "for --overwrite")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -117,17 +162,26 @@ def check_output_folder(folder: str | Path, *, flag: str) -> Path:
 
 
 @contextlib.contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` (same suffix, for tools that read it) that replaces `path` on success."""
+def written_whole(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, for tools that read it) that replaces `path` when the block
+    ends without an error, and is removed if it raises (OSError included, which the caller reports)."""
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
     try:
         yield partial
         os.replace(partial, path)
-        remember(path)
-    except OSError as error:
-        raise NMTError(f"{path}: cannot write ({error.strerror or error})") from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """`written_whole` for a command's output: recorded as nmt's, and a failure is one line."""
+    try:
+        with written_whole(path) as partial:
+            yield partial
+    except OSError as error:
+        raise NMTError(f"{path}: cannot write ({error.strerror or error})") from None
+    remember(path)
 
 
 def write_text(path: Path, text: str) -> None:

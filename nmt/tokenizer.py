@@ -9,6 +9,8 @@ of the output softmax. Unseen pieces map to <unk>.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import logging
@@ -20,9 +22,10 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-from nmt.cache import cache_root
+from nmt.cache import cache_root, set_aside, unwritable
 from nmt.config import TokenizerConfig
 from nmt.errors import NMTError
+from nmt.outputs import written_whole
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +124,76 @@ def cached_model(cfg: TokenizerConfig, key: str, write_corpus) -> bytes:
     there (one sentence a line) and then cached. `key` must name the text and the settings."""
     settings = f"{cfg.vocab_size}|{cfg.model_type}|{cfg.character_coverage}|{cfg.max_sentences}|{PAD}{UNK}{BOS}{EOS}"
     cached = cache_dir() / f"{hashlib.sha256(f'{settings}|{key}'.encode()).hexdigest()[:32]}.model"
-    if cached.is_file():
+    proto = _read_cached(cached)
+    if proto is not None:
+        return proto
+    with _training_lock(cached):
+        proto = _read_cached(cached)  # trained by the process this one waited for
+        if proto is None:
+            proto = _train_model(cfg, write_corpus)
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                with written_whole(cached) as partial:
+                    partial.write_bytes(proto)
+            except OSError as error:
+                unwritable(cached, error, "this process uses the model it trained, and the next one trains it again")
+    return proto
+
+
+def _read_cached(cached: Path) -> bytes | None:
+    """The cached model if it is one these settings could have trained; a damaged one is set aside."""
+    try:
         proto = cached.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # none yet
+        return None
+    except OSError as error:
+        log.warning("sentencepiece: cannot read %s (%s); training the model again", cached, error.strerror or error)
+        return None
+    problem = _model_problem(proto)
+    if problem:
+        set_aside(cached, problem, "training the model again")
+        return None
+    log.info("sentencepiece: reusing %s (same data and settings)", cached)
+    return proto
+
+
+def _model_problem(proto: bytes) -> str | None:
+    """Why `proto` is not a model these settings train, or None."""
+    if not proto:
+        return "empty"
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=proto)
+    except (RuntimeError, OSError, TypeError):
+        return "not a sentencepiece model (corrupt or truncated)"
+    specials = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
+    if specials != (PAD, UNK, BOS, EOS):
+        return f"its special ids are {specials}, not {(PAD, UNK, BOS, EOS)}"
+    if sp.get_piece_size() <= SPECIALS:
+        return f"it has {sp.get_piece_size()} pieces, none beyond the special ones"
+    return None
+
+
+@contextlib.contextmanager
+def _training_lock(cached: Path):
+    """Held while this model is trained: a second process preparing the same data waits, then reads the
+    first one's model instead of training its own (minutes, and gigabytes, at WMT size). No lock where the
+    cache cannot be written: each process then trains its own."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(cached.with_suffix(".lock"), "a")
+    except OSError:
+        yield
+        return
+    with lock:
         try:
-            spm.SentencePieceProcessor(model_proto=proto)
-            log.info("sentencepiece: reusing %s (same data and settings)", cached)
-            return proto
-        except (RuntimeError, OSError, TypeError):  # a damaged cache entry: rebuild it, never fail on it
-            log.warning("sentencepiece: the cached %s is corrupt; training it again", cached)
-            cached.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("sentencepiece: another process is training %s; waiting for it", cached.name)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _train_model(cfg: TokenizerConfig, write_corpus) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
         lines = write_corpus(corpus)
@@ -145,24 +209,14 @@ def cached_model(cfg: TokenizerConfig, key: str, write_corpus) -> bytes:
                 # in a child process: its few GB of working memory go back to the system when it ends,
                 # instead of staying the high-water mark of the training process
                 with multiprocessing.get_context("spawn").Pool(1) as pool:
-                    proto = pool.apply(_train_sentencepiece, (str(corpus),), options)
-            else:
-                proto = _train_sentencepiece(str(corpus), **options)
+                    return pool.apply(_train_sentencepiece, (str(corpus),), options)
+            return _train_sentencepiece(str(corpus), **options)
         except RuntimeError as error:
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             advice = ("raise tokenizer.vocab_size: the text has more distinct characters than that"
                       if "required_chars" in message or "smaller than" in message else
                       "lower tokenizer.vocab_size: the text has too few distinct pieces for it")
             raise NMTError(f"sentencepiece training failed ({message}); {advice}") from None
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(proto)
-        os.replace(partial, cached)
-    except OSError as error:
-        raise NMTError(f"cannot write the sentencepiece cache in {cached.parent} ({error.strerror or error}); "
-                       "set NMT_CACHE to a writable folder") from None
-    return proto
 
 
 def _model_for_texts(cfg: TokenizerConfig, texts: list[str]) -> bytes:

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,20 @@ os.environ.setdefault("NMT_CACHE", tempfile.mkdtemp(prefix="nmt-test-cache-"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+
+
+# the ways a cache file is found damaged: another program's JSON, a value of the wrong types, a write cut short
+DAMAGE = ["list", "string", "wrong types", "truncated"]
+
+
+def damage_file(path: Path, damage: str, wrong_types: object) -> bytes:
+    """Replace the cache file `path` by a damaged one (`wrong_types`: its content for "wrong types", as bytes or
+    as a value written as JSON); its bytes."""
+    wrong = wrong_types if isinstance(wrong_types, bytes) else json.dumps(wrong_types).encode()
+    content = {"list": b"[1, 2, 3]\n", "string": b'"a string"\n', "wrong types": wrong,
+               "truncated": path.read_bytes()[: path.stat().st_size // 2]}[damage]
+    path.write_bytes(content)
+    return content
 
 
 def run_nmt(*args: str, cwd: Path | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

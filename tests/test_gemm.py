@@ -2,6 +2,7 @@
 each machine's routes are chosen by timing, cached, and overridable."""
 
 import json
+import logging
 import types
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.model import gemm
+from tests.conftest import DAMAGE, TINY_DATA, damage_file, run_nmt
 
 
 @pytest.fixture
@@ -252,3 +254,77 @@ def test_a_slow_spell_while_one_route_is_timed_does_not_decide_against_it(monkey
     seconds: dict = {}
     assert gemm._faster([(None, None)], 2, seconds, "gradients") == faster
     assert seconds[f"gradients_{faster}"] == pytest.approx(0.5)
+
+
+MEASURED = gemm.Routes("onednn", "torch", True, "measured", {"step_torch": 1.5}, False, "onednn")
+
+
+@pytest.fixture
+def measured_here(monkeypatch, tmp_path):
+    """An empty cache of this test's own, and a measurement that gives MEASURED at once."""
+    if not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path))
+    monkeypatch.delenv("NMT_CPU_PRODUCTS", raising=False)
+    monkeypatch.setattr(gemm, "measure_routes", lambda: MEASURED)
+    return tmp_path / "cpu_products.json"
+
+
+def chosen(routes: gemm.Routes) -> tuple:
+    return routes.step, routes.bulk, routes.gradients, routes.prepacked, routes.step_prepacked, routes.milliseconds
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_routes_cache_is_named_set_aside_and_written_again(measured_here, monkeypatch, caplog, damage):
+    """A list, a string, an entry of the wrong types (they stopped every command) or a truncated file (measured
+    again at every run, never rewritten): measured once more, the file set aside and written whole."""
+    path = measured_here
+    gemm._decide()
+    other_machine = {"step": "torch", "bulk": "torch", "gradients": "torch", "prepacked": False,
+                     "step_prepacked": False, "milliseconds": {}}
+    wrong = {gemm._machine_key(): {**other_machine, "step": ["onednn"]}, "another CPU | v5": other_machine}
+    bad = damage_file(path, damage, wrong_types=wrong)
+    with caplog.at_level(logging.WARNING):
+        routes = gemm._decide()
+    assert routes.source == "measured" and chosen(routes) == chosen(MEASURED)
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith(f"{path}: ")
+    (aside,) = path.parent.glob("cpu_products.json.bad-*")
+    assert aside.read_bytes() == bad
+    entries = json.loads(path.read_text())
+    assert set(entries) == {gemm._machine_key()} | ({"another CPU | v5"} if damage == "wrong types" else set())
+    monkeypatch.setattr(gemm, "measure_routes", lambda: pytest.fail("measured again instead of reading the cache"))
+    again = gemm._decide()
+    assert again.source == "cached" and chosen(again) == chosen(MEASURED)
+
+
+def test_a_routes_cache_that_cannot_be_written_is_one_warning(measured_here, monkeypatch, tmp_path, caplog):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("NMT_CACHE", str(blocker / "cache"))  # a folder under a file: cannot be created
+    with caplog.at_level(logging.WARNING):
+        routes = gemm._decide()
+    assert routes.source == "measured" and chosen(routes) == chosen(MEASURED)
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(f"{blocker / 'cache' / 'cpu_products.json'}: cannot write it")
+
+
+def test_translate_works_with_a_damaged_routes_cache(tiny_run, tmp_path, monkeypatch):
+    """`nmt translate` (as train and serve) exited with a raw AttributeError naming no file."""
+    if not gemm.ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "cpu_products.json").write_text('["a list"]\n')
+    monkeypatch.setenv("NMT_CACHE", str(cache))
+    monkeypatch.delenv("NMT_CPU_PRODUCTS", raising=False)
+    output = tmp_path / "out.de"
+    result = run_nmt("translate", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"), "--input",
+                     str(TINY_DATA / "test.en"), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert len(output.read_text().splitlines()) == len((TINY_DATA / "test.en").read_text().splitlines())
+    (named,) = [line for line in result.stderr.splitlines() if "cpu_products.json" in line]
+    assert f"{cache / 'cpu_products.json'}: not a JSON object of entries per machine; set aside as" in named
+    (aside,) = cache.glob("cpu_products.json.bad-*")
+    assert aside.read_text() == '["a list"]\n'
+    (entry,) = json.loads((cache / "cpu_products.json").read_text()).values()
+    assert gemm._entry_problem(entry) is None

@@ -4,6 +4,9 @@ in float32 and bf16, and a machine that cannot build them must still train."""
 import itertools
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +215,51 @@ def test_a_build_is_cached_per_machine(monkeypatch, tmp_path):
     second, how_again = kernels._build()
     assert how_again == "cached " + how.removeprefix("built ")
     assert len(list((tmp_path / "kernels").iterdir())) == 1, "no temporary files left beside the library"
+
+
+def how_the_next_run_finds_them() -> str:
+    """`kernels._build()`'s account in a new process, as the next run would give it."""
+    done = subprocess.run([sys.executable, "-c", "from nmt.model import kernels; print(kernels._build()[1])"],
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    return done.stdout.strip()
+
+
+@needs_kernels
+@pytest.mark.parametrize("damage", ["not a library", "truncated", "another library"])
+def test_a_damaged_cached_library_is_named_set_aside_and_built_again(monkeypatch, tmp_path, caplog, damage):
+    """A corrupt library once sent every later run to PyTorch's slower operations, saying so only at info level."""
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path))
+    lib, how = kernels._build()
+    target = Path(how.removeprefix("built "))
+    good = target.read_bytes()
+    target.unlink()  # a new file: this process has the old one mapped, and cutting that short would kill it
+    if damage == "not a library":
+        target.write_bytes(b"not a library\n")
+    elif damage == "truncated":  # loading it unchecked kills the process (SIGBUS)
+        target.write_bytes(good[: len(good) // 2])
+    else:  # a sound library without the kernels' functions
+        (tmp_path / "empty.c").write_text("int nothing(void) { return 0; }\n")
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(target), str(tmp_path / "empty.c")], check=True)
+    bad = target.read_bytes()
+    with caplog.at_level(logging.WARNING):
+        lib, how = kernels._build()
+    assert lib is not None and how == f"built {target}"
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith(f"{target}: not a library")
+    (aside,) = target.parent.glob(target.name + ".bad-*")
+    assert aside.read_bytes() == bad
+    assert how_the_next_run_finds_them() == f"cached {target}"
+
+
+@needs_kernels
+def test_kernels_are_built_for_the_process_where_the_cache_cannot_be_written(monkeypatch, tmp_path, caplog):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("NMT_CACHE", str(blocker / "cache"))  # a folder under a file: cannot be created
+    with caplog.at_level(logging.WARNING):
+        lib, how = kernels._build()
+    assert lib is not None and how == "built for this process only (the cache is not writable)"
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(f"{blocker / 'cache' / 'kernels'}/recurrence-")
+    assert "cannot write it" in warning.getMessage()
+    monkeypatch.setattr(kernels, "library", lambda: lib)  # its file is gone; the loaded library computes
+    test_cell_forward_and_backward_equal_torchs(torch.float32, 4, 300, True, True)

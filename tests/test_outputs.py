@@ -2,6 +2,7 @@
 --overwrite. Running a command again replaces its own output without asking."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -10,7 +11,7 @@ import pytest
 from nmt import outputs
 from nmt.errors import NMTError
 from nmt.outputs import check_output, write_text, written_by_nmt
-from tests.conftest import TINY_DATA, run_nmt
+from tests.conftest import DAMAGE, TINY_DATA, damage_file, run_nmt
 from tests.test_errors import check_error
 
 
@@ -76,15 +77,46 @@ def test_the_record_forgets_deleted_files_keeps_the_newest_and_survives_damage(t
     assert written_by_nmt(paths[4])  # ... and is written again whole
 
 
-def test_an_unwritable_cache_still_writes_the_output_and_then_asks_for_overwrite(tmp_path, monkeypatch):
+def test_an_unwritable_cache_still_writes_the_output_says_so_then_and_the_next_run_asks_for_overwrite(
+        tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "a file"
     blocker.write_text("")
     monkeypatch.setenv("NMT_CACHE", str(blocker / "cache"))  # a folder under a file: cannot be created
+    monkeypatch.setattr(outputs, "_written_here", {})
     path = tmp_path / "out.txt"
-    write_text(path, "translation\n")
+    with caplog.at_level(logging.WARNING):
+        write_text(path, "translation\n")
     assert path.read_text() == "translation\n"
+    (warning,) = caplog.records  # one line, at the time of writing
+    assert warning.levelno == logging.WARNING and str(blocker / "cache" / "written.json") in warning.getMessage()
+    assert "running this command again will ask for --overwrite" in warning.getMessage()
+    assert check_output(path) == path  # this process still knows its own file
+    monkeypatch.setattr(outputs, "_written_here", {})  # the next run
     with pytest.raises(NMTError, match="--overwrite"):
         check_output(path)
+
+
+def good_record_files(cache) -> dict:
+    files = json.loads((cache / "written.json").read_text())["files"]
+    assert all(isinstance(identity, list) and len(identity) == 3 for identity in files.values())
+    return files
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_record_is_named_set_aside_and_written_again(tmp_path, cache, caplog, damage):
+    first = tmp_path / "first.txt"
+    write_text(first, "x\n")
+    record = cache / "written.json"
+    bad = damage_file(record, damage, wrong_types={"version": 1, "files": {str(first.resolve()): "not a list"}})
+    path = tmp_path / "out.txt"
+    with caplog.at_level(logging.WARNING):
+        check_output(path)
+        write_text(path, "translation\n")
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith(f"{record}: ")
+    (aside,) = cache.glob("written.json.bad-*")
+    assert aside.read_bytes() == bad  # set aside, not deleted
+    assert list(good_record_files(cache)) == [str(path.resolve())]  # replaced by a good one
+    assert written_by_nmt(path) and not written_by_nmt(first)  # the lost entry: --overwrite, the safe side
 
 
 def test_translate_plot_and_evaluate_refuse_a_users_file_and_replace_their_own(tiny_run, tmp_path):

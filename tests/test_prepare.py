@@ -1,11 +1,13 @@
 """The prepared-data store: built once, reused, rebuilt when anything it depends on changes or when it is
 damaged, the same batches as tokenizing in memory, shared by ranks."""
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from nmt.data.sources import drop_empty, filter_by_length, load_splits, read_tex
 from nmt.data.store import TokenizedPairs
 from nmt.errors import NMTError
 from nmt.tokenizer import prune_to_training_data, train_tokenizer
-from tests.conftest import TINY_CONFIG, TINY_DATA
+from tests.conftest import DAMAGE, TINY_CONFIG, TINY_DATA, damage_file, run_nmt
 
 
 @pytest.fixture
@@ -125,6 +127,68 @@ def test_a_damaged_store_is_rebuilt_never_used(corpus, encoded_chunks, caplog):
         again = prepare(config(corpus))
     assert "incomplete or damaged" in caplog.text and encoded_chunks
     assert again.store.meta == first.store.meta
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_store_with_a_damaged_meta_is_named_set_aside_and_built_again(corpus, encoded_chunks, caplog, damage):
+    """A list or a string stopped the command with an AttributeError naming no file; the store is set aside
+    whole (meta and arrays) and built again."""
+    first = prepare(config(corpus))
+    meta = first.store.folder / "meta.json"
+    bad = damage_file(meta, damage, wrong_types={**first.store.meta, "files": list(first.store.meta["files"])})
+    encoded_chunks.clear()
+    with caplog.at_level(logging.WARNING):
+        again = prepare(config(corpus))
+    assert encoded_chunks and again.store.folder == first.store.folder and again.store.meta == first.store.meta
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(f"{first.store.folder}: the prepared data is incomplete or damaged")
+    (aside,) = first.store.folder.parent.glob(first.store.folder.name + ".bad-*")
+    assert (aside / "meta.json").read_bytes() == bad and (aside / "train.src.ids").is_file()
+    assert json.loads(meta.read_text()) == first.store.meta  # a good one in its place
+
+
+def test_a_killed_builds_folder_goes_at_the_next_look_up_of_a_store(corpus):
+    """Once the store existed, a later build never came, so a killed build's folder stayed for good."""
+    first = prepare(config(corpus))
+    stale = first.store.folder.parent / f"{first.store.folder.name}.partial-{socket.gethostname()}-999999999"
+    stale.mkdir()
+    (stale / store.BUILDING).touch()  # its builder was killed: nobody holds the lock
+    (stale / "train.src.ids").write_bytes(b"\0" * 4096)
+    os.utime(stale, (1, 1))
+    assert prepare(config(corpus)).store.folder == first.store.folder  # found, not built
+    assert not stale.exists()
+
+
+def test_prepare_clean_removes_what_was_not_used_for_days_and_says_what_it_freed(corpus, tmp_path):
+    old, recent, busy = (prepare(config(corpus, *overrides)).store.folder
+                         for overrides in ([], ["data.max_len=12"], ["data.max_len=13"]))
+    root, old_size = old.parent, sum(f.stat().st_size for f in old.iterdir())
+    month_ago = time.time() - 30 * 86400
+    partial = root / f"{'0' * 24}.partial-another-host-7"  # a dead build on another machine sharing the cache
+    partial.mkdir()
+    (partial / "train.src.ids").write_bytes(b"\0" * 3000)
+    aside = root / f"{'1' * 24}.bad-{time.strftime('%Y%m%d-%H%M%S', time.localtime(month_ago))}"
+    aside.mkdir()  # damaged, set aside a month ago
+    users = root / "notes"  # not a name nmt gives: left alone
+    users.mkdir()
+    for path in (old, busy, partial, aside, users):
+        os.utime(path, (month_ago, month_ago))
+    with open(busy.with_name(busy.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building or about to read it
+        result = run_nmt("prepare", "--clean", "7")  # NMT_CACHE: the corpus fixture's
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sorted(lines[:-1]) == sorted(f"removed {p} ({size / 2**20:,.1f} MiB)" for p, size in (
+        (old, old_size), (partial, 3000), (aside, 0)))
+    assert lines[-1].startswith("freed ") and "(3 entries unused for 7 days)" in lines[-1]
+    assert not old.exists() and not partial.exists() and not aside.exists()
+    assert recent.is_dir() and busy.is_dir() and users.is_dir()
+    assert not old.with_name(old.name + ".lock").exists()
+
+
+def test_prepare_clean_takes_no_config(corpus):
+    result = run_nmt("prepare", "--clean", "7", "--config", str(TINY_CONFIG))
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: --clean takes no")
 
 
 def test_a_store_damaged_in_place_is_one_line_naming_it(corpus):

@@ -20,12 +20,32 @@ def prepare(args) -> int:
     from nmt.config import load_config
     from nmt.data.prepare import prepare as prepare_data
 
+    if args.clean is not None:
+        return _clean(args)
     data = prepare_data(load_config(args.config, args.overrides))
     meta = data.store.meta
     print(f"prepared: {data.store.folder}")
     print(f"  {meta['pairs']:,} training pairs of {meta['offered']:,} ({meta['tokens']['src']:,} source and "
           f"{meta['tokens']['tgt']:,} target pieces), {data.store.bytes / 2**20:,.1f} MiB")
     print("  nmt train with the same data, tokenizer and filter settings (and the same NMT_CACHE) reads it")
+    return 0
+
+
+def _clean(args) -> int:
+    from nmt.cache import cache_root
+    from nmt.data.reclaim import reclaim
+    from nmt.errors import NMTError
+
+    if args.config or args.overrides:
+        raise NMTError("--clean takes no --config or --set: it cleans the whole cache; prepare separately")
+    if not args.clean >= 0:  # nan too
+        raise NMTError(f"--clean {args.clean:g}: must be a number of days, 0 or more")
+    removed = reclaim(args.clean)
+    for path, size in removed:
+        print(f"removed {path} ({size / 2**20:,.1f} MiB)")
+    entries = f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} unused for {args.clean:g} days"
+    print(f"freed {sum(size for _, size in removed) / 2**20:,.1f} MiB in {cache_root()} ({entries})" if removed
+          else f"nothing in {cache_root()} was unused for {args.clean:g} days")
     return 0
 
 

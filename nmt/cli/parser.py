@@ -48,6 +48,9 @@ def _add_prepare(sub) -> None:
     p.add_argument("--config", help="the YAML config the training run will use")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, as for train (repeatable)")
+    p.add_argument("--clean", type=float, metavar="DAYS",
+                   help="instead of preparing: remove the prepared data no run used for DAYS days, partial folders "
+                        "of dead builds and damaged cache entries set aside as long ago, and print what it frees")
 
 
 def _add_decoding_options(p) -> None:

@@ -18,7 +18,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nmt.cache import cache_root
+from nmt.cache import cache_root, set_aside
 from nmt.config import Config
 from nmt.data import store
 from nmt.data.encode import ChunkEncoder, encode_in_worker, start_worker
@@ -67,6 +66,11 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
     if not len(valid):
         raise NMTError(f"{valid.name}: the validation split has no non-empty sentence pairs")
     limit = min(len(stream), data.max_train_pairs or len(stream))
+    try:  # before minutes of sentencepiece training, not after
+        store_root().mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NMTError(f"cannot create {store_root()} ({error.strerror or error}); "
+                       "set NMT_CACHE to a writable folder") from None
     trained_here = tokenizer is None
     if trained_here:
         tokenizer = _train_sentencepiece(cfg, stream, limit)
@@ -194,45 +198,53 @@ def store_folder(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> Path:
 
 def build_or_find_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> StoreInfo:
     folder = store_folder(cfg, stream, limit, tokenizer)
-    meta = store.read_meta(folder)
+    store.remove_stale_partials(folder.parent)  # at every look-up: a killed build's folder never outlives it long
+    try:
+        meta = store.read_meta(folder)
+    except store.Damaged:
+        meta = None  # set aside below, by the one process that holds the lock
     if meta is not None:
         log.info("prepared data: reusing %s", folder)
-        return StoreInfo(folder, meta)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise NMTError(f"cannot create {folder.parent} ({error.strerror or error}); "
-                       "set NMT_CACHE to a writable folder") from None
-    with _build_lock(folder):  # another process preparing the same data: wait for it, then use its result
-        meta = store.read_meta(folder)
-        if meta is None:
-            if folder.exists():
-                log.warning("prepared data: %s is incomplete or damaged; building it again", folder)
-                _remove(folder)
-            store.remove_stale_partials(folder.parent)
-            _build(cfg, stream, limit, tokenizer, folder)
-            meta = store.read_meta(folder)
+    else:
+        with _build_lock(folder):  # another process preparing the same data: wait for it, then use its result
+            try:
+                meta = store.read_meta(folder)
+            except store.Damaged as damage:
+                set_aside(folder, f"the prepared data is incomplete or damaged ({damage})", "building it again")
             if meta is None:
-                raise NMTError(f"{folder}: the prepared data did not read back; check the disk (df -h)")
+                _build(cfg, stream, limit, tokenizer, folder)
+                meta = _read_back(folder)
+    try:
+        os.utime(folder)  # when it was last used, for `nmt prepare --clean`
+    except OSError:
+        pass  # a cache shared read-only
     return StoreInfo(folder, meta)
+
+
+def _read_back(folder: Path) -> dict:
+    try:
+        meta = store.read_meta(folder)
+    except store.Damaged:
+        meta = None
+    if meta is None:
+        raise NMTError(f"{folder}: the prepared data did not read back; check the disk (df -h)")
+    return meta
 
 
 @contextmanager
 def _build_lock(folder: Path):
-    with open(folder.with_name(folder.name + ".lock"), "a+") as lock:
+    try:
+        lock = open(folder.with_name(folder.name + ".lock"), "a+")
+    except OSError as error:
+        raise NMTError(f"cannot write in {folder.parent} ({error.strerror or error}); set NMT_CACHE to a writable "
+                       "folder") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("prepared data: another process is preparing %s; waiting for it", folder.name)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-def _remove(folder: Path) -> None:
-    trash = store.partial_folder(folder)
-    shutil.rmtree(trash, ignore_errors=True)
-    os.rename(folder, trash)  # out of the way at once; a kill during the removal leaves only a partial folder
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _workers(requested: int) -> int:

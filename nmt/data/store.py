@@ -7,7 +7,8 @@ ids, one after another), `offsets` (int64, where sentence i starts; one more
 entry than sentences) and `lengths` (pieces per sentence), plus `meta.json`
 with the sizes every file must have. A build writes into a `.partial-HOST-PID`
 folder and renames it when complete, so a killed build is never read; a folder
-whose files do not match its meta is rebuilt.
+whose meta is not what a build writes, or whose files do not match it, is
+`Damaged` (set aside and rebuilt by `prepare`).
 
 A training process keeps in RAM only the length arrays the batch planner needs
 and reads each batch's rows with `pread`. The files live once in the kernel's
@@ -173,7 +174,11 @@ class StoreWriter:
             os.rename(self.folder, self.final)
             (self.final / BUILDING).unlink(missing_ok=True)
         except OSError:  # another process (another node on shared storage) finished first: use theirs
-            if read_meta(self.final) is None:
+            try:
+                theirs = read_meta(self.final)
+            except Damaged:
+                theirs = None
+            if theirs is None:
                 raise
             shutil.rmtree(self.folder, ignore_errors=True)
         finally:
@@ -191,26 +196,61 @@ class StoreWriter:
         self._building.close()
 
 
+class Damaged(Exception):
+    """What is wrong with a store's folder, in a few words."""
+
+
 def read_meta(folder: Path) -> dict | None:
-    """The folder's meta when every file it names has the recorded size and the offsets end where the
-    ids do; None when the folder is missing, partial or damaged."""
+    """The folder's meta when every file it names has the recorded size and the offsets end where the ids do;
+    None when there is no folder; `Damaged` when there is one but not what a finished build leaves."""
+    if not folder.exists():
+        return None
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT or not all(key in meta for key in REQUIRED):
-            return None
-        for name, size in meta["files"].items():
-            if (folder / name).stat().st_size != size:
-                return None
-        split, width = meta["split"], np.dtype(meta["id_dtype"]).itemsize
-        for side in SIDES:
-            with open(folder / f"{split}.{side}.offsets", "rb") as file:
-                file.seek(-8, os.SEEK_END)
-                last = int(np.frombuffer(file.read(8), np.int64)[0])
-            if last != meta["tokens"][side] or last * width != meta["files"][f"{split}.{side}.ids"]:
-                return None
-        return meta
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except FileNotFoundError:
+        raise Damaged(f"no {META}") from None
+    except (OSError, ValueError) as error:
+        raise Damaged(f"{META} does not read as JSON ({getattr(error, 'strerror', None) or error})") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise Damaged(f"{META} {problem}")
+    for name, size in meta["files"].items():
+        try:
+            actual = (folder / name).stat().st_size
+        except OSError:
+            raise Damaged(f"{name} is missing") from None
+        if actual != size:
+            raise Damaged(f"{name} has {actual} bytes where {META} says {size}")
+    split, width = meta["split"], np.dtype(meta["id_dtype"]).itemsize
+    for side in SIDES:
+        with open(folder / f"{split}.{side}.offsets", "rb") as file:
+            file.seek(-8, os.SEEK_END)
+            last = int(np.frombuffer(file.read(8), np.int64)[0])
+        if last != meta["tokens"][side] or last * width != meta["files"][f"{split}.{side}.ids"]:
+            raise Damaged(f"{split}.{side}.offsets ends at {last}, not where its ids do")
+    return meta
+
+
+def _meta_problem(meta) -> str | None:
+    """What is wrong with the shape of a parsed meta.json, or None: every later read trusts it."""
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    missing = [key for key in ("format", *REQUIRED) if key not in meta]
+    if missing or meta["format"] != FORMAT:
+        return f"lacks {', '.join(missing)}" if missing else f"has format {meta['format']!r}, not {FORMAT}"
+    dtypes = ("uint16", "uint32")
+    if not isinstance(meta["split"], str) or meta["id_dtype"] not in dtypes or meta["length_dtype"] not in dtypes:
+        return "has a split or dtypes that no build writes"
+    files = {f"{meta['split']}.{side}.{part}" for side in SIDES for part in ("ids", "offsets", "lengths")}
+    if not (isinstance(meta["files"], dict) and set(meta["files"]) == files
+            and all(type(size) is int for size in meta["files"].values())):
+        return f"does not give the size of each of {', '.join(sorted(files))}"
+    if not (isinstance(meta["tokens"], dict) and all(type(meta["tokens"].get(side)) is int for side in SIDES)):
+        return "does not give each side's token count"
+    counts = all(type(meta[key]) is int for key in ("pairs", "offered"))
+    pieces = all(isinstance(meta[key], list) and all(type(i) is int for i in meta[key])
+                 for key in ("src_pieces", "tgt_pieces"))
+    return None if counts and pieces else "has counts or piece lists of the wrong type"
 
 
 def partial_folder(final: Path) -> Path:
@@ -219,22 +259,33 @@ def partial_folder(final: Path) -> Path:
 
 
 def remove_stale_partials(parent: Path) -> None:
-    """Partial folders whose builder, on this host, is gone (killed mid-build). A builder holds a lock in its
-    folder: a pid alone can mislead, since containers sharing a cache and a host name each number their
-    processes from 1."""
+    """Partial folders whose builder, on this host, is gone (killed mid-build)."""
     for folder in parent.glob(f"*.partial-{socket.gethostname()}-*"):
         try:
             if time.time() - folder.stat().st_mtime < 60:  # just made: its builder may not hold the lock yet
                 continue
-            with open(folder / BUILDING, "r+") as building:
-                fcntl.flock(building, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # being built
-        except OSError:  # no lock: a folder being deleted, or one from before the lock: ask its pid
-            pid = folder.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or _alive(int(pid)):
-                continue
-        shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
+        if abandoned(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def abandoned(folder: Path) -> bool:
+    """Whether no builder holds the partial folder `folder`. A builder holds a lock in it: a pid alone can
+    mislead, since containers sharing a cache and a host name each number their processes from 1."""
+    try:
+        with open(folder / BUILDING, "r+") as building:
+            fcntl.flock(building, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # being built
+    except OSError:  # no lock: a folder being deleted, or one from before the lock: ask its pid, on this host
+        host, _, pid = folder.name.rpartition(".partial-")[2].rpartition("-")
+        return host != socket.gethostname() or (pid.isdigit() and not _alive(int(pid)))
+    return True
+
+
+def is_partial(folder: Path) -> bool:
+    return ".partial-" in folder.name
 
 
 def _alive(pid: int) -> bool:

@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nmt.cache import cache_root
+from nmt.cache import cache_root, set_aside, unwritable
 from nmt.device import cpu_capability, cpu_name
+from nmt.outputs import written_whole
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +116,58 @@ def _decide() -> Routes:
     if forced != "auto":
         log.warning("NMT_CPU_PRODUCTS=%s is not one of auto, onednn, torch; measuring instead", forced)
     key, path = _machine_key(), _cache_file()
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError):
-        cached = None
-    if isinstance(cached, dict) and {cached.get(k) for k in ("step", "bulk", "gradients")} <= {"onednn", "torch"}:
-        return Routes(cached["step"], cached["bulk"], bool(cached.get("prepacked")), "cached",
-                      cached.get("milliseconds", {}), bool(cached.get("step_prepacked")), cached["gradients"])
+    entries = _read_cache(path)
+    if key in entries:
+        problem = _entry_problem(entries[key])
+        if problem is None:
+            cached = entries[key]
+            return Routes(cached["step"], cached["bulk"], cached["prepacked"], "cached", cached["milliseconds"],
+                          cached["step_prepacked"], cached["gradients"])
+        set_aside(path, f"the entry for this machine {problem}", "measuring the routes again")
+        entries = {other: entry for other, entry in entries.items() if other != key}
     decided = measure_routes()
-    try:  # a cache that cannot be written only means measuring again next time
-        entries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        entries[key] = {k: v for k, v in asdict(decided).items() if k != "source"}
+    entries[key] = {k: v for k, v in asdict(decided).items() if k != "source"}
+    try:  # so that every later run takes these routes, and computes the same numbers
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    except (OSError, ValueError) as error:
-        log.debug("could not cache the product routes in %s: %s", path, error)
+        with written_whole(path) as partial:
+            partial.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
+    except OSError as error:
+        unwritable(path, error, "this process keeps the routes it measured, and the next one measures again")
     return decided
+
+
+def _read_cache(path: Path) -> dict:
+    """The cached entries, one per machine key; a file that is not a JSON object of objects is set aside."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):  # none yet
+        return {}
+    except OSError as error:
+        log.warning("%s: cannot read it (%s); measuring the product routes", path, error.strerror or error)
+        return {}
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        entries = None
+    if not (isinstance(entries, dict) and all(isinstance(entry, dict) for entry in entries.values())):
+        what = "not JSON (truncated?)" if entries is None else "not a JSON object of entries per machine"
+        set_aside(path, what, "measuring the routes again")
+        return {}
+    return entries
+
+
+def _entry_problem(entry: dict) -> str | None:
+    """What is wrong with a cached entry (as `Routes` less its source), or None."""
+    for name in ("step", "bulk", "gradients"):
+        if entry.get(name) not in ("onednn", "torch"):
+            return f"has {name}={json.dumps(entry.get(name))}, not \"onednn\" or \"torch\""
+    for name in ("prepacked", "step_prepacked"):
+        if not isinstance(entry.get(name), bool):
+            return f"has {name}={json.dumps(entry.get(name))}, not true or false"
+    timings = entry.get("milliseconds")
+    if not (isinstance(timings, dict) and all(isinstance(v, (int, float)) for v in timings.values())):
+        return "has milliseconds that are not an object of timings"
+    return None
 
 
 def _best_seconds(run, repeats: int, rounds: int = 3) -> float:

@@ -14,12 +14,15 @@ into `$NMT_CACHE/kernels/`, under a name that covers the source, the compiler an
 and Zen 4 EPYCs share a model name), then loaded with ctypes. Where there is no compiler or the build
 fails, `library()` is None, the reason is logged once, and the recurrence runs PyTorch's operations.
 `NMT_CPU_KERNELS=0` forces that (e.g. to compare the two). Every run on a machine takes the same path,
-which exact resume relies on.
+which exact resume relies on: so a cached library that does not load (truncated, overwritten) is set aside
+and built again rather than sending every later run to PyTorch's operations, and where the cache cannot be
+written the library is built for the process in a temporary folder.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import hashlib
 import logging
@@ -27,6 +30,7 @@ import os
 import platform
 import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -34,7 +38,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nmt.cache import cache_root
+from nmt.cache import cache_root, set_aside, unwritable
+from nmt.outputs import written_whole
 
 log = logging.getLogger(__name__)
 
@@ -69,43 +74,104 @@ def _compiler_version(compiler: list[str]) -> str:
         return ""
 
 
+def _compiler() -> tuple[list[str], str]:
+    """The C compiler as $CC gives it (it may carry arguments: "ccache gcc") and its path, or [] and why not."""
+    try:
+        command = shlex.split(os.environ.get("CC") or "cc")
+    except ValueError:  # unbalanced quotes
+        command = []
+    found = shutil.which(command[0]) if command else None
+    if found is None:
+        return [], f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
+    return command, found
+
+
+class _BuildFailed(Exception):
+    """The compiler's complaint, in one line."""
+
+
+def _compile(compiler: list[str], flags: list[str], out: Path) -> None:
+    done = subprocess.run([*compiler, *flags, "-o", str(out), str(SOURCE)], capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no message"]
+        raise _BuildFailed(f"{compiler[0]} failed: {next((x for x in lines if 'error' in x), lines[0])}")
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """The library at `path` with its functions' signatures set; OSError or AttributeError (a missing function)
+    where it is not a library of these kernels."""
+    _check_elf_extent(path)
+    lib = ctypes.CDLL(str(path))
+    for name, argtypes in _SIGNATURES.items():
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = None
+    return lib
+
+
+def _check_elf_extent(path: Path) -> None:
+    """OSError unless a 64-bit ELF file holds every segment and its section table: the loader maps a truncated
+    library without complaint, and touching the missing pages kills the process (SIGBUS), no exception."""
+    with open(path, "rb") as file:
+        data = file.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return  # not a 64-bit ELF file: the loader refuses what it cannot read
+    order = "<" if data[5] == 1 else ">"
+    try:
+        _, _, _, _, program_at, sections_at, _, _, entry_size, entries, section_size, sections, _ = struct.unpack_from(
+            order + "HHIQQQIHHHHHH", data, 16)
+        ends = [sections_at + section_size * sections, program_at + entry_size * entries]
+        for k in range(entries):
+            _, _, offset, _, _, size, _, _ = struct.unpack_from(order + "IIQQQQQQ", data, program_at + k * entry_size)
+            ends.append(offset + size)
+    except struct.error:
+        ends = [len(data) + 1]
+    if max(ends) > len(data):
+        raise OSError(f"truncated: {len(data)} bytes where its headers reach {max(ends)}")
+
+
 def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
     """The loaded library and how it was found, or None and why not. (Tests build for other CPUs' flags.)"""
     if os.environ.get("NMT_CPU_KERNELS", "").lower() in ("0", "off", "no", "false", "torch"):
         return None, "NMT_CPU_KERNELS=0"
-    try:
-        command = shlex.split(os.environ.get("CC") or "cc")  # CC may carry arguments: "ccache gcc"
-    except ValueError:  # unbalanced quotes
-        command = []
-    compiler = shutil.which(command[0]) if command else None
-    if compiler is None:
-        return None, f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
-    folder = cache_root() / "kernels"
+    command, found = _compiler()
+    if not command:
+        return None, found
+    compiler, folder = [found, *command[1:]], cache_root() / "kernels"
     try:
         key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(command + flags).encode(),
-                                         _compiler_version([compiler, *command[1:]]).encode(),
-                                         _cpu_flags().encode()])).hexdigest()[:20]
-        target = folder / f"recurrence-{key}.so"
-        how = f"cached {target}"
-        if not target.exists():
-            folder.mkdir(parents=True, exist_ok=True)
+                                         _compiler_version(compiler).encode(), _cpu_flags().encode()]))
+        target = folder / f"recurrence-{key.hexdigest()[:20]}.so"
+        if target.exists():
+            try:
+                return _load(target), f"cached {target}"
+            except (OSError, AttributeError) as error:  # truncated, overwritten, not ours: build it again
+                set_aside(target, f"not a library of these kernels ({str(error).splitlines()[0][:160]})",
+                          "building them again")
+        unwritable_because = _unwritable_folder(folder)
+        if unwritable_because is None:
             # built under a name of its own, then renamed: ranks of one torchrun job may build at once
-            with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                built = Path(tmp) / target.name
-                done = subprocess.run([compiler, *command[1:], *flags, "-o", str(built), str(SOURCE)],
-                                      capture_output=True, text=True, timeout=300)
-                if done.returncode != 0:
-                    lines = done.stderr.strip().splitlines() or ["no message"]
-                    return None, f"{compiler} failed: {next((x for x in lines if 'error' in x), lines[0])}"
-                os.replace(built, target)
-            how = f"built {target}"
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as error:
+            with written_whole(target) as built:
+                _compile(compiler, flags, built)
+                lib = _load(built)  # by its own name: the dynamic loader would reuse one loaded before as `target`
+            return lib, f"built {target}"
+        unwritable(target, unwritable_because, "building the kernels for this process only")
+        with tempfile.TemporaryDirectory() as tmp:  # a loaded library outlives its file
+            _compile(compiler, flags, Path(tmp) / target.name)
+            return _load(Path(tmp) / target.name), "built for this process only (the cache is not writable)"
+    except _BuildFailed as failure:
+        return None, str(failure)
+    except (OSError, AttributeError, subprocess.SubprocessError) as error:
         return None, f"could not build or load them in {folder}: {error}"
-    for name, argtypes in _SIGNATURES.items():
-        getattr(lib, name).argtypes = argtypes
-        getattr(lib, name).restype = None
-    return lib, how
+
+
+def _unwritable_folder(folder: Path) -> OSError | None:
+    """Why `folder` cannot be created or written, or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return error
+    return None if os.access(folder, os.W_OK) else PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 
 @functools.cache
