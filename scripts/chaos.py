@@ -3,8 +3,10 @@
     python scripts/chaos.py [--kills 20] [--seed 0] [--out DIR]
 
 Trains `configs/tiny.yaml` for a fixed number of epochs with frequent time-based checkpoints and a
-validation every few steps, kills it with SIGKILL after a random delay (so kills land in steps,
-validations and checkpoint writes), resumes with `--resume`, and repeats. Then it checks: every resume
+validation every few steps, kills it with SIGKILL, resumes with `--resume`, and repeats. The kills are
+placed by steps, not seconds, so that all of them land inside the run on a fast CPU as on a slow one: each
+comes a random moment after a random step of the uninterrupted run's count (so kills land in steps,
+validations and checkpoint writes), every fifth during start-up instead. Then it checks: every resume
 started, the run ended with as many steps as an uninterrupted run of the same config, its final weights
 equal the uninterrupted run's (resume is exact on the CPU), metrics.jsonl parses line by line with each
 step once, no `.partial` file is left, and no kill lost more work than the checkpoint interval. It prints
@@ -24,8 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = ["train.max_epochs=40", "train.valid_every=50", "train.save_every_minutes=0.02", "train.log_every=1",
-            "data.test_split=null", "train.patience=null"]
+SAVE_EVERY_SECONDS = 1.2
+SETTINGS = ["train.max_epochs=40", "train.valid_every=50", f"train.save_every_minutes={SAVE_EVERY_SECONDS / 60:g}",
+            "train.log_every=1", "data.test_split=null", "train.patience=null"]
 
 
 def nmt(log: Path, *args: str) -> subprocess.Popen:
@@ -67,69 +70,115 @@ def same_weights(a: Path, b: Path) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+def kill_moments(rng: random.Random, kills: int, total_steps: int) -> list[int | None]:
+    """When each kill comes: past a step (increasing, all inside the run whatever the machine's speed), or,
+    for every fifth, during start-up (None)."""
+    targets = sorted(rng.sample(range(total_steps // 20, total_steps * 19 // 20), kills))
+    return [None if i % 5 == 4 else step for i, step in enumerate(targets)]
+
+
+def wait_until(process: subprocess.Popen, segment, target: int | None, seconds: float) -> int | None:
+    """Wait until the run logged step `target` (None: only time ends the wait) or `seconds` pass; the exit
+    code if the process ended first, else None."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        step = segment.step()
+        if target is not None and step >= target:
+            break
+        if process.poll() is not None:
+            return process.returncode
+        time.sleep(0.02)
+    return process.poll()
+
+
+class Segment:
+    """One start of the killed run, watched: when its first new step appeared, so that the steps it ran per
+    second (its own speed, whatever else the machine is doing) say how much work a checkpoint interval holds."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.start_step = run_dir, max(logged_steps(run_dir), default=0)
+        self.first: tuple[float, int] | None = None  # (time, step) of the first new step seen
+
+    def step(self) -> int:
+        now, step = time.monotonic(), max(logged_steps(self.run_dir), default=0)
+        if self.first is None and step > self.start_step:
+            self.first = (now, step)
+        return step
+
+    def steps_per_second(self, step: int) -> float:
+        if self.first is None or time.monotonic() - self.first[0] < 0.5:
+            return 0.0
+        return (step - self.first[1]) / (time.monotonic() - self.first[0])
+
+
+def kill_and_resume(chaotic: Path, log: Path, rng: random.Random, kills: int, expected_steps: int):
+    """SIGKILL the run at each planned moment and resume it; (failures, steps lost per kill, fastest steps per
+    second seen, kills, resumes)."""
+    failures, lost_steps, fastest, done, resumes = [], [], 0.0, 0, 0
+    for kill, target in enumerate(kill_moments(rng, kills, expected_steps)):
+        resume = (chaotic / "checkpoints").exists() or (chaotic / "config.yaml").exists()
+        segment, process = Segment(chaotic), train(chaotic, resume=resume)
+        resumes += resume
+        if target is None:  # in start-up: loading the data, the model, a checkpoint
+            code = wait_until(process, segment, None, rng.uniform(0.3, 3.0))
+        else:  # past a step, then a moment more: in a step, a validation or a checkpoint's write
+            code = wait_until(process, segment, target, 600)
+            if code is None:
+                code = wait_until(process, segment, None, rng.uniform(0.0, 0.3))
+        if code is not None:
+            failures.append(f"kill {kill + 1}: the run ended (exit {code}) before the kill: {last_line(log)}")
+            break
+        fastest = max(fastest, segment.steps_per_second(segment.step()))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        done += 1
+        steps = logged_steps(chaotic)
+        saved = max([checkpoint_step(p) for p in (chaotic / "checkpoints").glob("*.pt")], default=0)
+        if steps:
+            lost_steps.append(steps[-1] - saved)
+        print(f"kill {kill + 1:2d} {'in start-up' if target is None else f'past step {target}'}: "
+              f"step {steps[-1] if steps else 0}, checkpoint at step {saved}")
+    return failures, lost_steps, fastest, done, resumes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="folder for the two runs (default: a temporary folder)")
     args = parser.parse_args()
-    rng = random.Random(args.seed)
     folder = Path(args.out or tempfile.mkdtemp(prefix="nmt-chaos-"))
     folder.mkdir(parents=True, exist_ok=True)
     reference, chaotic = folder / "uninterrupted", folder / "killed"
 
     started = time.monotonic()
-    process = train(reference, resume=False)
-    if process.wait() != 0:
+    if train(reference, resume=False).wait() != 0:
         print(last_line(folder / "uninterrupted.log"), file=sys.stderr)
         return 1
-    reference_seconds = time.monotonic() - started
     expected_steps = logged_steps(reference)[-1]
-    print(f"uninterrupted: {expected_steps} steps in {reference_seconds:.0f} s")
+    print(f"uninterrupted: {expected_steps} steps in {time.monotonic() - started:.0f} s")
 
-    failures, lost_steps, resumes, kills = [], [], 0, 0
-    for kill in range(args.kills):
-        resume = (chaotic / "checkpoints").exists() or (chaotic / "config.yaml").exists()
-        process = train(chaotic, resume=resume)
-        resumes += resume
-        delay = rng.uniform(2.0, 9.0)  # start-up takes a few seconds: kills land in loading, steps, saves
-        try:
-            code = process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-        else:  # it finished before the kill
-            failures.append(f"kill {kill + 1}: the run ended (exit {code}) before the kill: "
-                            f"{last_line(folder / 'killed.log')}")
-            break
-        steps = logged_steps(chaotic)
-        saved = [checkpoint_step(p) for p in (chaotic / "checkpoints").glob("*.pt")]
-        if steps:
-            lost_steps.append(steps[-1] - max(saved, default=0))
-        print(f"kill {kill + 1:2d} after {delay:.1f} s: step {steps[-1] if steps else 0}, "
-              f"checkpoint at step {max(saved, default=0)}")
-    process = train(chaotic, resume=True)
-    if process.wait() != 0:
+    failures, lost_steps, fastest, kills, resumes = kill_and_resume(
+        chaotic, folder / "killed.log", random.Random(args.seed), args.kills, expected_steps)
+    if train(chaotic, resume=True).wait() != 0:
         failures.append(f"the final resume failed: {last_line(folder / 'killed.log')}")
-    steps = logged_steps(chaotic)
-    if steps != list(range(1, expected_steps + 1)):
+    elif logged_steps(chaotic) != list(range(1, expected_steps + 1)):
         failures.append(f"metrics.jsonl does not hold steps 1..{expected_steps} once each")
-    if not failures and not same_weights(reference / "checkpoints" / "last.pt", chaotic / "checkpoints" / "last.pt"):
+    elif not same_weights(reference / "checkpoints" / "last.pt", chaotic / "checkpoints" / "last.pt"):
         failures.append("the final weights differ from the uninterrupted run's")
     partial = list(chaotic.rglob("*.partial*"))
     if partial:
         failures.append(f"left behind: {', '.join(map(str, partial))}")
-    train_seconds = json.loads((reference / "results.json").read_text())["train_minutes"] * 60
-    steps_per_interval = expected_steps / max(train_seconds, 1e-3) * 0.02 * 60
+    steps_per_interval = fastest * SAVE_EVERY_SECONDS  # at the fastest speed a killed start ran
     if lost_steps and max(lost_steps) > 1.5 * steps_per_interval + 2:
         failures.append(f"a kill lost {max(lost_steps)} steps, more than a checkpoint interval")
     print(f"{kills} kills, {resumes} resumes; work lost per kill: at most {max(lost_steps, default=0)} steps, "
           f"median {sorted(lost_steps)[len(lost_steps) // 2] if lost_steps else 0} "
-          f"(a checkpoint interval is ~{steps_per_interval:.0f} steps plus the step in flight)")
+          f"(a checkpoint interval is at most ~{steps_per_interval:.0f} steps plus the step in flight)")
     for failure in failures:
         print("FAILED:", failure)
-    print("chaos: " + ("ok" if not failures else f"{len(failures)} failure(s)") + f"; runs in {folder}")
+    print("chaos: " + ("ok, final weights identical" if not failures else f"{len(failures)} failure(s)")
+          + f"; runs in {folder}")
     return 1 if failures else 0
 
 
