@@ -9,10 +9,13 @@ than none. `nmt prepare --clean DAYS` removes what was set aside, with the unuse
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,3 +61,16 @@ def unwritable(path: Path, error: OSError, consequence: str) -> None:
     """One warning for a cache entry that cannot be written: the process goes on with what it has."""
     log.warning("%s: cannot write it (%s); %s; set NMT_CACHE to a writable folder to keep it",
                 path, error.strerror or error, consequence)
+
+
+@contextlib.contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, for tools that read it) that replaces `path` when the block
+    ends without an error, and is removed if it raises (OSError included, which the caller reports)."""
+    # unique across processes and containers: every container's first process has pid 1
+    partial = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{path.suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ exist. A file that already exists is replaced only if nmt wrote it and it has no
 size, modification time and inode as when written; recorded in `$NMT_CACHE/written.json`), so running a
 command again replaces its own output, while a file the user wrote or edited needs `--overwrite`. Content
 goes to a temporary file beside the target, renamed over it when complete, so an interrupted write leaves
-the previous file, never half of a new one. The caches are written the same way (`written_whole`).
+the previous file, never half of a new one. The caches are written the same way (`cache.written_whole`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from nmt.cache import cache_root, set_aside, unwritable
+from nmt.cache import cache_root, set_aside, unwritable, written_whole
 from nmt.errors import NMTError
 
 log = logging.getLogger(__name__)
@@ -159,18 +159,6 @@ def check_output_folder(folder: str | Path, *, flag: str) -> Path:
         if not existing.is_dir():
             raise NMTError(f"{flag} {folder}: {existing} is a file, not a folder")
     return folder
-
-
-@contextlib.contextmanager
-def written_whole(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` (same suffix, for tools that read it) that replaces `path` when the block
-    ends without an error, and is removed if it raises (OSError included, which the caller reports)."""
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

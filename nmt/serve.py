@@ -37,7 +37,7 @@ class Limits:
     timeout_s: float = 60.0  # a request waiting longer gets 504
     max_wait_ms: float = 5.0  # on an idle server, how long the first sentence waits for others to start with
     batch_tokens: int = 4000  # source pieces being decoded at once; more sentences wait their turn
-    client_timeout_s: float = 10.0  # for a request's line, headers and body to arrive; beyond it: closed, or 408
+    client_timeout_s: float = 10.0  # for a request's line and headers (else closed), then its body (else 408)
     keep_alive_s: float = 5.0  # an idle connection is closed after this
     max_connections: int = 1000  # open sockets; a new one beyond it is closed at once
     debug: bool = False  # tracebacks in the log for failures (else one line each)
@@ -90,6 +90,7 @@ class Batcher:
         self.steps = 0
         self.pieces: dict[tuple, int] = {}  # source pieces in each search
         self.thread: threading.Thread | None = None
+        self.decoding = 0  # sentences in the searches
         self.abandons = 0  # requests left unanswered (timed out, client gone): their sentences leave the search
 
     async def translate(self, sources: list[list[int]], beam_size: int, nbest: int, attention: bool):
@@ -106,6 +107,7 @@ class Batcher:
             job.abandoned = True
             if not job.future.done():  # timed out or cancelled (the client went away): the decoder drops it
                 self.abandons += 1
+                job.future.cancel()  # nobody reads it: a failure settled on it later would be logged as unread
 
     def start_thread(self) -> None:
         """Decode in a thread of its own (`run` in the main thread is faster: see `serve_until_stopped`)."""
@@ -135,6 +137,7 @@ class Batcher:
             self._admit(backlog, searches)
             for key in list(searches):
                 self._advance(key, searches)
+            self.decoding = sum(len(search) for search in searches.values())
 
     def _drop_abandoned(self, searches: dict) -> None:
         """Sentences of requests nobody waits for any more leave their searches, freeing their rows."""
@@ -225,6 +228,8 @@ class Batcher:
             del searches[key], self.pieces[key]
 
     def _alone(self, job: _Job) -> None:
+        if job.abandoned:
+            return  # nobody waits for it
         beam, nbest, attention = job.key
         try:
             job.results = self.translator.translate_ids(job.sources, nbest=nbest, keep_attention=attention,

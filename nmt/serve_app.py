@@ -42,10 +42,10 @@ def max_body_bytes(limits: Limits) -> int:
 
 
 def check_port(host: str, port: int) -> None:
-    """Fail before the model loads (seconds) when the address cannot be listened on."""
+    """Fail before the model loads (seconds) when the address cannot be listened on: bound as uvicorn binds it
+    (IPv6 where the host has a colon, IPv4 otherwise)."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             probe.bind((host, port))
     except OSError as error:
@@ -112,7 +112,7 @@ def create_app(translator, info: dict, limits: Limits, decode_thread: bool = Tru
     `state.batcher` decodes in a thread it starts, or, with `decode_thread=False`, wherever the caller runs
     `app.state.batcher.run()`; `state.stopping` is set when the server shuts down."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse
     from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException as StarletteHTTPException  # routing's 404 and 405 too
 
@@ -134,65 +134,21 @@ def create_app(translator, info: dict, limits: Limits, decode_thread: bool = Tru
     app.state.batcher, app.state.stopping = batcher, False
     app.add_middleware(BoundedBodies, max_bytes=max_body_bytes(limits), timeout_s=limits.client_timeout_s,
                        stopping=lambda: app.state.stopping)
-
-    def refuse(status: int, reason: str, **headers):
-        return JSONResponse({"error": reason}, status_code=status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        message = f"{where}: {first.get('msg', 'invalid')}"
-        if where == "body" and "json" not in request.headers.get("content-type", ""):  # curl -d sends a form
-            message += "; send the body as JSON, with the header Content-Type: application/json"
-        return refuse(400 if first.get("type") == "json_invalid" else 422, message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405, and the bounds above
-        return refuse(error.status_code, str(error.detail), **(error.headers or {}))
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
 
     @app.post("/translate")
     async def translate(request: TranslateRequest, raw: Request):
         try:
-            return await _translate(request, raw)
+            return await _translate(request, raw, translator, batcher, limits)
         except Exception as error:  # noqa: BLE001 - one line for the client and the log, not a traceback
             log.error("POST /translate failed: %s: %s", type(error).__name__, error, exc_info=limits.debug)
-            return refuse(500, f"internal error ({type(error).__name__}); the server's log has the reason")
-
-    async def _translate(request: TranslateRequest, raw: Request):
-        if (request.text is None) == (request.texts is None):
-            return refuse(422, "give exactly one of 'text' and 'texts'")
-        texts = [request.text] if request.text is not None else request.texts
-        beam = request.beam_size or translator.beam_size
-        if len(texts) > limits.max_texts:
-            return refuse(413, f"{len(texts)} texts; at most {limits.max_texts} per request")
-        chars = sum(map(len, texts))
-        if chars > limits.max_chars:
-            return refuse(413, f"{chars} characters; at most {limits.max_chars} per request")
-        if request.nbest > beam:
-            return refuse(422, f"nbest {request.nbest} is more than beam_size {beam}")
-        lines = split_texts(texts)
-        started = time.perf_counter()
-        try:
-            sources = translator.encode([line for text in lines for line in text])
-        except Exception as error:  # noqa: BLE001 - the client's text: a 4xx, one line
-            return refuse(422, f"the text could not be tokenized ({type(error).__name__}: {error})")
-        try:
-            hypotheses = await _unless_gone(raw, batcher.translate(sources, beam, request.nbest, request.attention))
-        except QueueFull:
-            return refuse(503, "too many sentences waiting; retry shortly", **{"Retry-After": "1"})
-        except asyncio.TimeoutError:
-            return refuse(504, f"not translated within {limits.timeout_s:g} s; retry, or send fewer texts")
-        except RuntimeError:  # this request's decoding failed (the others' did not)
-            return refuse(500, "decoding failed; the server's log has the reason")
-        if hypotheses is None:
-            return refuse(499, "the client went away")  # nobody reads it
-        answers = answer_lines(translator.tokenizer, lines, sources, hypotheses, request.nbest, request.attention)
-        return {"translations": answers, "milliseconds": round(1000 * (time.perf_counter() - started), 1)}
+            return _error(500, f"internal error ({type(error).__name__}); the server's log has the reason")
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "batches": batcher.batches, "steps": batcher.steps, "waiting": batcher.waiting}
+        return {"status": "ok", "batches": batcher.batches, "steps": batcher.steps, "waiting": batcher.waiting,
+                "decoding": batcher.decoding}
 
     @app.get("/info")
     async def about():
@@ -203,6 +159,60 @@ def create_app(translator, info: dict, limits: Limits, decode_thread: bool = Tru
         return PAGE
 
     return app
+
+
+def _error(status: int, reason: str, **headers):
+    """Every answer that is not 2xx: one line of JSON."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+async def _invalid(request: Request, error):
+    """A body that is not the request's shape: which field, and what is wrong with it."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    message = f"{where}: {first.get('msg', 'invalid')}"
+    if where == "body" and "json" not in request.headers.get("content-type", ""):  # curl -d sends a form
+        message += "; send the body as JSON, with the header Content-Type: application/json"
+    return _error(400 if first.get("type") == "json_invalid" else 422, message)
+
+
+async def _http_error(request: Request, error):
+    """404, 405, and the bounds of `BoundedBodies`."""
+    return _error(error.status_code, str(error.detail), **(error.headers or {}))
+
+
+async def _translate(request: TranslateRequest, raw: Request, translator, batcher: Batcher, limits: Limits):
+    if (request.text is None) == (request.texts is None):
+        return _error(422, "give exactly one of 'text' and 'texts'")
+    texts = [request.text] if request.text is not None else request.texts
+    beam = request.beam_size or translator.beam_size
+    if len(texts) > limits.max_texts:
+        return _error(413, f"{len(texts)} texts; at most {limits.max_texts} per request")
+    chars = sum(map(len, texts))
+    if chars > limits.max_chars:
+        return _error(413, f"{chars} characters; at most {limits.max_chars} per request")
+    if request.nbest > beam:
+        return _error(422, f"nbest {request.nbest} is more than beam_size {beam}")
+    lines = split_texts(texts)
+    started = time.perf_counter()
+    try:
+        sources = translator.encode([line for text in lines for line in text])
+    except Exception as error:  # noqa: BLE001 - the client's text: a 4xx, one line
+        return _error(422, f"the text could not be tokenized ({type(error).__name__}: {error})")
+    try:
+        hypotheses = await _unless_gone(raw, batcher.translate(sources, beam, request.nbest, request.attention))
+    except QueueFull:
+        return _error(503, "too many sentences waiting; retry shortly", **{"Retry-After": "1"})
+    except asyncio.TimeoutError:
+        return _error(504, f"not translated within {limits.timeout_s:g} s; retry, or send fewer texts")
+    except RuntimeError:  # this request's decoding failed (the others' did not)
+        return _error(500, "decoding failed; the server's log has the reason")
+    if hypotheses is None:
+        return _error(499, "the client went away")  # nobody reads it
+    answers = answer_lines(translator.tokenizer, lines, sources, hypotheses, request.nbest, request.attention)
+    return {"translations": answers, "milliseconds": round(1000 * (time.perf_counter() - started), 1)}
 
 
 async def _unless_gone(raw, translation):
@@ -236,11 +246,17 @@ def bounded_protocol(limits: Limits):
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    refused = 0
+
     class BoundedH11(H11Protocol):
         def connection_made(self, transport):
+            nonlocal refused
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
-                log.warning("a connection beyond --max-connections %d closed", limits.max_connections)
+                refused += 1
+                if refused in (1, 10) or refused % 1000 == 0:  # a flood is a few lines, not one per socket
+                    log.warning("%d connection(s) beyond --max-connections %d closed so far", refused,
+                                limits.max_connections)
                 transport.close()
                 return
             self._wait_for_request()
@@ -270,6 +286,23 @@ def bounded_protocol(limits: Limits):
     return BoundedH11
 
 
+def raise_file_limit(max_connections: int) -> None:
+    """Each connection is an open file: the soft limit (often 1024) raised to the hard one, and a warning if
+    that is still below the connections allowed (beyond it `accept` fails instead of the cap closing them)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    if soft != resource.RLIM_INFINITY and max_connections + 64 > soft:
+        log.warning("--max-connections %d is above what the open-file limit (%d) allows; connections beyond "
+                    "about %d will fail as they open", max_connections, soft, soft - 64)
+
+
 def serve_until_stopped(app, host: str, port: int, limits: Limits) -> bool:
     """Serve `app` (made with `decode_thread=False`) until SIGINT or SIGTERM; False if it could not start.
 
@@ -279,6 +312,7 @@ def serve_until_stopped(app, host: str, port: int, limits: Limits) -> bool:
     Ctrl-C: at once)."""
     import uvicorn
 
+    raise_file_limit(limits.max_connections)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", http=bounded_protocol(limits),
                                            timeout_keep_alive=limits.keep_alive_s,
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S))

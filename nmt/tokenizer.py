@@ -22,10 +22,9 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-from nmt.cache import cache_root, set_aside, unwritable
+from nmt.cache import cache_root, set_aside, unwritable, written_whole
 from nmt.config import TokenizerConfig
 from nmt.errors import NMTError
-from nmt.outputs import written_whole
 
 log = logging.getLogger(__name__)
 

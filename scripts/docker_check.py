@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,9 +86,16 @@ def install_packages() -> None:
             raise CheckFailed(f"apt-get install {' '.join(missing)} failed: {result.stderr.strip()[-200:]}")
 
 
+def engine_answers() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def start_dockerd(work: Path) -> subprocess.Popen | None:
     """The running engine if one answers, else one started here (returned, to be stopped at the end)."""
-    if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+    if engine_answers():
         return None
     log = open(work / "dockerd.log", "w", encoding="utf-8")  # noqa: SIM115 - open while dockerd runs
     dockerd = subprocess.Popen([shutil.which("dockerd") or "/usr/sbin/dockerd"], stdout=log,
@@ -96,7 +104,7 @@ def start_dockerd(work: Path) -> subprocess.Popen | None:
         if dockerd.poll() is not None:
             lines = (work / "dockerd.log").read_text().strip().splitlines() or ["no output"]
             raise CheckFailed(f"dockerd exited {dockerd.returncode}: {lines[-1][:300]}")
-        if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        if engine_answers():
             return dockerd
         time.sleep(0.5)
     stop_dockerd(dockerd)
@@ -123,7 +131,8 @@ def prepare_host(work: Path, engine: list) -> str:
 def host_pip_settings() -> tuple[str, Path]:
     """This machine's pip index settings as a pip.conf, and the certificate bundle pip trusts here. Local
     paths (file: indexes, find-links, constraints) mean nothing inside the build and are left out."""
-    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                            timeout=120).stdout
     settings, cert = {}, Path("/etc/ssl/certs/ca-certificates.crt")
     for line in listed.splitlines():
         key, _, value = line.partition("=")
@@ -160,6 +169,7 @@ def ensure_standin(work: Path, log: Path) -> str:
                          .encode()).hexdigest()[:16]
     if labels is not None and labels.get(LABEL) == key:
         return f"stand-in {key} reused"
+    previous = image_id(BASE) if labels is not None else ""
     root = work / "standin"
     run(["debootstrap", f"--variant={STANDIN['variant']}", f"--include={STANDIN['include']}", STANDIN["suite"],
          str(root), mirror], timeout=1200, log=log)
@@ -174,6 +184,8 @@ def ensure_standin(work: Path, log: Path) -> str:
         run(["docker", "import", "--change", "ENV LANG=C.UTF-8", "--change", 'CMD ["python3"]',
              "--change", f"LABEL {LABEL}={key}", "-", BASE], stdin=tar.stdout, log=log)
     shutil.rmtree(root)
+    if previous:  # an older stand-in, now untagged: gone unless an image still builds on it
+        run(["docker", "rmi", previous], check=False, log=log)
     return f"stand-in {key} made with debootstrap from {mirror}"
 
 
@@ -405,6 +417,9 @@ def timed(table: list, name: str, step, *args) -> str:
         table.append((name, time.monotonic() - started, "FAILED: timed out"))
         raise CheckFailed(f"{name}: `{' '.join(expired.cmd[:3])} ...` did not end within {expired.timeout:.0f} s"
                           ) from None
+    except Exception as error:  # noqa: BLE001 - a file not as expected, say: still one line, and the table
+        table.append((name, time.monotonic() - started, f"FAILED: {type(error).__name__}"))
+        raise CheckFailed(f"{name}: {type(error).__name__}: {error}") from None
     table.append((name, time.monotonic() - started, note))
     return note
 
@@ -449,6 +464,8 @@ def main() -> int:
     parser.add_argument("--image", default="nmt:docker-check", help="tag for the image built")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, runs) afterwards")
     args = parser.parse_args()
+    # a CI job's timeout sends SIGTERM: end through the `finally` below, which stops the dockerd started here
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     table, started, dockerd, failure = [], time.monotonic(), None, None
     work = Path(tempfile.mkdtemp(prefix="nmt-docker-check-"))
     try:

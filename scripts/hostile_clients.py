@@ -3,13 +3,14 @@ silent sockets, and well-behaved clients throughout; then SIGTERM with the stall
 
     python scripts/hostile_clients.py [--checkpoint CKPT] [--seconds 30]
 
-Without --checkpoint it trains configs/tiny.yaml first (about 20 s). For `--seconds` it keeps 32 clients
-translating one line per request, 300 stalled clients (headers and part of a body, then nothing; replaced
-when the server cuts them off), 300 silent sockets (likewise), and sends ten 100 MB bodies by Content-Length
-and ten by chunks, in parallel. It prints the well-behaved clients' errors and latency, the server's peak
-memory against its memory when idle, and how long the server took to exit after SIGTERM; it exits 1 if a
-well-behaved request failed, a body was not refused, the hostile clients added more than 100 MB to the peak of
-the well-behaved ones alone (measured first, for a third of `--seconds`), or the exit took 8 s or more.
+Without --checkpoint it trains configs/tiny.yaml first (about 20 s). It runs 32 clients translating one
+line per request for `--seconds` alone (decoding's own working memory grows meanwhile), then as long again
+with 300 stalled clients (headers and part of a body, then nothing; replaced when the server cuts them off),
+300 silent sockets (likewise), and ten 100 MB bodies sent by Content-Length and ten by chunks. It prints the
+well-behaved clients' errors and latency, the server's peak memory in each phase, and how long the server
+took to exit after SIGTERM with the stalled clients open. It exits 1 if a well-behaved request failed, a body
+was not refused, the hostile clients added more than 100 MB to the peak of the well-behaved ones alone, or
+the exit took 8 s or more. `--without clients stalled silent` measures the oversized bodies against idle.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def start_server(checkpoint: Path, folder: Path) -> tuple[subprocess.Popen, int,
             if translate(port, LINES[0])[0] == 200:
                 return server, port, log
         except OSError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     sys.exit("hostile_clients: the server did not start within a minute")
 
 
@@ -129,10 +131,55 @@ def oversized(port: int, chunked: bool, answers: list) -> None:
             answers.append(type(error).__name__)
 
 
+def load(server: subprocess.Popen, port: int, seconds: float, without: list[str]) -> dict:
+    """The well-behaved clients alone for `seconds` (decoding's own working memory), then everyone for as long;
+    what they saw, and the server's memory."""
+    for line in LINES[:50]:
+        translate(port, line)  # warm: the memory a serving process holds
+    seen = {"idle": rss_mib(server.pid), "latencies": [], "errors": [], "answers": [], "stalled": [], "silent": []}
+    stop = threading.Event()
+    kinds = {"clients": [threading.Thread(target=well_behaved, args=(port, stop, seen["latencies"], seen["errors"]))
+                         for _ in range(32)],
+             "stalled": [threading.Thread(target=keep_open, args=(port, 300, STALLED, stop, seen["stalled"]))],
+             "silent": [threading.Thread(target=keep_open, args=(port, 300, b"", stop, seen["silent"]))],
+             "oversized": [threading.Thread(target=oversized, args=(port, chunked, seen["answers"]))
+                           for chunked in (False, True) for _ in range(10)]}
+    clients = kinds["clients"] if "clients" not in without else []
+    hostile = [thread for kind, some in kinds.items() if kind not in without and kind != "clients" for thread in some]
+    for thread in clients:
+        thread.start()
+    seen["normal"] = peak_until(server.pid, time.monotonic() + seconds, seen["idle"]) if clients else seen["idle"]
+    for thread in hostile:
+        thread.start()
+    seen["peak"] = peak_until(server.pid, time.monotonic() + seconds, seen["normal"])
+    stop.set()
+    for thread in clients + hostile:
+        thread.join()
+    return seen
+
+
+def report(seen: dict, exit_seconds: float, code: int) -> bool:
+    """Print the figures; True when everything held."""
+    latencies = sorted(seen["latencies"]) or [float("nan")]
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    errors = seen["errors"]
+    print(f"well-behaved clients: {len(seen['latencies'])} requests, {len(errors)} errors "
+          f"{sorted(set(map(str, errors)))}, latency median {1000 * statistics.median(latencies):.0f} ms, "
+          f"p99 {1000 * p99:.0f} ms")
+    print(f"oversized bodies (10 declared, 10 chunked, 100 MB each): {dict(Counter(seen['answers']))}")
+    added = seen["peak"] - seen["normal"]
+    print(f"server memory: idle {seen['idle']:.0f} MiB; peak with the well-behaved clients alone "
+          f"{seen['normal']:.0f} MiB, with the others too {seen['peak']:.0f} MiB (+{added:.0f})")
+    print(f"SIGTERM with {len(seen['stalled'])} stalled clients open: exited in {exit_seconds:.1f} s (code {code})")
+    # a chunked body cut off at the limit may be reset before its 413 is read: a reset is a refusal too
+    refused = all("413" in answer or "Reset" in answer for answer in seen["answers"])
+    return not errors and refused and added <= 100 and exit_seconds < 8
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="default: train configs/tiny.yaml first")
-    parser.add_argument("--seconds", type=float, default=30.0, help="how long the clients run")
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long each phase runs")
     parser.add_argument("--without", nargs="+", default=[], choices=["clients", "stalled", "silent", "oversized"],
                         help="leave these out (to see what costs what)")
     args = parser.parse_args()
@@ -143,48 +190,21 @@ def main() -> int:
                         str(folder / "tiny")], cwd=ROOT, check=True, capture_output=True)
         checkpoint = folder / "tiny" / "checkpoints" / "best.pt"
     server, port, log = start_server(checkpoint, folder)
-    for line in LINES[:50]:
-        translate(port, line)  # warm: the memory a serving process holds
-    idle = rss_mib(server.pid)
-    stop, latencies, errors, answers, stalled, silent = threading.Event(), [], [], [], [], []
-    kinds = {"clients": [threading.Thread(target=well_behaved, args=(port, stop, latencies, errors))
-                         for _ in range(32)],
-             "stalled": [threading.Thread(target=keep_open, args=(port, 300, STALLED, stop, stalled))],
-             "silent": [threading.Thread(target=keep_open, args=(port, 300, b"", stop, silent))],
-             "oversized": [threading.Thread(target=oversized, args=(port, chunked, answers))
-                           for chunked in (False, True) for _ in range(10)]}
-    threads = [thread for kind, some in kinds.items() if kind not in args.without for thread in some]
-    clients = kinds["clients"] if "clients" not in args.without else []
-    for thread in clients:
-        thread.start()
-    normal = peak_until(server.pid, time.monotonic() + args.seconds / 3, idle)  # decoding's own working memory
-    for thread in threads:
-        if thread not in clients:
-            thread.start()
-    peak = peak_until(server.pid, time.monotonic() + args.seconds, normal)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    open_stalled = len(stalled)
-    started = time.monotonic()
-    server.send_signal(signal.SIGTERM)
-    server.wait(timeout=60)
-    exit_seconds = time.monotonic() - started
-    for sock in stalled + silent:
+    try:
+        seen = load(server, port, args.seconds, args.without)
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        exit_seconds = time.monotonic() - started
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    for sock in seen["stalled"] + seen["silent"]:
         sock.close()
-    latencies.sort()
-    latencies = latencies or [float("nan")]
-    p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan")
-    print(f"well-behaved clients: {len(latencies)} requests, {len(errors)} errors {sorted(set(map(str, errors)))}, "
-          f"latency median {1000 * statistics.median(latencies):.0f} ms, p99 {1000 * p99:.0f} ms")
-    print(f"oversized bodies (10 declared, 10 chunked, 100 MB each): {dict(Counter(answers))}")
-    print(f"server memory: idle {idle:.0f} MiB; peak with the well-behaved clients alone {normal:.0f} MiB, with the "
-          f"others too {peak:.0f} MiB (+{peak - normal:.0f})")
-    print(f"SIGTERM with {open_stalled} stalled clients open: exited in {exit_seconds:.1f} s (code {server.returncode})"
-          f"; log: {log}")
-    # a chunked body cut off at the limit may be reset before its 413 is read: a reset is a refusal too
-    failed = errors or peak - normal > 100 or exit_seconds >= 8 or not all("413" in a or "Reset" in a for a in answers)
-    return 1 if failed else 0
+    held = report(seen, exit_seconds, server.returncode)
+    print(f"server log: {log}")
+    return 0 if held else 1
 
 
 if __name__ == "__main__":

@@ -121,11 +121,12 @@ def docker_check():
 def test_the_docker_check_fails_in_one_line_where_it_cannot_run(lacking, said, monkeypatch, capsys):
     """CI must go red, not skip, on a machine where the image cannot be built and run."""
     check = docker_check()
-    if lacking == "root":
-        monkeypatch.setattr(check.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(check.os, "geteuid", lambda: 1000 if lacking == "root" else 0)  # whoever runs the tests
     if lacking == "debian":
         monkeypatch.setattr(check.shutil, "which", lambda tool: None)
     if lacking == "space":
+        monkeypatch.setattr(check.Path, "exists", lambda path: True)  # a Debian machine, whatever this one is
+        monkeypatch.setattr(check.shutil, "which", lambda tool: f"/usr/bin/{tool}")
         monkeypatch.setattr(check.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 99, 2**30))
     monkeypatch.setattr(check.sys, "argv", ["docker_check.py"])
     assert check.main() == 1

@@ -223,6 +223,8 @@ def read_meta(folder: Path) -> dict | None:
             raise Damaged(f"{name} has {actual} bytes where {META} says {size}")
     split, width = meta["split"], np.dtype(meta["id_dtype"]).itemsize
     for side in SIDES:
+        if meta["files"].get(f"{split}.{side}.offsets", 0) < 8:
+            raise Damaged(f"{split}.{side}.offsets holds no offset")
         with open(folder / f"{split}.{side}.offsets", "rb") as file:
             file.seek(-8, os.SEEK_END)
             last = int(np.frombuffer(file.read(8), np.int64)[0])

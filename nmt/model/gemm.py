@@ -34,9 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nmt.cache import cache_root, set_aside, unwritable
+from nmt.cache import cache_root, set_aside, unwritable, written_whole
 from nmt.device import cpu_capability, cpu_name
-from nmt.outputs import written_whole
 
 log = logging.getLogger(__name__)
 

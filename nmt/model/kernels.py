@@ -38,8 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nmt.cache import cache_root, set_aside, unwritable
-from nmt.outputs import written_whole
+from nmt.cache import cache_root, set_aside, unwritable, written_whole
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,11 @@ def _check_elf_extent(path: Path) -> None:
     library without complaint, and touching the missing pages kills the process (SIGBUS), no exception."""
     with open(path, "rb") as file:
         data = file.read()
-    if data[:4] != b"\x7fELF" or data[4] != 2:
+    if data[:4] != b"\x7fELF":
+        return  # not an ELF file: the loader refuses what it cannot read
+    if len(data) < 64:
+        raise OSError(f"truncated: {len(data)} bytes, less than an ELF header")
+    if data[4] != 2:
         return  # not a 64-bit ELF file: the loader refuses what it cannot read
     order = "<" if data[5] == 1 else ">"
     try:
