@@ -174,3 +174,27 @@ def test_sigterm_with_stalled_clients_finishes_the_request_in_flight_and_exits_p
     assert seconds < 8, log
     assert response.status_code == 200 and len(response.json()["translations"]) == len(LINES), log
     assert "Traceback" not in log
+
+
+def test_a_request_whose_client_left_leaves_the_search(tiny_run):
+    """A client that closes its connection mid-request: its sentences leave the search at the next step (they
+    were decoded to the end for nobody)."""
+    process, url = start_server(tiny_run / "checkpoints" / "best.pt", "--max-chars", "200000", "--max-queue", "5000")
+    try:
+        body = json.dumps({"texts": ["\n".join(LINES)] * 64, "beam_size": 20}).encode()
+        with connect(url) as sock:
+            sock.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            deadline = time.monotonic() + 60
+            while not httpx.get(f"{url}/health").json()["decoding"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            health = httpx.get(f"{url}/health").json()
+        assert health["decoding"] > 0  # the client leaves mid-search
+        while httpx.get(f"{url}/health").json()["decoding"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = httpx.get(f"{url}/health").json()
+        assert after["decoding"] == 0 and after["waiting"] == 0
+        assert after["steps"] - health["steps"] <= 3, (health, after)  # 2,560 sentences would take far more
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
