@@ -10,6 +10,7 @@ than none. `nmt prepare --clean DAYS` removes what was set aside, with the unuse
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -44,6 +45,29 @@ def set_aside(path: Path, problem: str, remedy: str) -> None:
         log.warning("%s: %s; cannot set it aside (%s); %s", path, problem, error.strerror or error, remedy)
         return
     log.warning("%s: %s; set aside as %s; %s", path, problem, aside.name, remedy)
+
+
+def read_json(path: Path, problem, unreadable: str, remedy: str):
+    """A cache file's parsed JSON, or None: when there is none yet, when it cannot be read (one warning, ending
+    in `unreadable`), or when it is damaged: not JSON, or `problem(content)` names what is wrong. A damaged
+    file is set aside (`remedy`: what happens instead)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):  # none yet
+        return None
+    except OSError as error:
+        log.warning("%s: cannot read it (%s); %s", path, error.strerror or error, unreadable)
+        return None
+    try:
+        content = json.loads(text)
+    except ValueError:
+        set_aside(path, "not JSON (truncated?)", remedy)
+        return None
+    wrong = problem(content)
+    if wrong:
+        set_aside(path, wrong, remedy)
+        return None
+    return content
 
 
 def set_aside_before(cutoff: float) -> list[Path]:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from nmt.cache import cache_root, set_aside, unwritable, written_whole
+from nmt.cache import cache_root, read_json, unwritable, written_whole
 from nmt.errors import NMTError
 
 log = logging.getLogger(__name__)
@@ -55,22 +55,9 @@ def _record_problem(content: object) -> str | None:
 
 def _read_record(record: Path) -> dict[str, list[int]]:
     """The recorded files; a damaged record is set aside (every file then counts as the user's)."""
-    try:
-        text = record.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):  # none yet
-        return {}
-    except OSError as error:
-        log.warning("%s: cannot read it (%s); files nmt wrote count as yours", record, error.strerror or error)
-        return {}
-    try:
-        content = json.loads(text)
-    except ValueError:
-        content = None
-    problem = _record_problem(content) if content is not None else "not JSON (truncated?)"
-    if problem:
-        set_aside(record, problem, "starting a new record (replacing a file written before needs --overwrite)")
-        return {}
-    return content["files"]
+    content = read_json(record, _record_problem, "files nmt wrote count as yours",
+                        "starting a new record (replacing a file written before needs --overwrite)")
+    return content["files"] if content is not None else {}
 
 
 @contextlib.contextmanager

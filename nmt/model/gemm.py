@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nmt.cache import cache_root, set_aside, unwritable, written_whole
+from nmt.cache import cache_root, read_json, set_aside, unwritable, written_whole
 from nmt.device import cpu_capability, cpu_name
 
 log = logging.getLogger(__name__)
@@ -137,22 +137,12 @@ def _decide() -> Routes:
 
 def _read_cache(path: Path) -> dict:
     """The cached entries, one per machine key; a file that is not a JSON object of objects is set aside."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):  # none yet
-        return {}
-    except OSError as error:
-        log.warning("%s: cannot read it (%s); measuring the product routes", path, error.strerror or error)
-        return {}
-    try:
-        entries = json.loads(text)
-    except ValueError:
-        entries = None
-    if not (isinstance(entries, dict) and all(isinstance(entry, dict) for entry in entries.values())):
-        what = "not JSON (truncated?)" if entries is None else "not a JSON object of entries per machine"
-        set_aside(path, what, "measuring the routes again")
-        return {}
-    return entries
+    def problem(entries) -> str | None:
+        if isinstance(entries, dict) and all(isinstance(entry, dict) for entry in entries.values()):
+            return None
+        return "not a JSON object of entries per machine"
+
+    return read_json(path, problem, "measuring the product routes", "measuring the routes again") or {}
 
 
 def _entry_problem(entry: dict) -> str | None:
