@@ -263,3 +263,18 @@ def test_kernels_are_built_for_the_process_where_the_cache_cannot_be_written(mon
     assert "cannot write it" in warning.getMessage()
     monkeypatch.setattr(kernels, "library", lambda: lib)  # its file is gone; the loaded library computes
     test_cell_forward_and_backward_equal_torchs(torch.float32, 4, 300, True, True)
+
+
+def test_a_wrong_layout_is_refused_even_without_asserts():
+    """The kernels read raw pointers: a transposed operand must be an error under `python -O` too."""
+    if kernels.library() is None:
+        pytest.skip("no kernels on this machine")
+    hidden = 8
+    act = torch.rand(4, 4 * hidden)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.cell_backward(torch.randn(hidden, 4).t(), torch.randn(4, hidden), act, torch.rand(4, hidden),
+                              torch.randn(4, hidden), torch.empty(4, 4 * hidden))
+    code = ("import torch; from nmt.model import kernels; t = torch.randn(8, 4).t()\n"
+            "try:\n    kernels._rows(t)\nexcept ValueError: print('refused')")
+    done = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "refused", done.stderr

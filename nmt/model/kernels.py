@@ -66,11 +66,12 @@ def _cpu_flags() -> str:
     return platform.processor() + platform.machine()
 
 
-def _compiler_version(compiler: list[str]) -> str:
-    try:
-        return subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
+def _compiler_identity(found: str) -> str:
+    """The compiler binary's resolved path, size and time: a new compiler is a new cache entry, found by a stat
+    rather than by running `cc --version` in every process."""
+    real = os.path.realpath(found)
+    stat = os.stat(real)
+    return f"{real} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def _compiler() -> tuple[list[str], str]:
@@ -143,7 +144,7 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
     compiler, folder = [found, *command[1:]], cache_root() / "kernels"
     try:
         key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(command + flags).encode(),
-                                         _compiler_version(compiler).encode(), _cpu_flags().encode()]))
+                                         _compiler_identity(found).encode(), _cpu_flags().encode()]))
         target = folder / f"recurrence-{key.hexdigest()[:20]}.so"
         if target.exists():
             try:
@@ -209,19 +210,25 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _require(condition: bool, what: str) -> None:
+    """The kernels read raw pointers: a wrong layout would be silent garbage, so it is checked even under -O."""
+    if not condition:
+        raise ValueError(f"kernel operand {what}")
+
+
 def _rows(t: Tensor) -> tuple[int, int]:
     """A (B, n) operand as the kernels read it: rows of contiguous elements, `stride` elements apart."""
-    assert t.dim() == 2 and (t.stride(1) == 1 or t.size(1) == 1), "kernel operand rows must be contiguous"
+    _require(t.dim() == 2 and (t.stride(1) == 1 or t.size(1) == 1), "rows must be contiguous")
     return t.data_ptr(), t.stride(0)
 
 
 def _bf(t: Tensor) -> int:
-    assert t.dtype in (torch.bfloat16, torch.float32)
+    _require(t.dtype in (torch.bfloat16, torch.float32), f"dtype must be float32 or bfloat16, not {t.dtype}")
     return int(t.dtype == torch.bfloat16)
 
 
 def _dense(t: Tensor) -> Tensor:
-    assert t.is_contiguous(), "kernel operand must be contiguous"
+    _require(t.is_contiguous(), "must be contiguous")
     return t
 
 
@@ -288,7 +295,7 @@ def combine_backward(grad: Tensor, attentional: Tensor, d_pre: Tensor, feed: Ten
                      mask: Tensor | None = None) -> None:
     """d_pre = (grad + feed) * mask * (1 - attentional^2); grad (B, H) in the compute dtype."""
     batch, hidden = attentional.shape
-    assert grad.dtype == d_pre.dtype
+    _require(grad.dtype == d_pre.dtype, "grad and d_pre must share a dtype")
     library().combine_backward(batch, hidden, _bf(d_pre), *_rows(grad), _ptr(None if feed is None else _dense(feed)),
                                _ptr(None if mask is None else _dense(mask)), _dense(attentional).data_ptr(),
                                _dense(d_pre).data_ptr())
