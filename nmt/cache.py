@@ -10,6 +10,7 @@ than none. `nmt prepare --clean DAYS` removes what was set aside, with the unuse
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -79,6 +80,26 @@ def set_aside_before(cutoff: float) -> list[Path]:
             if stamp and time.mktime(time.strptime(stamp.group(1), "%Y%m%d-%H%M%S")) < cutoff:
                 found.append(path)
     return found
+
+
+def file_lock(path: Path, waiting: str = "") -> contextlib.AbstractContextManager:
+    """An exclusive lock on the file `path` (created if need be), held by one process at a time while the
+    returned context's block runs; a process that must wait logs `waiting` first, if given. The file is
+    opened here, so that where it cannot be (OSError) the caller decides before any block runs."""
+    file = open(path, "a")
+
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        with file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    log.info("%s", waiting)
+                fcntl.flock(file, fcntl.LOCK_EX)
+            yield
+
+    return held()
 
 
 def unwritable(path: Path, error: OSError, consequence: str) -> None:

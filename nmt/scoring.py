@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
-from nmt.data.sources import read_text_lines
+from nmt.data.text import read_text_lines
 from nmt.errors import NMTError
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nmt.data.sources import split_lines
+from nmt.data.text import split_lines
 from nmt.search import BeamSearch, Hypothesis
 from nmt.translate import Translator, empty_hypotheses
 

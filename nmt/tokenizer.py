@@ -10,7 +10,6 @@ of the output softmax. Unseen pieces map to <unk>.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import logging
@@ -22,7 +21,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-from nmt.cache import cache_root, set_aside, unwritable, written_whole
+from nmt.cache import cache_root, file_lock, set_aside, unwritable, written_whole
 from nmt.config import TokenizerConfig
 from nmt.errors import NMTError
 
@@ -63,9 +62,6 @@ class Side:
 
     def pieces(self, ids: list[int]) -> list[str]:
         return [self.sp.id_to_piece(self.keep[i]) for i in ids]
-
-    def pruned(self, encoded_spm: list[list[int]]) -> Side:
-        return self.keeping({i for ids in encoded_spm for i in ids})
 
     def keeping(self, pieces: list[int]) -> Side:
         """This model with table rows for the specials and `pieces` (sentencepiece ids)."""
@@ -108,7 +104,7 @@ class Tokenizer:
 TRAIN_IN_CHILD_LINES = 200_000
 
 
-def _train_sentencepiece(corpus: str, **settings) -> bytes:
+def _train_on_file(corpus: str, **settings) -> bytes:
     """The model's bytes. The text is given as an iterator, not a file name, so the model does not record
     where the text was (a temporary file): the same text and settings give the same bytes."""
     model = io.BytesIO()
@@ -126,7 +122,14 @@ def cached_model(cfg: TokenizerConfig, key: str, write_corpus) -> bytes:
     proto = _read_cached(cached)
     if proto is not None:
         return proto
-    with _training_lock(cached):
+    try:  # a second process preparing the same data waits, then reads this one's model (minutes, and
+        # gigabytes, at WMT size); where the cache cannot be written each process trains its own
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        lock = file_lock(cached.with_suffix(".lock"), f"sentencepiece: another process is training {cached.name}; "
+                         "waiting for it")
+    except OSError:
+        lock = contextlib.nullcontext()
+    with lock:
         proto = _read_cached(cached)  # trained by the process this one waited for
         if proto is None:
             proto = _train_model(cfg, write_corpus)
@@ -172,26 +175,6 @@ def _model_problem(proto: bytes) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _training_lock(cached: Path):
-    """Held while this model is trained: a second process preparing the same data waits, then reads the
-    first one's model instead of training its own (minutes, and gigabytes, at WMT size). No lock where the
-    cache cannot be written: each process then trains its own."""
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(cached.with_suffix(".lock"), "a")
-    except OSError:
-        yield
-        return
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("sentencepiece: another process is training %s; waiting for it", cached.name)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _train_model(cfg: TokenizerConfig, write_corpus) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
@@ -208,41 +191,11 @@ def _train_model(cfg: TokenizerConfig, write_corpus) -> bytes:
                 # in a child process: its few GB of working memory go back to the system when it ends,
                 # instead of staying the high-water mark of the training process
                 with multiprocessing.get_context("spawn").Pool(1) as pool:
-                    return pool.apply(_train_sentencepiece, (str(corpus),), options)
-            return _train_sentencepiece(str(corpus), **options)
+                    return pool.apply(_train_on_file, (str(corpus),), options)
+            return _train_on_file(str(corpus), **options)
         except RuntimeError as error:
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             advice = ("raise tokenizer.vocab_size: the text has more distinct characters than that"
                       if "required_chars" in message or "smaller than" in message else
                       "lower tokenizer.vocab_size: the text has too few distinct pieces for it")
             raise NMTError(f"sentencepiece training failed ({message}); {advice}") from None
-
-
-def _model_for_texts(cfg: TokenizerConfig, texts: list[str]) -> bytes:
-    if cfg.max_sentences and len(texts) > cfg.max_sentences:
-        chosen = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[: cfg.max_sentences]
-        texts = [texts[i] for i in sorted(chosen.tolist())]
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\n")
-
-    def write(path: Path) -> int:
-        path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
-        return len(texts)
-
-    return cached_model(cfg, f"texts:{digest.hexdigest()}", write)
-
-
-def train_tokenizer(cfg: TokenizerConfig, src_texts: list[str], tgt_texts: list[str]) -> Tokenizer:
-    """Train (or reuse) sentencepiece on sentences in memory; the vocabularies are pruned later."""
-    if cfg.joint:
-        proto = _model_for_texts(cfg, src_texts + tgt_texts)
-        return Tokenizer(Side(proto), Side(proto), joint=True)
-    return Tokenizer(Side(_model_for_texts(cfg, src_texts)), Side(_model_for_texts(cfg, tgt_texts)), joint=False)
-
-
-def prune_to_training_data(tokenizer: Tokenizer, src_texts: list[str], tgt_texts: list[str]):
-    """Keep on each side only the pieces its training text uses; return both sides' model ids."""
-    src_spm, tgt_spm = tokenizer.src.sp.encode(src_texts), tokenizer.tgt.sp.encode(tgt_texts)
-    tokenizer.src, tokenizer.tgt = tokenizer.src.pruned(src_spm), tokenizer.tgt.pruned(tgt_spm)
-    return tokenizer.src.from_spm(src_spm), tokenizer.tgt.from_spm(tgt_spm)

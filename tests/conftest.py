@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -51,14 +52,40 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from nmt.config import TokenizerConfig
-    from nmt.data.sources import read_text_lines
-    from nmt.tokenizer import prune_to_training_data, train_tokenizer
+    """The tokenizer `nmt train` prepares for the tiny config: trained on its data, vocabularies pruned."""
+    from nmt.config import load_config
+    from nmt.data.prepare import prepare
 
-    src, tgt = read_text_lines(TINY_DATA / "train.en"), read_text_lines(TINY_DATA / "train.de")
-    tokenizer = train_tokenizer(TokenizerConfig(vocab_size=120), src, tgt)
-    prune_to_training_data(tokenizer, src, tgt)
-    return tokenizer
+    return prepare(load_config(TINY_CONFIG)).tokenizer
+
+
+def train_tokenizer(settings, src: list[str], tgt: list[str]):
+    """Sentencepiece trained (or found in the cache) as `nmt train` trains it, on the pairs (`src`, `tgt`)
+    written as a plain-text training split; its vocabularies not pruned."""
+    from nmt.data.prepare import train_on_sample
+    from nmt.data.streams import TextPairs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for lang, texts in (("en", src), ("de", tgt)):
+            (folder / f"train.{lang}").write_text("".join(text + "\n" for text in texts), encoding="utf-8")
+        stream = TextPairs(folder / "train.en", folder / "train.de", str(folder))
+        return train_on_sample(settings, stream, len(stream))
+
+
+@contextlib.contextmanager
+def forced_routes(step: str, bulk: str, prepacked: bool, gradients: str = ""):
+    """The float32 product routes given (prepacked search and recurrence weights alike), whatever this machine
+    would choose, for the block; `gradients` follows `bulk` unless given."""
+    from nmt.model import gemm
+
+    previous = gemm._routes
+    gemm._routes = gemm.Routes(step, bulk, prepacked and gemm.ONEDNN, "forced by a test",
+                               step_prepacked=prepacked and gemm.ONEDNN, gradients=gradients)
+    try:
+        yield
+    finally:
+        gemm._routes = previous
 
 
 @pytest.fixture(params=["onednn", "torch"])
@@ -69,9 +96,8 @@ def route(request):
 
     if request.param == "onednn" and not gemm.ONEDNN:
         pytest.skip("this torch has no oneDNN")
-    previous = gemm.set_routes(request.param, request.param, request.param == "onednn")
-    yield request.param
-    gemm.restore_routes(previous)
+    with forced_routes(request.param, request.param, request.param == "onednn"):
+        yield request.param
 
 
 def trainer_from_parts(cfg, src: list[list[int]], tgt: list[list[int]], vocab_sizes: tuple[int, int]):

@@ -1,16 +1,12 @@
 import json
+import os
 
 import pytest
 
 from nmt.config import DataConfig
-from nmt.data.sources import (
-    count_text_lines,
-    drop_empty,
-    filter_by_length,
-    load_splits,
-    read_line_chunks,
-    read_text_lines,
-)
+from nmt.data.filters import drop_empty, filter_by_length
+from nmt.data.sources import Corpus, load_splits
+from nmt.data.text import count_text_lines, read_line_chunks, read_text_lines
 from nmt.errors import NMTError
 
 
@@ -89,8 +85,6 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
 
 
 def test_drop_empty_and_length_filters():
-    from nmt.data.sources import Corpus
-
     corpus, dropped = drop_empty(Corpus(["a", " ", "b", "c"], ["x", "y", "", "z"], "t"))
     assert (corpus.src, corpus.tgt, dropped) == (["a", "c"], ["x", "z"], 2)
     keep, reasons = filter_by_length([1, 5, 2, 1, 3], [1, 1, 2, 11, 9], max_len=10, max_ratio=3.0)
@@ -119,3 +113,30 @@ def test_counting_a_files_lines_finds_invalid_utf8_on_any_line(tmp_path, monkeyp
         count_text_lines(path)
     with pytest.raises(NMTError, match="is a folder; give a text file"):
         count_text_lines(tmp_path)
+
+
+def test_an_unreachable_hub_is_offline_for_the_load_only(monkeypatch):
+    """The hub clients go offline while the dataset loads (no half-minute of retries), and neither the process's
+    environment nor their setting stays changed for what the process does next."""
+    import datasets
+    import huggingface_hub.constants
+
+    from nmt.data import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    seen = []
+
+    def fake_load_dataset(name, config_name):
+        seen.append((huggingface_hub.constants.is_offline_mode(), datasets.config.HF_HUB_OFFLINE))
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"en": ["house"], "de": ["Haus"]})})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    environment = dict(os.environ)
+    (train,) = load_splits(DataConfig(dataset="bentrevett/multi30k"), ["train"])
+    assert seen == [(True, True)] and (train.src, train.tgt) == (["house"], ["Haus"])
+    assert dict(os.environ) == environment
+    assert not huggingface_hub.constants.is_offline_mode() and not datasets.config.HF_HUB_OFFLINE

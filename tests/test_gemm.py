@@ -10,16 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from nmt.model import gemm
-from tests.conftest import DAMAGE, TINY_DATA, damage_file, run_nmt
+from tests.conftest import DAMAGE, TINY_DATA, damage_file, forced_routes, run_nmt
 
 
 @pytest.fixture
 def onednn_routes():
     if not gemm.ONEDNN:
         pytest.skip("this torch has no oneDNN")
-    previous = gemm.set_routes("onednn", "onednn", True)
-    yield
-    gemm.restore_routes(previous)
+    with forced_routes("onednn", "onednn", True):
+        yield
 
 
 @pytest.mark.parametrize("shape", [(7, 24), (3, 5, 24)])
@@ -152,8 +151,7 @@ def test_step_and_bulk_products_follow_their_own_routes(monkeypatch):
     real = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or real(*args))
     x, weight = torch.randn(4, 8), torch.randn(6, 8)
-    previous = gemm.set_routes("onednn", "torch", False)
-    try:
+    with forced_routes("onednn", "torch", False):
         gemm.product(x, weight, step=True)
         assert calls == [1]
         gemm.product(x, weight)
@@ -161,8 +159,6 @@ def test_step_and_bulk_products_follow_their_own_routes(monkeypatch):
         assert calls == [1]  # bulk products stayed with torch
         assert not gemm.prepacked(weight).is_mkldnn  # prepacking was not chosen
         assert not gemm.step_weight(weight).is_mkldnn
-    finally:
-        gemm.restore_routes(previous)
 
 
 @pytest.mark.parametrize("bulk, gradients", [("onednn", "torch"), ("torch", "onednn")])
@@ -176,14 +172,11 @@ def test_forward_and_gradient_products_over_a_batch_follow_their_own_routes(monk
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or real(*args))
     torch.manual_seed(0)
     x, weight, bias = torch.randn(5, 8, requires_grad=True), torch.randn(7, 8, requires_grad=True), torch.randn(7)
-    previous = gemm.set_routes("torch", bulk, False, gradients=gradients)
-    try:
+    with forced_routes("torch", bulk, False, gradients=gradients):
         out = gemm.linear(x, weight, bias)
         assert len(calls) == (bulk == "onednn")
         out.pow(2).sum().backward()
         assert len(calls) == (bulk == "onednn") + 2 * (gradients == "onednn")  # input and weight gradients
-    finally:
-        gemm.restore_routes(previous)
     x_ref, weight_ref = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
     torch.nn.functional.linear(x_ref, weight_ref, bias).pow(2).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
@@ -297,13 +290,20 @@ def test_a_damaged_routes_cache_is_named_set_aside_and_written_again(measured_he
     assert again.source == "cached" and chosen(again) == chosen(MEASURED)
 
 
-def test_a_routes_cache_that_cannot_be_written_is_one_warning(measured_here, monkeypatch, tmp_path, caplog):
+def test_a_routes_cache_that_cannot_be_written_is_one_warning_and_one_measurement(measured_here, monkeypatch,
+                                                                                  tmp_path, caplog):
+    """The process keeps the routes it measured: timing them again at a later product could choose others."""
     blocker = tmp_path / "a file"
     blocker.write_text("")
     monkeypatch.setenv("NMT_CACHE", str(blocker / "cache"))  # a folder under a file: cannot be created
+    monkeypatch.setattr(gemm, "_routes", None)  # this process has not decided yet
+    measurements = []
+    monkeypatch.setattr(gemm, "measure_routes", lambda: measurements.append(1) or MEASURED)
     with caplog.at_level(logging.WARNING):
-        routes = gemm._decide()
-    assert routes.source == "measured" and chosen(routes) == chosen(MEASURED)
+        routes = gemm.routes()
+        gemm.linear(torch.randn(3, 8, requires_grad=True), torch.randn(5, 8)).sum().backward()
+        assert gemm.routes() is routes
+    assert measurements == [1] and routes.source == "measured" and chosen(routes) == chosen(MEASURED)
     (warning,) = caplog.records
     assert warning.getMessage().startswith(f"{blocker / 'cache' / 'cpu_products.json'}: cannot write it")
 

@@ -18,11 +18,13 @@ from nmt.batching import collate, plan_batches
 from nmt.config import load_config
 from nmt.data import encode, store
 from nmt.data import prepare as prepare_module
+from nmt.data.filters import drop_empty, filter_by_length
 from nmt.data.prepare import prepare
-from nmt.data.sources import drop_empty, filter_by_length, load_splits, read_text_lines
+from nmt.data.sources import load_splits
 from nmt.data.store import TokenizedPairs
+from nmt.data.text import read_text_lines
 from nmt.errors import NMTError
-from nmt.tokenizer import prune_to_training_data, train_tokenizer
+from nmt.tokenizer import Side
 from tests.conftest import DAMAGE, TINY_CONFIG, TINY_DATA, damage_file, run_nmt
 
 
@@ -86,18 +88,23 @@ def test_a_copied_corpus_is_the_same_corpus(corpus, tmp_path, encoded_chunks):
 
 
 def test_store_batches_equal_tokenizing_in_memory(corpus):
-    """The pairs, ids, filters and vocabulary pruning of the store are those of the whole-corpus path."""
+    """The pairs, ids, filters and vocabulary pruning of the store are those of tokenizing the whole split at
+    once with the same sentencepiece model, each side keeping a row for every piece its text uses."""
     cfg = config(corpus, "data.max_len=14", "data.max_len_ratio=2.0")
     data = prepare(cfg)
     train, _ = drop_empty(load_splits(cfg.data, ["train"])[0])
-    tokenizer = train_tokenizer(cfg.tokenizer, train.src, train.tgt)
-    pieces = lambda side: [side.sp.id_to_piece(i) for i in range(side.sp.get_piece_size())]  # noqa: E731
-    assert pieces(tokenizer.src) == pieces(data.tokenizer.src)  # trained on the same text
-    src, tgt = prune_to_training_data(tokenizer, train.src, train.tgt)
+
+    def in_memory(model_proto: bytes, texts: list[str]) -> tuple[Side, list[list[int]]]:
+        spm_ids = Side(model_proto).sp.encode(texts)
+        side = Side(model_proto).keeping([i for ids in spm_ids for i in ids])
+        return side, side.from_spm(spm_ids)
+
+    (src_side, src), (tgt_side, tgt) = (in_memory(side.model_proto, texts) for side, texts in (
+        (data.tokenizer.src, train.src), (data.tokenizer.tgt, train.tgt)))
     keep, dropped = filter_by_length([len(s) for s in src], [len(t) for t in tgt], max_len=14, max_ratio=2.0)
     assert dropped and data.store.meta["dropped"] == dict(dropped)
     expected = TokenizedPairs.from_lists([s for s, k in zip(src, keep) if k], [t for t, k in zip(tgt, keep) if k])
-    assert data.tokenizer.src.keep == tokenizer.src.keep and data.tokenizer.tgt.keep == tokenizer.tgt.keep
+    assert data.tokenizer.src.keep == src_side.keep and data.tokenizer.tgt.keep == tgt_side.keep
     plan = plan_batches(data.train.src_lengths, data.train.tgt_lengths, batch_tokens=60, batch_sentences=None,
                         seed=5, epoch=2)
     assert list(plan) == list(plan_batches(expected.src_lengths, expected.tgt_lengths, batch_tokens=60,

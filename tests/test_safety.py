@@ -151,7 +151,8 @@ def test_scoring_two_empty_files_is_one_line(tmp_path):
 
 def test_a_corrupt_cached_sentencepiece_model_is_rebuilt(tmp_path, monkeypatch, caplog):
     from nmt.config import TokenizerConfig
-    from nmt.tokenizer import cache_dir, train_tokenizer
+    from nmt.tokenizer import cache_dir
+    from tests.conftest import train_tokenizer
 
     monkeypatch.setenv("NMT_CACHE", str(tmp_path / "cache"))
     texts = [f"words and more words {i}" for i in range(100)]

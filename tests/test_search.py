@@ -247,7 +247,7 @@ def test_the_fast_search_finds_the_reference_searchs_hypotheses_on_a_trained_mod
     """The search that ships (fast step, this machine's products) against the defining step, on real sentences."""
     from nmt import checkpoint
     from nmt.batching import source_tensor
-    from nmt.data.sources import read_text_lines
+    from nmt.data.text import read_text_lines
     from nmt.model.search_step import FastStep, for_search
     from nmt.search import search
     from tests.conftest import TINY_DATA

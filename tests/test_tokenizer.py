@@ -7,8 +7,8 @@ import pytest
 import sentencepiece as spm
 
 from nmt.config import TokenizerConfig
-from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, cache_dir, cached_model, train_tokenizer
-from tests.conftest import DAMAGE, damage_file
+from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, cache_dir, cached_model
+from tests.conftest import DAMAGE, damage_file, train_tokenizer
 
 
 def test_round_trip_and_fixed_special_ids(tiny_tokenizer):

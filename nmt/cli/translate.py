@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from nmt import checkpoint
 from nmt.config import DECODE_RANGES, DataConfig
-from nmt.data.sources import count_text_lines, load_splits, read_line_chunks, split_lines
+from nmt.data.sources import load_splits
+from nmt.data.text import count_text_lines, read_line_chunks, split_lines
 from nmt.device import release_free_memory, resolve_device, resolve_precision
 from nmt.errors import NMTError
 from nmt.outputs import check_output, check_output_folder, replacing, write_lines, write_text

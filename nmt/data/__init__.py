@@ -1,2 +1,2 @@
-"""Parallel text: `sources` reads a hub dataset, a local folder in a hub dataset's layout or `{split}.{lang}`
-text files and filters pairs; `prepare` turns the configured splits into the model's ids."""
+"""Parallel text: `sources` finds the splits `data.dataset` names (`text` files or the `hub`), `streams`
+reads the training split in chunks, `prepare` turns the splits into the model's ids."""

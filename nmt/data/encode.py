@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import sentencepiece as spm
 
-from nmt.data.sources import filter_by_length
+from nmt.data.filters import filter_by_length
 
 
 @dataclass

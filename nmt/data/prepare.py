@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -22,18 +21,18 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from nmt.cache import cache_root, set_aside
-from nmt.config import Config
+from nmt.cache import cache_root, file_lock, set_aside
+from nmt.config import Config, TokenizerConfig
 from nmt.data import store
 from nmt.data.encode import ChunkEncoder, encode_in_worker, start_worker
-from nmt.data.sources import Corpus, drop_empty, filter_by_length, load_data
+from nmt.data.filters import drop_empty, filter_by_length
+from nmt.data.sources import Corpus, load_data
 from nmt.data.store import StoreInfo, StoreWriter, TokenizedPairs
 from nmt.distributed import World, any_rank
 from nmt.errors import NMTError
@@ -73,7 +72,7 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
                        "set NMT_CACHE to a writable folder") from None
     trained_here = tokenizer is None
     if trained_here:
-        tokenizer = _train_sentencepiece(cfg, stream, limit)
+        tokenizer = train_on_sample(cfg.tokenizer, stream, limit)
     info = build_or_find_store(cfg, stream, limit, tokenizer)
     meta = info.meta
     if trained_here:
@@ -111,10 +110,10 @@ def prepare_on_each_node(cfg: Config, tokenizer: Tokenizer | None, world: World)
 # ---------------------------------------------------------------- sentencepiece on a sample
 
 
-def _train_sentencepiece(cfg: Config, stream, limit: int) -> Tokenizer:
+def train_on_sample(settings: TokenizerConfig, stream, limit: int) -> Tokenizer:
     """Sentencepiece trained on at most `tokenizer.max_sentences` sentences drawn from the first `limit`
-    pairs, streamed to a file (never a list of the corpus); cached by the data's fingerprint."""
-    settings = cfg.tokenizer
+    pairs, streamed to a file (never a list of the corpus); cached by the data's fingerprint. Its
+    vocabularies are not yet pruned to the pieces the training split uses: building the store finds those."""
     per_model = settings.max_sentences // (2 if settings.joint else 1)
     chosen = None  # every pair
     if per_model and per_model < limit:
@@ -206,13 +205,19 @@ def build_or_find_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -
     if meta is not None:
         log.info("prepared data: reusing %s", folder)
     else:
-        with _build_lock(folder):  # another process preparing the same data: wait for it, then use its result
+        try:  # another process preparing the same data: wait for it, then use its result
+            lock = file_lock(folder.with_name(folder.name + ".lock"),
+                             f"prepared data: another process is preparing {folder.name}; waiting for it")
+        except OSError as error:
+            raise NMTError(f"cannot write in {folder.parent} ({error.strerror or error}); set NMT_CACHE to a "
+                           "writable folder") from None
+        with lock:
             try:
                 meta = store.read_meta(folder)
             except store.Damaged as damage:
                 set_aside(folder, f"the prepared data is incomplete or damaged ({damage})", "building it again")
             if meta is None:
-                _build(cfg, stream, limit, tokenizer, folder)
+                _build_store(cfg, stream, limit, tokenizer, folder)
                 meta = _read_back(folder)
     try:
         os.utime(folder)  # when it was last used, for `nmt prepare --clean`
@@ -231,28 +236,12 @@ def _read_back(folder: Path) -> dict:
     return meta
 
 
-@contextmanager
-def _build_lock(folder: Path):
-    try:
-        lock = open(folder.with_name(folder.name + ".lock"), "a+")
-    except OSError as error:
-        raise NMTError(f"cannot write in {folder.parent} ({error.strerror or error}); set NMT_CACHE to a writable "
-                       "folder") from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("prepared data: another process is preparing %s; waiting for it", folder.name)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _workers(requested: int) -> int:
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, requested or available)
 
 
-def _build(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: Path) -> None:
+def _build_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: Path) -> None:
     data = cfg.data
     pieces = max(tokenizer.src.sp.get_piece_size(), tokenizer.tgt.sp.get_piece_size())
     encoder_args = (tokenizer.src.model_proto, tokenizer.tgt.model_proto, data.max_len, data.max_len_ratio)

@@ -50,7 +50,7 @@ class Routes:
     step: str  # float32 products of one step's rows in a recurrence: "onednn" or "torch"
     bulk: str  # float32 forward products over whole batches
     prepacked: bool  # search's float32 weights in oneDNN's layout
-    source: str  # "measured", "cached", "set", "NMT_CPU_PRODUCTS" or "no oneDNN"
+    source: str  # "measured", "cached", "NMT_CPU_PRODUCTS" or "no oneDNN"
     milliseconds: dict = field(default_factory=dict)  # the timings the choice came from
     step_prepacked: bool = False  # the training recurrence's float32 weights in oneDNN's layout
     gradients: str = ""  # float32 gradient products over whole batches; "" = as `bulk`
@@ -76,22 +76,6 @@ def routes() -> Routes:
         _routes = _decide()
         log.info("%s", _routes.describe())
     return _routes
-
-
-def set_routes(step: str, bulk: str, prepacked: bool, step_prepacked: bool | None = None,
-               gradients: str = "") -> Routes | None:
-    """Force the routes (tests; `NMT_CPU_PRODUCTS` for users); returns the previous ones. `step_prepacked`
-    follows `prepacked` and `gradients` follows `bulk` unless given."""
-    global _routes
-    step_prepacked = prepacked if step_prepacked is None else step_prepacked
-    previous, _routes = _routes, Routes(step, bulk, prepacked and ONEDNN, "set",
-                                        step_prepacked=step_prepacked and ONEDNN, gradients=gradients)
-    return previous
-
-
-def restore_routes(previous: Routes | None) -> None:
-    global _routes
-    _routes = previous
 
 
 def _cache_file() -> Path:
