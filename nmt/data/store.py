@@ -120,9 +120,6 @@ class TokenizedPairs:
             raise NMTError(f"{self.folder}: the prepared data is damaged (pair {index + 1} holds a {side} piece id "
                            "beyond the tokenizer's); delete that folder and it is built again") from None
 
-    def src_row(self, index: int) -> np.ndarray:
-        return self._row("src", index)
-
     def rows(self, indices) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Both sides of the pairs `indices`, as int64 model ids."""
         return [self._row("src", int(i)) for i in indices], [self._row("tgt", int(i)) for i in indices]
