@@ -70,7 +70,7 @@ class DecoderState:
 
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, emb_dim: int, hidden_size: int, layers: int, attention: str,
-                 input_feed: bool, dropout: float, *, fused_recurrence: bool = False):
+                 input_feed: bool, dropout: float, *, fused_recurrence: bool = False, compiled_steps: bool = False):
         super().__init__()
         self.emb_dim, self.hidden_size, self.input_feed = emb_dim, hidden_size, input_feed
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
@@ -83,7 +83,7 @@ class Decoder(nn.Module):
         self.dropout_p = dropout
         self.generator = nn.Linear(hidden_size, vocab_size)
         self.layers = layers
-        self.fused_recurrence = fused_recurrence
+        self.fused_recurrence, self.compiled_steps = fused_recurrence, compiled_steps
 
     def init_state(self, encoder_final: tuple[torch.Tensor, torch.Tensor]) -> DecoderState:
         h, c = encoder_final  # (layers, N, H) each
@@ -163,7 +163,7 @@ class Decoder(nn.Module):
         spec = recurrence.Spec(
             layers=self.layers, dtype=recurrence.compute_dtype(emb_gates), score_bias=score_bias,
             layer_masks=None if masks is None else masks[:-1], out_masks=None if masks is None else masks[-1],
-            input_feed=self.input_feed,
+            input_feed=self.input_feed, compiled=self.compiled_steps,
         )
         weights = [self.cells[0].weight_ih[:, self.emb_dim:], self.cells[0].weight_hh]
         for cell in self.cells[1:]:

@@ -20,22 +20,29 @@ attention is two batched products and a softmax.
 Between the products, each step's element-wise work (a layer's gates and cell,
 the attention, the attentional vector, and their gradients) is one call: to
 `kernels` (C, one pass over memory) on a CPU where they could be built, else
-to `TorchSteps`, the same arithmetic in PyTorch's operations.
+to `TorchSteps`, the same arithmetic in PyTorch's operations; or, with
+`train.compile`, to those operations compiled by torch.compile (`compiled_steps`:
+one path for a CPU and a GPU; on a CPU the C kernels measured faster,
+docs/performance.md).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
+from nmt.cache import cache_root
 from nmt.model import kernels
 from nmt.model.gemm import product, step_weight
 from nmt.model.layout import stacked_layers
 
-sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
-tanh_backward = torch.ops.aten.tanh_backward.grad_input
+sigmoid_backward = torch.ops.aten.sigmoid_backward
+tanh_backward = torch.ops.aten.tanh_backward
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Spec:
     layer_masks: Tensor | None  # (layers - 1, T, B, H) dropout between layers, scaled; None = no dropout
     out_masks: Tensor | None  # (T, B, H) dropout on the attentional vector
     input_feed: bool
+    compiled: bool = False  # the element-wise steps through `compiled_steps()`
 
 
 def compute_dtype(like: Tensor) -> torch.dtype:
@@ -77,7 +85,7 @@ class Recurrence(torch.autograd.Function):
 def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, rest) -> Tensor:
     n_layers, cd = spec.layers, spec.dtype
     acc = torch.promote_types(cd, torch.float32)  # dtype of gates, cell states and softmax
-    ops = kernels if kernels.usable(acc, cd, emb_gates) else TorchSteps
+    ops = steps_for(spec, acc, emb_gates)
     h0, c0, w = rest[:n_layers], rest[n_layers:2 * n_layers], rest[2 * n_layers:]
     steps, batch, four_h = emb_gates.shape
     hidden, feed = four_h // 4, w[0].shape[1]
@@ -178,38 +186,47 @@ def _backward(ctx, grad_out: Tensor):
     return [g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
 
 
+def steps_for(spec: Spec, acc: torch.dtype, like: Tensor):
+    """Who does the element-wise work: the compiled steps when asked for, else the C kernels where they run,
+    else PyTorch's operations."""
+    if spec.compiled:
+        return compiled_steps()
+    return kernels if kernels.usable(acc, spec.dtype, like) else TorchSteps
+
+
+def path_name(compiled: bool, like: Tensor) -> str:
+    """The recurrence's path as a checkpoint and metrics.jsonl record it."""
+    if compiled:
+        return "torch.compile"
+    return "C kernels" if like.device.type == "cpu" and kernels.library() is not None else "PyTorch operations"
+
+
 class TorchSteps:
-    """`kernels`' step functions in PyTorch's operations, with the same signatures: for float64, a GPU, and
-    CPUs where the kernels cannot be built."""
+    """`kernels`' step functions in PyTorch's operations, with the same signatures: for float64, a GPU, CPUs
+    where the kernels cannot be built, and the source `torch.compile` compiles (`compiled_steps`). Each computes
+    its values and then copies them into its outputs: an `out=` into a strided view is something the compiler
+    does not trace."""
 
     @staticmethod
     def cell_forward(pre, add, cell_prev, act, cell, tanh_cell, h, mask=None, above=None):
-        hidden = h.size(1)
-        gates = torch.add(pre, add)
-        torch.sigmoid(gates, out=act)
-        torch.tanh(gates[:, 2 * hidden:3 * hidden], out=act[:, 2 * hidden:3 * hidden])
-        i, f, g, o = act.chunk(4, 1)
-        torch.mul(f, cell_prev, out=cell).addcmul_(i, g)
-        torch.mul(o, torch.tanh(cell, out=tanh_cell), out=h)
-        if above is not None and mask is not None:
-            torch.mul(h, mask, out=above)
-        elif above is not None:
-            above.copy_(h)
+        i, f, g, o = torch.add(pre, add).chunk(4, 1)  # float32: add is
+        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        torch.cat([i, f, g, o], 1, out=act)
+        cell.copy_(f * cell_prev + i * g)
+        tanh_cell.copy_(cell.tanh())
+        h_new = o * tanh_cell
+        h.copy_(h_new)
+        if above is not None:
+            above.copy_(h_new if mask is None else h_new * mask)
 
     @staticmethod
     def cell_backward(d_h, d_cell, act, tanh_cell, cell_prev, d_gates):
-        hidden = d_h.size(1)
         i, f, g, o = act.chunk(4, 1)
-        d_act = torch.empty_like(act)  # gradient w.r.t. i, f, g, o
-        d_i, d_f, d_g, d_o = d_act.chunk(4, 1)
-        torch.mul(d_h, tanh_cell, out=d_o)
-        d_cell += tanh_backward(d_h * o, tanh_cell, grad_input=torch.empty_like(tanh_cell))
-        torch.mul(d_cell, g, out=d_i)
-        torch.mul(d_cell, i, out=d_g)
-        torch.mul(d_cell, cell_prev, out=d_f)
+        d_cell += tanh_backward(d_h * o, tanh_cell)
+        d_i, d_f, d_g, d_o = d_cell * g, d_cell * cell_prev, d_cell * i, d_h * tanh_cell
         d_cell.mul_(f)  # now the gradient w.r.t. the previous step's cell state
-        sigmoid_backward(d_act, act, grad_input=d_gates)
-        tanh_backward(d_g, g, grad_input=d_gates[:, 2 * hidden:3 * hidden])
+        d_gates.copy_(torch.cat([sigmoid_backward(d_i, i), sigmoid_backward(d_f, f), tanh_backward(d_g, g),
+                                 sigmoid_backward(d_o, o)], 1))
 
     @staticmethod
     def split_grad(d_xh, d_h, below=None, mask=None, accumulate=True):
@@ -224,7 +241,7 @@ class TorchSteps:
     def attention_forward(query, keys, memory, bias, probs_t, combine):
         hidden = keys.size(2)
         scores = torch.bmm(query.to(keys.dtype).unsqueeze(1), keys.transpose(1, 2))  # (B, 1, S)
-        p = torch.softmax(scores.add_(bias.unsqueeze(1)), dim=2)
+        p = torch.softmax(scores + bias.unsqueeze(1), dim=2)
         probs_t.copy_(p.squeeze(1))
         combine[:, :hidden] = torch.bmm(p, memory).squeeze(1)
         combine[:, hidden:] = query
@@ -234,17 +251,30 @@ class TorchSteps:
         hidden = keys.size(2)
         d_context_t.copy_(d_combine[:, :hidden])
         d_prob = torch.bmm(d_context_t.unsqueeze(1), memory.transpose(1, 2))  # (B, 1, S)
-        d_score = torch._softmax_backward_data(d_prob, probs_t.unsqueeze(1), 2, probs_t.dtype)
+        probs = probs_t.unsqueeze(1)
+        d_score = probs * (d_prob - (d_prob * probs).sum(2, keepdim=True))  # softmax's backward
         d_scores_t.copy_(d_score.squeeze(1))
-        d_query += d_combine[:, hidden:]
-        d_query += torch.bmm(d_score, keys).squeeze(1)
+        d_query += d_combine[:, hidden:] + torch.bmm(d_score, keys).squeeze(1)
 
     @staticmethod
     def combine_forward(pre, attentional, out, mask=None):
-        torch.tanh(pre.to(attentional.dtype), out=attentional)  # in float32, as the docstring says
-        torch.mul(attentional, mask, out=out) if mask is not None else out.copy_(attentional)
+        attentional.copy_(pre.to(attentional.dtype).tanh())  # in float32, as the docstring says
+        out.copy_(attentional if mask is None else attentional * mask)
 
     @staticmethod
     def combine_backward(grad, attentional, d_pre, feed=None, mask=None):
         d = grad.to(attentional.dtype) if feed is None else feed + grad
-        tanh_backward(d if mask is None else d * mask, attentional, grad_input=d_pre)
+        d_pre.copy_(tanh_backward(d if mask is None else d * mask, attentional))
+
+
+STEPS = [name for name in vars(TorchSteps) if not name.startswith("_")]
+
+
+@functools.cache
+def compiled_steps() -> SimpleNamespace:
+    """`TorchSteps` compiled by `torch.compile` (inductor: fused C++ on a CPU, Triton on a GPU), sizes left
+    dynamic so that every batch shape shares one compilation; the compiled code is kept under $NMT_CACHE, so
+    a second process loads it instead of compiling again."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    return SimpleNamespace(**{name: torch.compile(getattr(TorchSteps, name), dynamic=True, fullgraph=True)
+                              for name in STEPS})

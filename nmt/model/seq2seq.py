@@ -13,14 +13,16 @@ from nmt.tokenizer import PAD
 
 class Seq2Seq(nn.Module):
     """`fused_recurrence` trains the decoder's loop through `recurrence.Recurrence` (dot and general
-    attention) instead of autograd's step loop: the same function and gradients, fewer operations."""
+    attention) instead of autograd's step loop: the same function and gradients, fewer operations;
+    `compiled_steps` runs that loop's element-wise steps compiled by torch.compile."""
 
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, *,
-                 fused_recurrence: bool = False):
+                 fused_recurrence: bool = False, compiled_steps: bool = False):
         super().__init__()
         self.encoder = Encoder(src_vocab_size, cfg.emb_dim, cfg.hidden_size, cfg.layers, cfg.dropout)
         self.decoder = Decoder(tgt_vocab_size, cfg.emb_dim, cfg.hidden_size, cfg.layers, cfg.attention,
-                               cfg.input_feed, cfg.dropout, fused_recurrence=fused_recurrence)
+                               cfg.input_feed, cfg.dropout, fused_recurrence=fused_recurrence,
+                               compiled_steps=compiled_steps)
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -cfg.init_range, cfg.init_range)
         with torch.no_grad():
