@@ -9,6 +9,7 @@ this machine can do the training loop gets.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import statistics
@@ -101,10 +102,8 @@ def bench_decoding(model, tokenizer, cfg: Config, lines: list[str], refs: list[s
     for name, beam in (("greedy", 1), ("beam5", 5)):
         _sync(device)
         started = time.perf_counter()  # the search step's weights are laid out inside the timing, as in use
-        translator = Translator(model, tokenizer, device=device, max_len=cfg.decode.max_src_len, beam_size=beam,
-                                alpha=cfg.decode.length_penalty, max_len_ratio=cfg.decode.max_len_ratio,
-                                batch_tokens=cfg.decode.batch_tokens, precision=precision)
-        hyps = translator.translate_ids(sources)
+        decode = dataclasses.replace(cfg.decode, beam_size=beam)
+        hyps = Translator(model, tokenizer, decode, device=device, precision=precision).translate_ids(sources)
         _sync(device)
         seconds = time.perf_counter() - started
         texts = [tokenizer.tgt.decode(h[0].tokens) for h in hyps]

@@ -1,10 +1,10 @@
 """Where nmt keeps what it can rebuild or measure again: `$NMT_CACHE`, by default ~/.cache/nmt.
 
-Tokenizers, prepared data, compiled kernels, the timed product routes and the record of the files the
-commands wrote all live under it; deleting it loses no result, only the time to rebuild them. Each kind
-checks what it reads; a damaged entry is renamed `<name>.bad-<time>` (kept to look at, never read again)
-and rebuilt, because a cache that fails a command, or that is silently redone on every run, is worse
-than none. `nmt prepare --clean DAYS` removes what was set aside, with the unused prepared data.
+Tokenizers, prepared data, compiled kernels and the timed product routes all live under it; deleting it
+loses no result, only the time to rebuild them. Each kind checks what it reads; a damaged entry is renamed
+`<name>.bad-<time>` (kept to look at, never read again) and rebuilt, because a cache that fails a command,
+or that is silently redone on every run, is worse than none. `nmt prepare --clean DAYS` removes what was
+set aside, with the unused prepared data.
 """
 
 from __future__ import annotations

@@ -23,23 +23,28 @@ import yaml
 from nmt.config_file import read_config_file
 from nmt.errors import NMTError
 
-_POSITIVE = ("a finite number above 0", lambda v: math.isfinite(v) and v > 0)
-_AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
-_AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
+POSITIVE = ("a finite number above 0", lambda v: math.isfinite(v) and v > 0)
+AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
 _FRACTION_BELOW_1 = ("at least 0 and below 1", lambda v: 0 <= v < 1)
 # decoding settings, also given as translate's flags: bounded, since a huge ratio overflows the length limit
 # and a huge alpha the length penalty
-DECODE_RANGES = {"beam_size": _AT_LEAST_1, "length_penalty": ("at least 0 and at most 10", lambda v: 0 <= v <= 10),
-                 "max_len_ratio": ("above 0 and at most 100", lambda v: 0 < v <= 100), "batch_tokens": _AT_LEAST_1,
-                 "max_src_len": _AT_LEAST_1, "valid_beam_size": _AT_LEAST_1}
+DECODE_RANGES = {"beam_size": AT_LEAST_1, "length_penalty": ("at least 0 and at most 10", lambda v: 0 <= v <= 10),
+                 "max_len_ratio": ("above 0 and at most 100", lambda v: 0 < v <= 100), "batch_tokens": AT_LEAST_1,
+                 "max_src_len": AT_LEAST_1, "valid_beam_size": AT_LEAST_1}
+
+
+def check_range(setting: str, value, rule: tuple[str, typing.Callable]) -> None:
+    """The one range check, of config keys and flags alike: one line naming `setting` as the user wrote it
+    (`train.lr=-1.0`, `--beam-size 0`) and the range. None (null, a flag not given) passes; nan fails."""
+    allowed, ok = rule
+    if value is not None and not ok(value):
+        raise NMTError(f"{setting}: must be {allowed}")
 
 
 def _check_ranges(section: str, config, rules: dict) -> None:
-    """One line naming the key, the value and the allowed range; null passes where the key allows it."""
-    for key, (allowed, ok) in rules.items():
-        value = getattr(config, key)
-        if value is not None and not ok(value):
-            raise NMTError(f"{section}.{key}={value}: must be {allowed}")
+    for key, rule in rules.items():
+        check_range(f"{section}.{key}={getattr(config, key)}", getattr(config, key), rule)
 
 
 @dataclass
@@ -68,8 +73,8 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self):
-        _check_ranges("data", self, {"max_len": _AT_LEAST_1, "max_len_ratio": ("at least 1", lambda v: v >= 1),
-                                     "max_train_pairs": _AT_LEAST_1, "num_workers": _AT_LEAST_0})
+        _check_ranges("data", self, {"max_len": AT_LEAST_1, "max_len_ratio": AT_LEAST_1,
+                                     "max_train_pairs": AT_LEAST_1, "num_workers": AT_LEAST_0})
 
 
 @dataclass
@@ -89,7 +94,7 @@ class TokenizerConfig:
         # sentencepiece needs room for its 4 special pieces and at least a few real ones
         _check_ranges("tokenizer", self, {"vocab_size": ("at least 8", lambda v: v >= 8),
                                           "character_coverage": ("above 0 and at most 1", lambda v: 0 < v <= 1),
-                                          "max_sentences": _AT_LEAST_0})
+                                          "max_sentences": AT_LEAST_0})
 
 
 @dataclass
@@ -112,8 +117,8 @@ class ModelConfig:
     init_range: float = 0.1
 
     def __post_init__(self):
-        _check_ranges("model", self, {"emb_dim": _AT_LEAST_1, "hidden_size": _AT_LEAST_1, "layers": _AT_LEAST_1,
-                                      "dropout": _FRACTION_BELOW_1, "init_range": _POSITIVE})
+        _check_ranges("model", self, {"emb_dim": AT_LEAST_1, "hidden_size": AT_LEAST_1, "layers": AT_LEAST_1,
+                                      "dropout": _FRACTION_BELOW_1, "init_range": POSITIVE})
         if self.hidden_size % 2:
             raise NMTError(f"model.hidden_size={self.hidden_size}: must be even (the encoder's two directions "
                            "have half each)")
@@ -192,13 +197,13 @@ class TrainConfig:
             raise NMTError(f"train.budget_decays={self.budget_decays}: must be at least 1; "
                            "for a constant rate use train.lr_schedule=none")
         _check_ranges("train", self, {
-            "lr": _POSITIVE, "max_grad_norm": _POSITIVE, "label_smoothing": _FRACTION_BELOW_1,
-            "batch_tokens": _AT_LEAST_1, "batch_sentences": _AT_LEAST_1, "max_epochs": _AT_LEAST_1,
-            "max_steps": _AT_LEAST_1, "max_minutes": _POSITIVE, "valid_every": _AT_LEAST_1,
-            "lr_decay": ("above 0 and at most 1", lambda v: 0 < v <= 1), "decay_start_epoch": _AT_LEAST_1,
-            "min_lr": _AT_LEAST_0, "budget_decay_start": _FRACTION_BELOW_1, "patience": _AT_LEAST_1,
-            "threads": _AT_LEAST_1, "log_every": _AT_LEAST_1, "max_bad_steps": _AT_LEAST_1,
-            "max_oom_batches": _AT_LEAST_1, "save_every_minutes": _POSITIVE, "keep_checkpoints": _AT_LEAST_0,
+            "lr": POSITIVE, "max_grad_norm": POSITIVE, "label_smoothing": _FRACTION_BELOW_1,
+            "batch_tokens": AT_LEAST_1, "batch_sentences": AT_LEAST_1, "max_epochs": AT_LEAST_1,
+            "max_steps": AT_LEAST_1, "max_minutes": POSITIVE, "valid_every": AT_LEAST_1,
+            "lr_decay": ("above 0 and at most 1", lambda v: 0 < v <= 1), "decay_start_epoch": AT_LEAST_1,
+            "min_lr": AT_LEAST_0, "budget_decay_start": _FRACTION_BELOW_1, "patience": AT_LEAST_1,
+            "threads": AT_LEAST_1, "log_every": AT_LEAST_1, "max_bad_steps": AT_LEAST_1,
+            "max_oom_batches": AT_LEAST_1, "save_every_minutes": POSITIVE, "keep_checkpoints": AT_LEAST_0,
         })
 
 

@@ -50,7 +50,7 @@ def open_run(config_path: str | None, overrides: list[str], run_dir: str | None,
         if not isinstance(payload.get("config"), dict) or "progress" not in payload:
             raise NMTError(f"{path}: an incomplete nmt checkpoint (no config or progress); it cannot be resumed")
         embedded, source = payload["config"], f"{path} (embedded config)"
-    elif (folder / run_dir_rules.MARKER).exists() and (folder / "config.yaml").is_file():
+    elif run_dir_rules.is_run(folder) and (folder / "config.yaml").is_file():
         log.info("%s: the run saved no checkpoint before it stopped; starting it from step 0", folder)
         payload, source = None, str(folder / "config.yaml")
         embedded = load_config(folder / "config.yaml").to_dict()
@@ -131,11 +131,9 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
         trainer.model.load_state_dict(checkpoint.load(best)["model"])
         decode = cfg.decode
         log.info("translating %s (%d sentences, beam %d) with %s", test.name, len(test.src), decode.beam_size, best)
-        hypotheses = Translator(
-            trainer.model, trainer.tokenizer, device=trainer.device, max_len=decode.max_src_len,
-            beam_size=decode.beam_size, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
-            batch_tokens=decode.batch_tokens,  # float32, as `nmt translate` decodes by default: the same BLEU
-        ).translate(test.src, progress=sys.stderr.isatty())
+        # float32, as `nmt translate` decodes by default: the same BLEU
+        hypotheses = Translator(trainer.model, trainer.tokenizer, decode, device=trainer.device).translate(
+            test.src, progress=sys.stderr.isatty())
         hyp_path = run_dir / f"test.hyp.{cfg.data.tgt_lang}"
         write_lines(hyp_path, hypotheses)
         scores = score(hypotheses, [test.tgt])

@@ -1,110 +1,104 @@
-"""Files the commands write: checked before any work starts, and written whole or not at all.
+"""Files the commands write: checked before any work starts, written whole or not at all, and recorded as nmt's.
 
 An output may not be a file the command reads (its input, the checkpoint), a folder, or a symbolic link
 (replacing a link's target silently is how a mistyped path destroys a file elsewhere), and its folder must
-exist. A file that already exists is replaced only if nmt wrote it and it has not changed since (same
-size, modification time and inode as when written; recorded in `$NMT_CACHE/written.json`), so running a
-command again replaces its own output, while a file the user wrote or edited needs `--overwrite`. Content
-goes to a temporary file beside the target, renamed over it when complete, so an interrupted write leaves
-the previous file, never half of a new one. The caches are written the same way (`cache.written_whole`).
+exist. A file that already exists is replaced only if nmt wrote it and its content has not changed since, so
+running a command again replaces its own output, while a file the user wrote or edited needs `--overwrite`.
+What nmt wrote is recorded beside it, in the folder's hidden `RECORD` (names, sizes and SHA-256 of the
+content; a run directory's also marks it as a run, `run_dir`): a translation cannot carry a marker of its
+own, and a record of names and content, unlike one of paths, inodes or times, stays true when the folder is
+moved or copied and needs no cache. Content goes to a temporary file beside the target, renamed over it when
+complete, so an interrupted write leaves the previous file, never half of a new one (`cache.written_whole`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from nmt.cache import cache_root, read_json, unwritable, written_whole
+from nmt.cache import read_json, written_whole
 from nmt.errors import NMTError
 
 log = logging.getLogger(__name__)
 
-# the files recorded at most; the oldest go first (a record lost only means asking for --overwrite)
-MAX_RECORDED = 5000
-
-# what this process wrote and could not record: it still knows its own files
-_written_here: dict[str, list[int]] = {}
+RECORD = ".nmt-outputs.json"
 
 
-def _record_file() -> Path:
-    return cache_root() / "written.json"
-
-
-def _identity(path: Path) -> list[int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+def _fingerprint(path: Path) -> list:
+    """[size, SHA-256 of the content]."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return [size, digest.hexdigest()]
 
 
 def _record_problem(content: object) -> str | None:
-    """What is wrong with the record's parsed content, or None."""
-    if not isinstance(content, dict) or not isinstance(content.get("files"), dict):
+    """What is wrong with a record's parsed content, or None."""
+    if not (isinstance(content, dict) and isinstance(content.get("files"), dict)
+            and isinstance(content.get("run", False), bool)):
         return "not a JSON object with a \"files\" object"
-    for name, identity in content["files"].items():
-        if not (isinstance(identity, list) and len(identity) == 3 and all(type(n) is int for n in identity)):
-            return f"the entry for {name} is not [size, modification time, inode]"
+    for name, known in content["files"].items():
+        if not (isinstance(known, list) and len(known) == 2 and type(known[0]) is int and isinstance(known[1], str)):
+            return f"the entry for {name} is not [size, SHA-256]"
     return None
 
 
-def _read_record(record: Path) -> dict[str, list[int]]:
-    """The recorded files; a damaged record is set aside (every file then counts as the user's)."""
-    content = read_json(record, _record_problem, "files nmt wrote count as yours",
-                        "starting a new record (replacing a file written before needs --overwrite)")
-    return content["files"] if content is not None else {}
+def read_record(folder: Path) -> dict:
+    """The record of `folder` (`{"files": {name: [size, sha256]}, "run": true}` in a run directory); a damaged
+    one is set aside, and every file in the folder then counts as the user's."""
+    return read_json(folder / RECORD, _record_problem, "files nmt wrote there count as yours",
+                     "starting a new record (replacing a file written before needs --overwrite)") or {"files": {}}
 
 
 @contextlib.contextmanager
-def _record_lock(record: Path) -> Iterator[None]:
-    """Held while the record is read or written: two commands finishing at once lose neither's entry, and a
-    damaged record is set aside once. Without one (a cache that cannot be written) the record is only read."""
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """Held while the record is rewritten, so that two commands finishing in one folder lose neither's entry.
+    The folder itself is locked: no lock file beside the user's files. Where the file system has no locks,
+    the record is still replaced whole (at worst without the other's entry: the safe side, --overwrite)."""
+    handle = os.open(folder, os.O_RDONLY)
     try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(record.with_name(record.name + ".lock"), "a")
-    except OSError:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    finally:
+        os.close(handle)
+
+
+def update_record(folder: Path, change: Callable[[dict], None]) -> None:
+    """Apply `change` to the record of `folder` and write it whole; files deleted since are forgotten."""
+    with _folder_locked(folder):
+        record = read_record(folder)
+        record["files"] = {name: known for name, known in record["files"].items() if (folder / name).is_file()}
+        change(record)
+        with written_whole(folder / RECORD) as partial:
+            partial.write_text(json.dumps(record), encoding="utf-8")
 
 
 def written_by_nmt(path: Path) -> bool:
-    """Whether nmt wrote `path` and nothing changed it since."""
-    identity, name = _identity(path), str(path.resolve())
-    if identity is None:
+    """Whether nmt wrote `path` and its content is unchanged since (sizes first: a user's file is not read)."""
+    known = read_record(path.parent)["files"].get(path.name)
+    try:
+        return known is not None and path.stat().st_size == known[0] and _fingerprint(path) == known
+    except OSError:
         return False
-    if _written_here.get(name) == identity:
-        return True
-    record = _record_file()
-    with _record_lock(record):
-        return _read_record(record).get(name) == identity
 
 
 def remember(path: Path) -> None:
-    """Record `path` as nmt's. If the cache cannot be written, this process still knows it, and a later run
-    asks for --overwrite, which is the safe side."""
-    record, name, identity = _record_file(), str(path.resolve()), _identity(path)
+    """Record `path`, just written, as nmt's; where that fails, the next run asks for --overwrite."""
     try:
-        with _record_lock(record):
-            files = {other: known for other, known in _read_record(record).items()
-                     if other != name and _identity(Path(other)) == known}  # forget files deleted or changed
-            if identity is not None:
-                files[name] = identity  # last: the newest
-            kept = dict(list(files.items())[-MAX_RECORDED:])
-            with written_whole(record) as partial:
-                partial.write_text(json.dumps({"version": 1, "files": kept}), encoding="utf-8")
+        fingerprint = _fingerprint(path)
+        update_record(path.parent, lambda record: record["files"].update({path.name: fingerprint}))
     except OSError as error:
-        if identity is not None:
-            _written_here[name] = identity
-        unwritable(record, error, f"{path} is not recorded as nmt's, so running this command again will ask "
-                                  "for --overwrite")
+        log.warning("%s: cannot record it as nmt's (%s); running this command again will ask for --overwrite",
+                    path, error.strerror or error)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -124,6 +118,8 @@ def check_output(path: str | Path, *, reads: Iterable[str | Path] = (), flag: st
         raise NMTError(f"{flag} {path}: is a symbolic link; give the path of the file itself")
     if path.is_dir():
         raise NMTError(f"{flag} {path}: is a folder; give a file name")
+    if path.name == RECORD:
+        raise NMTError(f"{flag} {path}: is where nmt records the files it wrote in that folder; choose another name")
     if not folder_checked and not path.parent.is_dir():
         raise NMTError(f"{flag} {path}: the folder {path.parent} does not exist; create it first")
     for source in reads:

@@ -1,9 +1,9 @@
 """A run directory: which folder a run may use, one process at a time, and what a resume may change.
 
-nmt marks every run directory it creates (`MARKER`) and writes only the files in `OWN_FILES` there, so it
-can tell its own files from a user's and never overwrites the latter. A process training in a folder holds
-an exclusive `flock` on `LOCK`; the kernel drops it when the process dies, so a killed run never leaves a
-stale lock behind.
+nmt marks every run directory it creates as a run in the folder's record (`outputs.RECORD`) and writes only
+the files in `OWN_FILES` there, so it can tell its own files from a user's and never overwrites the latter.
+A process training in a folder holds an exclusive `flock` on `LOCK`; the kernel drops it when the process
+dies, so a killed run never leaves a stale lock behind.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 
 from nmt.errors import NMTError
+from nmt.outputs import read_record, update_record
 
 log = logging.getLogger(__name__)
 
-MARKER = ".nmt-run"
 LOCK = ".nmt-lock"
 OWN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "checkpoints", "spm.model", "spm.src.model",
              "spm.tgt.model", "tensorboard", "curves.png")
@@ -40,6 +40,10 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted((folder / "checkpoints").glob("*.pt"))
 
 
+def is_run(folder: Path) -> bool:
+    return read_record(folder).get("run") is True
+
+
 def check_new_run_folder(folder: Path) -> None:
     """A fresh run may use a new folder, one holding no file nmt would write, or one of its own runs that was
     killed before its first checkpoint (started again from the beginning)."""
@@ -47,7 +51,7 @@ def check_new_run_folder(folder: Path) -> None:
         raise NMTError(f"--run-dir {folder}: is a file, not a folder; choose a folder path")
     if not folder.exists():
         return
-    if (folder / MARKER).exists():
+    if is_run(folder):
         if checkpoints(folder):
             raise NMTError(f"{folder} already holds a run; continue it with --resume, or choose another --run-dir")
         log.info("%s holds a run that saved no checkpoint: starting it again from the beginning", folder)
@@ -96,7 +100,7 @@ class RunLock:
         self.handle.truncate()
         self.handle.write(f"{os.getpid()}\n")
         self.handle.flush()
-        (folder / MARKER).touch()
+        update_record(folder, lambda record: record.update(run=True))
         for stale in [*folder.glob(".*.partial*"), *(folder / "checkpoints").glob(".*.partial*")]:
             stale.unlink(missing_ok=True)  # a killed process's unfinished writes: never read
 

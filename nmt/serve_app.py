@@ -187,7 +187,7 @@ async def _translate(request: TranslateRequest, raw: Request, translator, batche
     if (request.text is None) == (request.texts is None):
         return _error(422, "give exactly one of 'text' and 'texts'")
     texts = [request.text] if request.text is not None else request.texts
-    beam = request.beam_size or translator.beam_size
+    beam = request.beam_size or translator.decode.beam_size
     if len(texts) > limits.max_texts:
         return _error(413, f"{len(texts)} texts; at most {limits.max_texts} per request")
     chars = sum(map(len, texts))

@@ -54,8 +54,11 @@ def _save(fig, path: Path) -> Path:
 
 def plot_study(rows: list[dict], out: Path) -> list[Path]:
     data = {row["setting"]: _steps(row) for row in rows}
-    paths = []
+    figures = (_loss_figure, _norms_figure, _norm_vs_length_figure)  # each drawn, saved and closed in turn
+    return [_save(draw(rows, data), out / name) for draw, name in zip(figures, FIGURES)]
 
+
+def _loss_figure(rows: list[dict], data: dict):
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for row in rows:
         steps = [r for r in data[row["setting"]] if r["loss"] is not None]
@@ -69,8 +72,10 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
            ylabel="cross-entropy (nats per target token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    paths.append(_save(fig, out / FIGURES[0]))
+    return fig
 
+
+def _norms_figure(rows: list[dict], data: dict):
     fig, axes = _grid(len(rows))
     for ax, row in zip(axes, rows):
         steps = [r for r in data[row["setting"]] if r["grad_norm"]]
@@ -88,26 +93,26 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="upper right")
     fig.suptitle("Gradient norm before clipping, every step")
-    paths.append(_save(fig, out / FIGURES[1]))
+    return fig
 
+
+def _norm_vs_length_figure(rows: list[dict], data: dict):
     fig, axes = _grid(len(rows))
     for ax, row in zip(axes, rows):
         steps = data[row["setting"]]
         if row["diverged"]:
             steps = [r for r in steps if r["step"] < row["diverged_at_step"]]
         steps = [r for r in steps[len(steps) // 2:] if r["grad_norm"] and r.get("batch_sentences")]
-        if len(steps) < 10:  # too few to show a trend
-            steps = []
-        lengths = [r["batch_tokens"] / r["batch_sentences"] for r in steps]
-        norms = [r["grad_norm"] for r in steps]
         ax.set(title=row["setting"], xlabel="mean target length in the batch (pieces + EOS)",
                ylabel="pre-clip gradient L2 norm")
-        if not steps:
+        if len(steps) < 10:  # too few to show a trend
             why = f"diverged at step {row['diverged_at_step']}" if row["diverged"] else "no logged steps"
             ax.text(0.5, 0.5, f"{why}:\nno stable steps to show", transform=ax.transAxes, ha="center", va="center")
             continue
+        lengths = [r["batch_tokens"] / r["batch_sentences"] for r in steps]
+        norms = [r["grad_norm"] for r in steps]
         ax.scatter(lengths, norms, s=4, alpha=0.4, color="tab:blue", label="one batch")
-        if len(steps) > 2 and max(lengths) > min(lengths):
+        if max(lengths) > min(lengths):
             slope, intercept, r = _fit(lengths, norms)
             xs = [min(lengths), max(lengths)]
             ax.plot(xs, [intercept + slope * x for x in xs], color="tab:red", lw=2,
@@ -115,8 +120,7 @@ def plot_study(rows: list[dict], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("Gradient norm against target length, second half of each run (past the early transient)")
-    paths.append(_save(fig, out / FIGURES[2]))
-    return paths
+    return fig
 
 
 def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:

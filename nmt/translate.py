@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from nmt.batching import source_tensor
+from nmt.config import DecodeConfig
 from nmt.device import autocast
 from nmt.model.search_step import Ensemble, for_search
 from nmt.search import BeamSearch, Hypothesis, search
@@ -44,22 +45,21 @@ def empty_hypotheses(count: int, nbest: int) -> list[list[Hypothesis]]:
 
 
 class Translator:
-    """A model (or an ensemble: a list of models sharing `tokenizer`) ready to translate with fixed decoding
-    settings: in eval mode, its search step built once in the decoding precision (`search_step.for_search`).
-    Build a new one after the weights change."""
+    """A model (or an ensemble: a list of models sharing `tokenizer`) ready to translate with the settings of
+    `decode` (validation, the test evaluation, bench and the commands each pass theirs, changed with
+    `dataclasses.replace`): in eval mode, its search step built once in the decoding precision
+    (`search_step.for_search`). Build a new one after the weights change."""
 
-    def __init__(self, model, tokenizer: Tokenizer, *, device: torch.device, max_len: int, beam_size: int,
-                 alpha: float, max_len_ratio: float, batch_tokens: int, precision: str = "fp32"):
-        self.tokenizer, self.device, self.max_len, self.precision = tokenizer, device, max_len, precision
-        self.beam_size, self.alpha, self.max_len_ratio = beam_size, alpha, max_len_ratio
-        self.batch_tokens = batch_tokens
+    def __init__(self, model, tokenizer: Tokenizer, decode: DecodeConfig, *, device: torch.device,
+                 precision: str = "fp32"):
+        self.tokenizer, self.decode, self.device, self.precision = tokenizer, decode, device, precision
         models = list(model) if isinstance(model, (list, tuple)) else [model]
         with autocast(device, precision):
             steps = [for_search(m.eval()) for m in models]
         self.decoder = steps[0] if len(steps) == 1 else Ensemble(steps)
 
     def encode(self, lines: list[str]) -> list[list[int]]:
-        return encode_sources(self.tokenizer, lines, self.max_len)
+        return encode_sources(self.tokenizer, lines, self.decode.max_src_len)
 
     def translate_ids(self, sources: list[list[int]], *, nbest: int = 1, keep_attention: bool = False,
                       progress: bool | tqdm = False, beam_size: int | None = None) -> list[list[Hypothesis]]:
@@ -67,8 +67,8 @@ class Translator:
         `progress`: a bar of its own, or a caller's bar to advance (one bar over many calls).
         `beam_size` overrides the translator's for this call."""
         results = empty_hypotheses(len(sources), nbest)
-        beam_size = beam_size or self.beam_size
-        batches = plan_decoding_batches([len(s) for s in sources], self.batch_tokens)
+        decode = self.decode
+        batches = plan_decoding_batches([len(s) for s in sources], decode.batch_tokens)
         own_bar = not isinstance(progress, tqdm)
         bar = tqdm(total=len(sources), unit="sent", disable=not progress, leave=False,
                    dynamic_ncols=True) if own_bar else progress
@@ -76,8 +76,8 @@ class Translator:
         for indices in batches:
             src, src_lengths = self.source_batch([sources[i] for i in indices])
             with self.autocast():
-                hypotheses = search(self.decoder, src, src_lengths, beam_size=beam_size,
-                                    alpha=self.alpha, max_len_ratio=self.max_len_ratio, nbest=nbest,
+                hypotheses = search(self.decoder, src, src_lengths, beam_size=beam_size or decode.beam_size,
+                                    alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio, nbest=nbest,
                                     keep_attention=keep_attention)
             for i, hyps in zip(indices, hypotheses):
                 results[i] = hyps
@@ -89,8 +89,8 @@ class Translator:
     def running_search(self, *, beam_size: int, nbest: int, keep_attention: bool) -> BeamSearch:
         """A search that sentences join while it runs (`nmt serve`); call its `add` and `step` inside
         `self.autocast()`, with sources from `self.source_batch`."""
-        return BeamSearch(self.decoder, beam_size=beam_size, alpha=self.alpha, max_len_ratio=self.max_len_ratio,
-                          nbest=nbest, keep_attention=keep_attention)
+        return BeamSearch(self.decoder, beam_size=beam_size, alpha=self.decode.length_penalty,
+                          max_len_ratio=self.decode.max_len_ratio, nbest=nbest, keep_attention=keep_attention)
 
     def autocast(self):
         """The decoding precision's context (autocast is per thread: enter it in the thread that decodes)."""
@@ -106,14 +106,14 @@ class Translator:
         return [self.tokenizer.tgt.decode(hyps[0].tokens) for hyps in hypotheses]
 
 
-def encode_sources(tokenizer: Tokenizer, lines: list[str], max_len: int) -> list[list[int]]:
-    """Model ids per line; lines over `max_len` pieces are cut, with one warning for all of them."""
+def encode_sources(tokenizer: Tokenizer, lines: list[str], max_src_len: int) -> list[list[int]]:
+    """Model ids per line; lines over `max_src_len` pieces are cut, with one warning for all of them."""
     sources = tokenizer.src.encode([line.strip() for line in lines])
-    too_long = [i for i, ids in enumerate(sources) if len(ids) > max_len]
+    too_long = [i for i, ids in enumerate(sources) if len(ids) > max_src_len]
     if too_long:
         log.warning("%d input line(s) longer than %d pieces were truncated (first: line %d)",
-                    len(too_long), max_len, too_long[0] + 1)
-        sources = [ids[:max_len] for ids in sources]
+                    len(too_long), max_src_len, too_long[0] + 1)
+        sources = [ids[:max_src_len] for ids in sources]
     return sources
 
 

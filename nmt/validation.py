@@ -3,6 +3,7 @@ training loss) and the BLEU of its decoding of their sources with the validation
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 
@@ -33,12 +34,9 @@ def validation_scores(model: Seq2Seq, data: PreparedData, cfg: Config, device: t
             logits = model(batch.src, batch.src_lengths, batch.tgt_in, real)
             total_nll += summed_nll(logits, batch.tgt_out[real]).item()
             total_tokens += batch.n_tokens
-    decode = cfg.decode
-    hypotheses = Translator(
-        model, data.tokenizer, device=device, max_len=decode.max_src_len, beam_size=decode.valid_beam_size,
-        alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio, batch_tokens=decode.batch_tokens,
-        precision=precision,
-    ).translate(data.valid.src, progress=sys.stderr.isatty())  # beside the epoch's bar, gone when done
+    decode = dataclasses.replace(cfg.decode, beam_size=cfg.decode.valid_beam_size)
+    hypotheses = Translator(model, data.tokenizer, decode, device=device, precision=precision).translate(
+        data.valid.src, progress=sys.stderr.isatty())  # beside the epoch's bar, gone when done
     valid_loss = total_nll / max(1, total_tokens)
     return {"valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 100)),
             "valid_bleu": bleu(hypotheses, data.valid.tgt)}

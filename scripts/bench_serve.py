@@ -16,6 +16,7 @@ requests that started together (batches) and the search steps, as a Markdown tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import itertools
 import json
@@ -45,9 +46,8 @@ def in_process_rates(checkpoint: str, lines: list[str], beam: int, in_flight: in
 
     loaded = load_for_inference(Path(checkpoint), torch.device("cpu"))
     decode = loaded.config.decode
-    translator = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=decode.max_src_len,
-                            beam_size=beam, alpha=decode.length_penalty, max_len_ratio=decode.max_len_ratio,
-                            batch_tokens=decode.batch_tokens)
+    translator = Translator(loaded.model, loaded.tokenizer, dataclasses.replace(decode, beam_size=beam),
+                            device=torch.device("cpu"))
     translator.translate(lines[:20])  # warm up, as the server does
     started = time.perf_counter()
     translator.translate(lines)

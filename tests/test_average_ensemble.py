@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nmt import checkpoint
+from nmt.config import DecodeConfig
 from nmt.errors import NMTError
 from nmt.model.search_step import Ensemble, for_search
 from nmt.search import search
@@ -90,8 +91,8 @@ def _translate(decoder, sources, beam):
 def test_an_ensemble_of_one_or_of_a_model_with_itself_is_that_model(tiny_run, beam):
     loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
     lines = (TINY_DATA / "test.en").read_text(encoding="utf-8").splitlines()[:30]
-    sources = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=100, beam_size=beam,
-                         alpha=0.6, max_len_ratio=2.0, batch_tokens=4000).encode(lines)
+    decode = DecodeConfig(max_src_len=100, beam_size=beam, length_penalty=0.6, max_len_ratio=2.0, batch_tokens=4000)
+    sources = Translator(loaded.model, loaded.tokenizer, decode, device=torch.device("cpu")).encode(lines)
     single = _translate(for_search(loaded.model), sources, beam)
     for members in (1, 2):
         ensemble = _translate(Ensemble([for_search(loaded.model)] * members), sources, beam)

@@ -1,29 +1,22 @@
 """An existing file is replaced only if nmt wrote it and nobody changed it since; a user's file needs
---overwrite. Running a command again replaces its own output without asking."""
+--overwrite. Running a command again replaces its own output without asking, in a folder moved or copied
+since, and whatever happened to the cache."""
 
 import json
 import logging
 import os
 import shutil
+import threading
 
 import pytest
 
-from nmt import outputs
 from nmt.errors import NMTError
-from nmt.outputs import check_output, write_text, written_by_nmt
+from nmt.outputs import RECORD, check_output, write_text, written_by_nmt
 from tests.conftest import DAMAGE, TINY_DATA, damage_file, run_nmt
 from tests.test_errors import check_error
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """A cache of this test's own, so the record starts empty."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("NMT_CACHE", str(folder))
-    return folder
-
-
-def test_a_users_file_is_refused_and_nmts_own_unchanged_file_is_replaced(tmp_path, cache):
+def test_a_users_file_is_refused_and_nmts_own_unchanged_file_is_replaced(tmp_path):
     users = tmp_path / "notes.txt"
     users.write_text("mine\n")
     with pytest.raises(NMTError, match=r"^--output .*notes.txt: already exists and nmt did not write it .*--overwrite"):
@@ -36,86 +29,72 @@ def test_a_users_file_is_refused_and_nmts_own_unchanged_file_is_replaced(tmp_pat
     assert check_output(ours) == ours
     write_text(ours, "second, same length\n")  # replacing it records the new file
     assert written_by_nmt(ours) and check_output(ours) == ours
+    with pytest.raises(NMTError, match="is where nmt records the files it wrote"):
+        check_output(tmp_path / RECORD, overwrite=True)
 
 
-@pytest.mark.parametrize("change", ["appended", "same size, later time", "replaced by a copy"])
-def test_a_file_nmt_wrote_and_the_user_changed_counts_as_the_users(tmp_path, cache, change):
+@pytest.mark.parametrize("change", ["appended", "same size and time, other bytes"])
+def test_a_file_nmt_wrote_and_the_user_changed_counts_as_the_users(tmp_path, change):
     path = tmp_path / "out.txt"
     write_text(path, "translation\n")
     stat = path.stat()
     if change == "appended":
         with open(path, "a") as handle:
             handle.write("my note\n")
-    elif change == "same size, later time":
+    else:
         path.write_text("TRANSLATION\n")
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    else:  # a new file (another inode) with the same bytes and the same times
-        copy = tmp_path / "copy.txt"
-        shutil.copy2(path, copy)
-        os.replace(copy, path)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert not written_by_nmt(path)
     with pytest.raises(NMTError, match="already exists and nmt did not write it"):
         check_output(path)
 
 
-def test_the_record_forgets_deleted_files_keeps_the_newest_and_survives_damage(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(outputs, "MAX_RECORDED", 3)
-    paths = [tmp_path / f"{i}.txt" for i in range(5)]
-    for path in paths[:2]:
-        write_text(path, "x\n")
-    paths[0].unlink()
-    for path in paths[2:]:
-        write_text(path, "x\n")
-    recorded = json.loads((cache / "written.json").read_text())["files"]
-    assert list(recorded) == [str(p.resolve()) for p in paths[2:]]  # 0 deleted; 1 the oldest beyond 3
-    assert not written_by_nmt(paths[1]) and all(written_by_nmt(p) for p in paths[2:])
-
-    (cache / "written.json").write_text("{not json")
-    assert not written_by_nmt(paths[4])  # a damaged record protects every file ...
-    write_text(paths[4], "y\n")
-    assert written_by_nmt(paths[4])  # ... and is written again whole
+def test_the_record_travels_with_the_folder_and_needs_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    write_text(folder / "out.txt", "translation\n")
+    (folder / "mine.txt").write_text("my notes\n")
+    moved, copied = tmp_path / "moved", tmp_path / "copied"
+    folder.rename(moved)
+    shutil.copytree(moved, copied, copy_function=shutil.copyfile)  # new inodes and times, as `cp -r` gives
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path / "another cache"))
+    for where in (moved, copied):
+        assert written_by_nmt(where / "out.txt") and not written_by_nmt(where / "mine.txt")
+        assert check_output(where / "out.txt") == where / "out.txt"
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "another cache").exists()
 
 
-def test_an_unwritable_cache_still_writes_the_output_says_so_then_and_the_next_run_asks_for_overwrite(
-        tmp_path, monkeypatch, caplog):
-    blocker = tmp_path / "a file"
-    blocker.write_text("")
-    monkeypatch.setenv("NMT_CACHE", str(blocker / "cache"))  # a folder under a file: cannot be created
-    monkeypatch.setattr(outputs, "_written_here", {})
-    path = tmp_path / "out.txt"
-    with caplog.at_level(logging.WARNING):
-        write_text(path, "translation\n")
-    assert path.read_text() == "translation\n"
-    (warning,) = caplog.records  # one line, at the time of writing
-    assert warning.levelno == logging.WARNING and str(blocker / "cache" / "written.json") in warning.getMessage()
-    assert "running this command again will ask for --overwrite" in warning.getMessage()
-    assert check_output(path) == path  # this process still knows its own file
-    monkeypatch.setattr(outputs, "_written_here", {})  # the next run
-    with pytest.raises(NMTError, match="--overwrite"):
-        check_output(path)
-
-
-def good_record_files(cache) -> dict:
-    files = json.loads((cache / "written.json").read_text())["files"]
-    assert all(isinstance(identity, list) and len(identity) == 3 for identity in files.values())
-    return files
+def test_the_record_forgets_deleted_files_and_keeps_every_concurrent_writers_entry(tmp_path):
+    write_text(tmp_path / "gone.txt", "x\n")
+    (tmp_path / "gone.txt").unlink()
+    paths = [tmp_path / f"{i}.txt" for i in range(24)]
+    writers = [threading.Thread(target=lambda group=paths[i::6]: [write_text(p, f"{p.name}\n") for p in group])
+               for i in range(6)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    recorded = json.loads((tmp_path / RECORD).read_text())["files"]
+    assert sorted(recorded) == sorted(p.name for p in paths)  # none lost, the deleted one forgotten
+    assert all(written_by_nmt(p) for p in paths)
+    assert not list(tmp_path.glob(".*.partial*"))
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_damaged_record_is_named_set_aside_and_written_again(tmp_path, cache, caplog, damage):
+def test_a_damaged_record_is_named_set_aside_and_written_again(tmp_path, caplog, damage):
     first = tmp_path / "first.txt"
     write_text(first, "x\n")
-    record = cache / "written.json"
-    bad = damage_file(record, damage, wrong_types={"version": 1, "files": {str(first.resolve()): "not a list"}})
+    record = tmp_path / RECORD
+    bad = damage_file(record, damage, wrong_types={"files": {"first.txt": "not a list"}})
     path = tmp_path / "out.txt"
     with caplog.at_level(logging.WARNING):
         check_output(path)
         write_text(path, "translation\n")
     assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith(f"{record}: ")
-    (aside,) = cache.glob("written.json.bad-*")
+    (aside,) = tmp_path.glob(f"{RECORD}.bad-*")
     assert aside.read_bytes() == bad  # set aside, not deleted
-    assert list(good_record_files(cache)) == [str(path.resolve())]  # replaced by a good one
+    assert list(json.loads(record.read_text())["files"]) == ["out.txt"]  # replaced by a good one
     assert written_by_nmt(path) and not written_by_nmt(first)  # the lost entry: --overwrite, the safe side
 
 
@@ -146,6 +125,9 @@ def test_translate_plot_and_evaluate_refuse_a_users_file_and_replace_their_own(t
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("curves.png"))
     assert run_nmt("plot", str(run)).returncode == 0
     assert run_nmt("plot", str(run)).returncode == 0
+    copied = tmp_path / "copied run"
+    shutil.copytree(run, copied, copy_function=shutil.copyfile)
+    assert run_nmt("plot", str(copied)).returncode == 0  # a copied run replaces its own curves.png
     picture = tmp_path / "mine.png"
     picture.write_bytes(b"a user's picture")
     check_error(run_nmt("plot", str(run), "--out", str(picture)), "--out", "--overwrite")

@@ -19,10 +19,12 @@ import httpx
 import pytest
 import torch
 
+from nmt.config import DecodeConfig
 from tests.conftest import ROOT, TINY_DATA, run_nmt
 from tests.test_errors import check_error
 
 LINES = (TINY_DATA / "test.en").read_text(encoding="utf-8").splitlines()[:40]
+DECODE = DecodeConfig(max_src_len=100, beam_size=2, length_penalty=0.6, max_len_ratio=2.0, batch_tokens=4000)
 
 
 def _free_port() -> int:
@@ -98,8 +100,7 @@ def test_a_decoder_that_fails_stops_the_server_instead_of_hanging(tiny_run, monk
     from nmt.translate import Translator
 
     loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
-    translator = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=100, beam_size=2,
-                            alpha=0.6, max_len_ratio=2.0, batch_tokens=4000)
+    translator = Translator(loaded.model, loaded.tokenizer, DECODE, device=torch.device("cpu"))
     info = {"source_language": "en", "target_language": "de", "checkpoints": ["best.pt"]}
     app = create_app(translator, info, Limits(), decode_thread=False)
 
@@ -207,8 +208,7 @@ def app_client(tiny_run):
     info = {"source_language": "en", "target_language": "de", "checkpoints": ["best.pt"]}
 
     def client(wrap_decoder=None, **limits):
-        translator = Translator(loaded.model, loaded.tokenizer, device=torch.device("cpu"), max_len=100,
-                                beam_size=2, alpha=0.6, max_len_ratio=2.0, batch_tokens=4000)
+        translator = Translator(loaded.model, loaded.tokenizer, DECODE, device=torch.device("cpu"))
         client = TestClient(create_app(translator, info, Limits(**limits)))
         client.translator = translator
         if wrap_decoder:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nmt.cli.parser import DECODING_FLAGS, check_flags
+
 
 def train(args) -> int:
     from nmt.experiment import train_and_test
@@ -38,8 +40,7 @@ def _clean(args) -> int:
 
     if args.config or args.overrides:
         raise NMTError("--clean takes no --config or --set: it cleans the whole cache; prepare separately")
-    if not args.clean >= 0:  # nan too
-        raise NMTError(f"--clean {args.clean:g}: must be a number of days, 0 or more")
+    check_flags(args, "--clean")
     removed = reclaim(args.clean)
     for path, size in removed:
         print(f"removed {path} ({size / 2**20:,.1f} MiB)")
@@ -92,40 +93,27 @@ def average(args) -> int:
 
 
 def serve(args) -> int:
-    from nmt.cli.translate import check_decoding_flags, load_checkpoints, make_translator
-    from nmt.device import resolve_device
+    from nmt.cli.translate import load_translator
     from nmt.errors import NMTError
     from nmt.serve import Limits
     from nmt.serve_app import check_port, create_app, serve_until_stopped
 
-    check_decoding_flags(args)
-    for flag, value, allowed, ok in (
-            *((flag, value, "at least 1", lambda v: v >= 1) for flag, value in (
-                ("--max-texts", args.max_texts), ("--max-chars", args.max_chars), ("--max-queue", args.max_queue),
-                ("--max-connections", args.max_connections))),
-            ("--port", args.port, "between 1 and 65535", lambda v: 1 <= v <= 65535),
-            ("--max-wait-ms", args.max_wait_ms, "at least 0 and at most 10000", lambda v: 0 <= v <= 10_000),
-            *((flag, value, "above 0 and at most 86400 (a day)", lambda v: 0 < v <= 86_400) for flag, value in (
-                ("--timeout", args.timeout), ("--client-timeout", args.client_timeout),
-                ("--keep-alive", args.keep_alive)))):
-        if not ok(value):  # nan fails every comparison
-            raise NMTError(f"{flag} {value:g}: must be {allowed}")
+    check_flags(args, *DECODING_FLAGS, "--max-texts", "--max-chars", "--max-queue", "--max-connections", "--port",
+                "--max-wait-ms", "--timeout", "--client-timeout", "--keep-alive")
     check_port(args.host, args.port)  # before the model loads
-    device = resolve_device(args.device, setting="--device")
-    loaded = load_checkpoints(args.checkpoint, device)
-    translator = make_translator(args, loaded, device)
-    config = loaded[0].config
+    translator, loaded = load_translator(args)
+    config, decode = loaded[0].config, translator.decode
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_queue=args.max_queue,
                     timeout_s=args.timeout, max_wait_ms=args.max_wait_ms,
-                    batch_tokens=args.batch_tokens or config.decode.batch_tokens, client_timeout_s=args.client_timeout,
+                    batch_tokens=decode.batch_tokens, client_timeout_s=args.client_timeout,
                     keep_alive_s=args.keep_alive, max_connections=args.max_connections, debug=bool(args.debug))
     # what a client needs to use the server; host paths and the training config only if the operator says so
     info = {"source_language": config.data.src_lang, "target_language": config.data.tgt_lang,
             "checkpoints": [Path(p).name for p in args.checkpoint], "ensemble": len(loaded),
             "parameters": sum(one.model.num_parameters() for one in loaded),
             "validation_bleu": [one.validation_bleu for one in loaded],
-            "decode": {"beam_size": translator.beam_size, "length_penalty": translator.alpha,
-                       "max_len_ratio": translator.max_len_ratio},
+            "decode": {"beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
+                       "max_len_ratio": decode.max_len_ratio},
             "limits": {"max_texts": limits.max_texts, "max_chars": limits.max_chars, "timeout_s": limits.timeout_s},
             **({"config": config.to_dict()} if args.expose_config else {})}
     app = create_app(translator, info, limits, decode_thread=False)
@@ -143,13 +131,9 @@ def plot(args) -> int:
 
 def bench(args) -> int:
     from nmt.bench import run_bench
-    from nmt.errors import NMTError
     from nmt.outputs import check_output, write_text
 
-    for flag, value, least in (("--warmup-steps", args.warmup_steps, 0), ("--steps", args.steps, 1),
-                               ("--decode-sentences", args.decode_sentences, 1)):
-        if value < least:
-            raise NMTError(f"{flag} {value}: must be at least {least}")
+    check_flags(args, "--warmup-steps", "--steps", "--decode-sentences")
     if args.json_out:
         check_output(args.json_out, reads=[args.checkpoint] if args.checkpoint else [], flag="--json",
                      overwrite=args.overwrite)
@@ -192,6 +176,7 @@ def bench(args) -> int:
 def study(args) -> int:
     from nmt.study import run_study
 
+    check_flags(args, "--minutes")
     table, pictures = run_study(args)
     print(table)
     for picture in pictures:

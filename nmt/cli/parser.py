@@ -1,9 +1,32 @@
 """The one command-line parser: `nmt train | prepare | translate | evaluate | average | serve | plot | bench |
-study`."""
+study`, and the allowed range of every number it reads."""
 
 from __future__ import annotations
 
 import argparse
+
+from nmt.config import AT_LEAST_0, AT_LEAST_1, DECODE_RANGES, POSITIVE, check_range
+
+DECODING_FLAGS = ("--beam-size", "--length-penalty", "--max-len-ratio", "--batch-tokens")
+_UP_TO_A_DAY = ("above 0 and at most 86400 (a day)", lambda v: 0 < v <= 86_400)
+FLAG_RANGES = {
+    **{flag: DECODE_RANGES[flag[2:].replace("-", "_")] for flag in DECODING_FLAGS},
+    "--nbest": AT_LEAST_1, "--plot-first": ("between 0 and 1000", lambda v: 0 <= v <= 1000),
+    "--max-texts": AT_LEAST_1, "--max-chars": AT_LEAST_1, "--max-queue": AT_LEAST_1, "--max-connections": AT_LEAST_1,
+    "--port": ("between 1 and 65535", lambda v: 1 <= v <= 65535),
+    "--max-wait-ms": ("at least 0 and at most 10000", lambda v: 0 <= v <= 10_000),
+    "--timeout": _UP_TO_A_DAY, "--client-timeout": _UP_TO_A_DAY, "--keep-alive": _UP_TO_A_DAY,
+    "--warmup-steps": AT_LEAST_0, "--steps": AT_LEAST_1, "--decode-sentences": AT_LEAST_1, "--minutes": POSITIVE,
+    "--clean": ("a number of days, 0 or more", lambda v: v >= 0),
+}
+
+
+def check_flags(args, *flags: str) -> None:
+    """Before any work: a number given on the command line is used as given, so it must be in range (the
+    config's check, `config.check_range`, with the flag as the user typed it)."""
+    for flag in flags:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        check_range(f"{flag} {format(value, 'g') if isinstance(value, float) else value}", value, FLAG_RANGES[flag])
 
 # --debug after the command as well (`nmt plot RUN --debug`, `scripts/train.py --debug`); SUPPRESS keeps a
 # `nmt --debug plot RUN` from being reset by the command's default

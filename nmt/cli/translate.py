@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -12,7 +13,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nmt import checkpoint
-from nmt.config import DECODE_RANGES, DataConfig
+from nmt.cli.parser import DECODING_FLAGS, check_flags
+from nmt.config import DataConfig
 from nmt.data.sources import load_splits
 from nmt.data.text import count_text_lines, read_line_chunks, split_lines
 from nmt.device import release_free_memory, resolve_device, resolve_precision
@@ -24,8 +26,13 @@ from nmt.translate import Translator, format_nbest
 log = logging.getLogger(__name__)
 
 
-def load_checkpoints(paths: list[str], device) -> list[checkpoint.Loaded]:
-    """The checkpoints of one model or of an ensemble, which must share the tokenizer."""
+def load_translator(args) -> tuple[Translator, list[checkpoint.Loaded]]:
+    """The --checkpoint model(s) on --device in --precision (resolved here, once, for translate, evaluate and
+    serve), decoding with the first checkpoint's settings where no flag is given. An ensemble's checkpoints
+    must share the tokenizer."""
+    device = resolve_device(args.device, setting="--device")
+    precision = resolve_precision(args.precision, device, setting="--precision", training=False)
+    paths = args.checkpoint
     loaded = [checkpoint.load_for_inference(Path(path), device) for path in paths]
     first = loaded[0].tokenizer.state_dict()
     for path, other in zip(paths[1:], loaded[1:]):
@@ -33,34 +40,10 @@ def load_checkpoints(paths: list[str], device) -> list[checkpoint.Loaded]:
         if side:
             raise NMTError(f"{path}: its {side} differs from {paths[0]}'s; an ensemble's checkpoints must "
                            "share the tokenizer (train them on the same data with the same tokenizer settings)")
-    return loaded
-
-
-def make_translator(args, loaded: list[checkpoint.Loaded], device) -> Translator:
-    """The checkpoints' model(s), with the first one's decoding settings overridden by the command line's."""
-    decode = loaded[0].config.decode
-    precision = resolve_precision(args.precision, device, setting="--precision", training=False)
-    def given(value, default):
-        return default if value is None else value
-
-    return Translator(
-        [one.model for one in loaded], loaded[0].tokenizer, device=device, max_len=decode.max_src_len,
-        beam_size=given(args.beam_size, decode.beam_size), alpha=given(args.length_penalty, decode.length_penalty),
-        max_len_ratio=given(args.max_len_ratio, decode.max_len_ratio),
-        batch_tokens=given(args.batch_tokens, decode.batch_tokens), precision=precision,
-    )
-
-
-def check_decoding_flags(args) -> None:
-    """Before any work: a flag given on the command line is used as given, so it must be in range."""
-    for flag, value, (allowed, ok) in (
-            *((f"--{key.replace('_', '-')}", getattr(args, key), DECODE_RANGES[key])
-              for key in ("beam_size", "length_penalty", "max_len_ratio", "batch_tokens")),
-            ("--nbest", getattr(args, "nbest", None), ("at least 1", lambda v: v >= 1)),
-            ("--plot-first", getattr(args, "plot_first", None), ("between 0 and 1000", lambda v: 0 <= v <= 1000))):
-        if value is not None and not ok(value):
-            shown = format(value, "g") if isinstance(value, float) else value
-            raise NMTError(f"{flag} {shown}: must be {allowed}")
+    flags = {key: getattr(args, key) for key in (flag[2:].replace("-", "_") for flag in DECODING_FLAGS)}
+    decode = dataclasses.replace(loaded[0].config.decode, **{k: v for k, v in flags.items() if v is not None})
+    return Translator([one.model for one in loaded], loaded[0].tokenizer, decode, device=device,
+                      precision=precision), loaded
 
 
 def _one_line(text: str) -> str:
@@ -69,29 +52,20 @@ def _one_line(text: str) -> str:
 
 
 def translate_command(args) -> int:
-    check_decoding_flags(args)
-    if args.output != "-":
-        check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []),
-                     overwrite=args.overwrite)
-    if args.attention_plots:
-        check_output_folder(args.attention_plots, flag="--attention-plots")
+    check_flags(args, *DECODING_FLAGS, "--nbest", "--plot-first")
     # a regular file is read twice: counted (and checked for UTF-8) first; a pipe (`<(zcat ...)`) once
     source = Path(args.input)
     pipe = args.input == "-" or (source.exists() and not source.is_file() and not source.is_dir())
     total = None if pipe else count_text_lines(source)
     interactive = args.input == "-" and sys.stdin.isatty() and args.output == "-"  # typed: line by line
-    if not interactive:  # the heatmaps' files checked before the model is loaded, like every output
-        chunks = _input_chunks(args.input)
-        first = next(chunks, [])
-        plotted = args.plot_first if args.attention_plots else 0  # the first chunk's first lines
-        plots = _attention_plot_paths(args, first[:plotted])
-    device = resolve_device(args.device, setting="--device")
-    loaded = load_checkpoints(args.checkpoint, device)
-    translator = make_translator(args, loaded, device)
-    nbest = args.nbest
-    if not 1 <= nbest <= translator.beam_size:
-        raise NMTError(f"--nbest {nbest} must be between 1 and --beam-size {translator.beam_size}")
-    tokenizer = loaded[0].tokenizer
+    chunks = iter(()) if interactive else _input_chunks(args.input)
+    first = next(chunks, [])
+    plotted = args.plot_first if args.attention_plots else 0  # the first chunk's first lines
+    plots = _check_outputs(args, first[:plotted])
+    translator, _ = load_translator(args)
+    nbest, beam_size, tokenizer = args.nbest, translator.decode.beam_size, translator.tokenizer
+    if not 1 <= nbest <= beam_size:
+        raise NMTError(f"--nbest {nbest} must be between 1 and --beam-size {beam_size}")
 
     def run(lines: list[str], *, keep_attention: bool = False, progress=False):
         return translator.translate_ids(translator.encode(lines), nbest=nbest, keep_attention=keep_attention,
@@ -141,11 +115,17 @@ def _input_chunks(source: str):
             return
 
 
-def _attention_plot_paths(args, lines: list[str]) -> dict[int, Path]:
-    """Line index -> its heatmap, checked before the work like every output (blank lines have none)."""
-    return {i: check_output(Path(args.attention_plots) / f"attention_{i + 1:04d}.png", flag="--attention-plots",
-                            folder_checked=True, overwrite=args.overwrite)
-            for i, line in enumerate(lines) if line.strip()}
+def _check_outputs(args, plotted: list[str]) -> dict[int, Path]:
+    """Every file translate writes, checked before the model loads: --output, and the heatmap of each of the
+    `plotted` lines that is not blank (returned: line index -> its file)."""
+    if args.output != "-":
+        check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []),
+                     overwrite=args.overwrite)
+    if not args.attention_plots:
+        return {}
+    folder = check_output_folder(args.attention_plots, flag="--attention-plots")
+    return {i: check_output(folder / f"attention_{i + 1:04d}.png", flag="--attention-plots", folder_checked=True,
+                            overwrite=args.overwrite) for i, line in enumerate(plotted) if line.strip()}
 
 
 def _draw_attention(folder: Path, plots: dict[int, Path], lines: list[str], hypotheses,
@@ -169,20 +149,19 @@ def evaluate_command(args) -> dict:
         return score_files(Path(args.hyp), [Path(r) for r in args.ref])
     if not (args.checkpoint and args.dataset):
         raise NMTError("give --hyp FILE --ref FILE, or --checkpoint CKPT --dataset NAME_OR_PATH")
-    check_decoding_flags(args)
+    check_flags(args, *DECODING_FLAGS)
     ckpt = Path(args.checkpoint[0])
     out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
     check_output_folder(out, flag="--out")
-    device = resolve_device(args.device, setting="--device")
-    loaded = load_checkpoints(args.checkpoint, device)
+    translator, loaded = load_translator(args)
     data_cfg = loaded[0].config.data
     cfg = DataConfig(dataset=args.dataset, dataset_config=args.dataset_config,
                      src_lang=args.src_lang or data_cfg.src_lang, tgt_lang=args.tgt_lang or data_cfg.tgt_lang)
     corpus = load_splits(cfg, [args.split])[0]
-    translator = make_translator(args, loaded, device)
+    beam_size = translator.decode.beam_size
     # named by checkpoint(s) and beam, so that it never replaces the run's own test.hyp.*, which results.json
     # describes (an ensemble's names are joined by +, cut to keep the file name short)
-    stem = f"{args.split}.{'+'.join(Path(c).stem for c in args.checkpoint)[:100]}.beam{translator.beam_size}"
+    stem = f"{args.split}.{'+'.join(Path(c).stem for c in args.checkpoint)[:100]}.beam{beam_size}"
     hyp_path, scores_path = (check_output(out / name, reads=args.checkpoint, flag="--out", folder_checked=True,
                                           overwrite=args.overwrite)
                              for name in (f"{stem}.hyp.{cfg.tgt_lang}", f"{stem}.scores.json"))
@@ -190,7 +169,7 @@ def evaluate_command(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_lines(hyp_path, [_one_line(h) for h in hypotheses])
     result = score(hypotheses, [corpus.tgt])
-    result.update(hypotheses=str(hyp_path), split=corpus.name, beam_size=translator.beam_size)
+    result.update(hypotheses=str(hyp_path), split=corpus.name, beam_size=beam_size)
     write_text(scores_path, json.dumps(result, indent=2) + "\n")
     log.info("hypotheses: %s", hyp_path)
     return result
