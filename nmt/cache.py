@@ -109,13 +109,29 @@ def unwritable(path: Path, error: OSError, consequence: str) -> None:
 
 
 @contextlib.contextmanager
-def written_whole(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` (same suffix, for tools that read it) that replaces `path` when the block
-    ends without an error, and is removed if it raises (OSError included, which the caller reports)."""
+def written_whole(path: Path, durable: bool = False, keep_suffix: bool = True) -> Iterator[Path]:
+    """A temporary path beside `path` that replaces `path` when the block ends without an error, and is removed
+    if it raises (OSError included, which the caller reports). `keep_suffix`: it ends in `path`'s suffix, for
+    tools that read it; not where a search for that suffix must miss it (a run's checkpoints/*.pt).
+    `durable`: on the disk when the block ends (the file synced before the rename, its folder after), for what a
+    power cut must not take back, such as the checkpoint a run resumes from."""
+    base, suffix = (path.stem, path.suffix) if keep_suffix else (path.name, "")
     # unique across processes and containers: every container's first process has pid 1
-    partial = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{path.suffix}")
+    partial = path.with_name(f".{base}.{os.getpid()}-{secrets.token_hex(4)}.partial{suffix}")
     try:
         yield partial
+        if durable:
+            _sync(partial)
         os.replace(partial, path)
+        if durable:
+            _sync(path.parent)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _sync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,22 +1,21 @@
-"""Atomic checkpoints that rebuild their model, tokenizer and config on their own.
+"""Atomic checkpoints that rebuild their model, tokenizer and config on their own, and what one carries.
 
-A checkpoint is written to a temporary file in the same folder, flushed and
-fsynced, then renamed over the old one, so a crash or a full disk leaves the
-previous checkpoint intact. Everything in it is a tensor or a plain type, so it
-loads with `torch.load(weights_only=True)`.
+A checkpoint is written whole and synced before it replaces the old one (`cache.written_whole`), so a crash,
+a power cut or a full disk leaves the previous checkpoint intact. Everything in it is a tensor or a plain
+type, so it loads with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from nmt.cache import written_whole
 from nmt.config import Config, config_from_dict
 from nmt.errors import NMTError
 from nmt.model import Seq2Seq
@@ -28,26 +27,61 @@ FORMAT = "nmt-checkpoint"
 VERSION = 1
 
 
+@dataclass
+class Progress:
+    """Counters that a checkpoint carries so that a resumed run continues the same run."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    elapsed: float = 0.0  # seconds of training wall clock, summed over resumes
+    best_bleu: float = -1.0
+    validations_without_improvement: int = 0
+    validated_step: int = -1
+    consecutive_bad_steps: int = 0
+    bad_steps: int = 0
+    oom_batches: int = 0
+    clipped_in_epoch: int = 0
+    steps_in_epoch: int = 0
+    summarized_epoch: int = 0  # the last epoch whose end was logged (a signal may land after it)
+
+
+def training_payload(trainer) -> dict:
+    """What `--resume` needs to continue a `Trainer`'s run bit for bit (`restore_training`), and what
+    inference needs: the model, its config and its tokenizer."""
+    rng = {"torch": torch.get_rng_state()}
+    if trainer.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "schedule": trainer.schedule.state_dict(), "scaler": trainer.scaler and trainer.scaler.state_dict(),
+            "progress": asdict(trainer.progress), "rng": rng, "config": trainer.cfg.to_dict(),
+            "tokenizer": trainer.tokenizer.state_dict()}
+
+
+def restore_training(trainer, payload: dict) -> Progress:
+    """Load `training_payload`'s state into a new `Trainer` of the same config; returns the run's progress."""
+    for part in ("model", "optimizer", "schedule"):
+        getattr(trainer, part).load_state_dict(payload[part])
+    if trainer.scaler and payload.get("scaler"):
+        trainer.scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    if "cuda" in payload["rng"] and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(payload["rng"]["cuda"], trainer.device)
+    progress = Progress(**payload["progress"])
+    log.info("continuing epoch %d after its first %d batches", progress.epoch, progress.batch_in_epoch)
+    return progress
+
+
 def save(payload: dict, path: Path) -> None:
     """Write atomically; on failure the previous file at `path` is untouched and NMTError is raised."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    buffer = io.BytesIO()
+    buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of Python's own write
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        with written_whole(path, durable=True, keep_suffix=False) as partial:
+            partial.write_bytes(buffer.getbuffer())
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise NMTError(
             f"{path}: could not save the checkpoint ({error.strerror or error}); the previous checkpoint "
             f"is intact; free disk space or fix the folder's permissions, then resume with --resume"

@@ -15,14 +15,16 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from tqdm import tqdm
 
 from nmt import checkpoint
 from nmt.batching import collate, plan_batches, shard
+from nmt.checkpoint import Progress
 from nmt.config import Config
 from nmt.data.prepare import PreparedData, prepare_on_each_node
 from nmt.device import autocast, precision_reason, release_free_memory, resolve_device, resolve_precision, set_threads
@@ -32,33 +34,15 @@ from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq, gemm, kernels
-from nmt.schedule import LRSchedule, budget_fraction, budget_spent, seconds_left
+from nmt.schedule import LRSchedule, budget_fraction
 from nmt.tokenizer import PAD, Tokenizer
+from nmt.train_plan import TrainPlan
 from nmt.validation import validation_scores
 
 log = logging.getLogger(__name__)
 
 #: training steps between handing freed memory back to the system (`device.release_free_memory`)
 RELEASE_MEMORY_EVERY = 100
-
-
-@dataclass
-class Progress:
-    """Counters that a checkpoint carries so that a resumed run continues the same run."""
-
-    step: int = 0
-    epoch: int = 1
-    batch_in_epoch: int = 0  # batches of `epoch` already trained on
-    elapsed: float = 0.0  # seconds of training wall clock, summed over resumes
-    best_bleu: float = -1.0
-    validations_without_improvement: int = 0
-    validated_step: int = -1
-    consecutive_bad_steps: int = 0
-    bad_steps: int = 0
-    oom_batches: int = 0
-    clipped_in_epoch: int = 0
-    steps_in_epoch: int = 0
-    summarized_epoch: int = 0  # the last epoch whose end was logged (a signal may land after it)
 
 
 class Trainer:
@@ -94,15 +78,12 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if cfg.train.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(self.params, lr=cfg.train.lr)
-        else:
-            self.optimizer = torch.optim.Adam(self.params, lr=cfg.train.lr)
+        optimizer = torch.optim.SGD if cfg.train.optimizer == "sgd" else torch.optim.Adam
+        self.optimizer = optimizer(self.params, lr=cfg.train.lr)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.schedule = LRSchedule(cfg.train, self.optimizer)
-        self.progress = Progress()
-        if payload:
-            self._restore(payload)
+        self.plan = TrainPlan(cfg.train)
+        self.progress = checkpoint.restore_training(self, payload) if payload else Progress()
         self.saved_at = self.progress.elapsed  # training seconds at the last save
         self.metrics = MetricsLog(run_dir, enabled=world.is_main, truncate_after_step=self.progress.step)
         self.signals = StopSignals()
@@ -111,48 +92,6 @@ class Trainer:
                  f"{self.model.num_parameters():,}", self.device,
                  precision_reason(cfg.train.precision, self.precision, self.device), torch.get_num_threads(),
                  world.size)
-
-    # ------------------------------------------------------------ checkpoints
-
-    def _payload(self) -> dict:
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "progress": asdict(self.progress),
-            "rng": rng,
-            "config": self.cfg.to_dict(),
-            "tokenizer": self.tokenizer.state_dict(),
-        }
-
-    def _restore(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.schedule.load_state_dict(payload["schedule"])
-        if self.scaler and payload.get("scaler"):
-            self.scaler.load_state_dict(payload["scaler"])
-        self.progress = Progress(**payload["progress"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        if "cuda" in payload["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        log.info("continuing epoch %d after its first %d batches", self.progress.epoch, self.progress.batch_in_epoch)
-
-    def save(self, *names: str) -> None:
-        self.saved_at = self.progress.elapsed
-        if self.world.is_main:
-            payload = self._payload()
-            for name in names:
-                checkpoint.save(payload, self.run_dir / "checkpoints" / name)
-
-    def _save_if_due(self) -> None:
-        """last.pt every train.save_every_minutes of training, so that a killed run loses at most that much."""
-        every = self.cfg.train.save_every_minutes
-        if every is not None and self.progress.elapsed - self.saved_at >= every * 60:
-            self.save("last.pt")
 
     # ------------------------------------------------------------ one step
 
@@ -179,44 +118,147 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value, finite
 
-    # ------------------------------------------------------------ validation
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> str:
+        """Train until a budget, max_epochs or early stopping ends it; returns why it stopped."""
+        progress = self.progress
+        self.model.train()
+        self._restart_window()
+        with self.signals:
+            stop = self._validate_if_due()  # a validation that a stop signal abandoned comes first
+            while progress.epoch <= self.cfg.train.max_epochs:
+                batches = self._epoch_batches()
+                stop = stop or self._train_epoch(batches)
+                if progress.batch_in_epoch >= len(batches):  # also where a resumed run starts at an epoch's end
+                    stop = self._end_epoch()
+                if stop:
+                    break
+            if self.plan.validation("end", progress, self.last_validation_seconds).validate:
+                self._validate()
+        barrier(self.world)
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        log.info("training stopped: %s (step %d, %.1f minutes; peak memory of this process %s MiB)", stop,
+                 progress.step, progress.elapsed / 60, f"{peak_mib:,.0f}")
+        return stop
+
+    def _epoch_batches(self) -> list:
+        """This rank's batches of the epoch, in the order the seed and the epoch give them."""
+        cfg, train = self.cfg.train, self.data.train
+        return shard(plan_batches(train.src_lengths, train.tgt_lengths, batch_tokens=cfg.batch_tokens,
+                                  batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=self.progress.epoch),
+                     self.world.rank, self.world.size)
+
+    def _train_epoch(self, batches: list) -> str | None:
+        """The epoch's batches from where the run stands: each one step, then maybe a validation and a save;
+        why the run stops before the epoch's end, or None."""
+        progress = self.progress
+        bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}",
+                   disable=not (self.world.is_main and sys.stderr.isatty()), dynamic_ncols=True, unit="batch",
+                   mininterval=0.5)
+        stop = None
+        while progress.batch_in_epoch < len(batches):
+            if any_rank(self.signals.signum is not None, self.world):
+                self._interrupt()
+            if not self._train_on(batches, bar):
+                continue  # out of GPU memory: the batch was skipped
+            stop = self._validate_if_due()
+            if stop:
+                break
+            if self.plan.save_due(progress, self.saved_at):
+                self.save("last.pt")
+            if progress.step % RELEASE_MEMORY_EVERY == 0:
+                release_free_memory()
+        bar.close()
+        return stop
+
+    def _train_on(self, batches: list, bar) -> bool:
+        """One step on the epoch's next batch, counted and logged; False when it ran out of GPU memory."""
+        cfg, progress = self.cfg.train, self.progress
+        started = time.perf_counter()
+        self.schedule.follow_budget(budget_fraction(
+            cfg, progress.step, progress.elapsed, progress.epoch - 1 + progress.batch_in_epoch / len(batches)))
+        batch = collate(self.data.train, batches[progress.batch_in_epoch]).to(self.device)
+        progress.batch_in_epoch += 1
+        try:
+            nll, norm, applied = self.train_step(batch)
+        except torch.cuda.OutOfMemoryError:
+            del batch
+            self._handle_oom()
+            return False
+        progress.oom_batches = 0
+        progress.step += 1
+        progress.elapsed += time.perf_counter() - started
+        bar.update(1)
+        if applied:
+            self._log_step(nll, norm, batch, bar)
+        else:
+            self._check_bad_step(nll, norm)
+        return True
+
+    def _validate_if_due(self) -> str | None:
+        """The validation `train.valid_every` asks for at this step; why the run stops here, or None."""
+        if self.plan.validation("step", self.progress, self.last_validation_seconds).validate:
+            self._validate()
+        return self.plan.stop(self.progress)
+
+    def _end_epoch(self) -> str | None:
+        """The epoch's summary, its validation, the schedule's epoch step and last.pt; why the run stops, or None."""
+        progress = self.progress
+        self._summarize_epoch()
+        decision = self.plan.validation("epoch_end", progress, self.last_validation_seconds)
+        if decision.logged:
+            log.info("%s", decision.why)
+        if not any_rank(not decision.validate, self.world):  # all ranks alike: a validation waits for all of them
+            self._validate()
+        self.schedule.after_epoch(progress.epoch)
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        self.save("last.pt")
+        return self.plan.stop(progress)
+
+    # ------------------------------------------------------------ validation and checkpoints
 
     def validate(self) -> dict:
         """`validation_scores` in eval mode; a stop signal abandons it (`Interrupted`)."""
         self.signals.abandon_now = True
         self.model.eval()
-        result = validation_scores(self.model, self.data, self.cfg, self.device, self.precision)
-        self.model.train()
-        self.signals.abandon_now = False
-        return result
+        try:
+            return validation_scores(self.model, self.data, self.cfg, self.device, self.precision)
+        finally:
+            self.model.train()
+            self.signals.abandon_now = False
 
-    def _validate_and_checkpoint(self) -> bool:
-        """Validate (rank 0), save last.pt and maybe best.pt; True when early stopping says stop."""
-        progress = self.progress
+    def _validate(self) -> None:
+        """Validate on rank 0 and record it; every rank takes its counters and counts the time in the budget."""
+        started = time.perf_counter()
         if self.world.is_main:
             try:
                 result = self.validate()
             except Interrupted:  # a signal during validation abandons it; the state is the last step's
-                self.signals.abandon_now = False
-                self.model.train()
                 self._interrupt()
-            self.schedule.after_validation(result["valid_ppl"])
-            improved = result["valid_bleu"] > progress.best_bleu
-            if improved:
-                progress.best_bleu = result["valid_bleu"]
-                progress.validations_without_improvement = 0
-            else:
-                progress.validations_without_improvement += 1
-            progress.validated_step = progress.step
-            self.metrics.write(step=progress.step, epoch=progress.epoch, lr=self.schedule.lr, **result)
-            log.info("validation at step %d: loss %.3f, ppl %.2f, BLEU %.2f%s", progress.step, result["valid_loss"],
-                     result["valid_ppl"], result["valid_bleu"], " (best)" if improved else "")
-            kept = [checkpoint.step_name(progress.step)] if self.cfg.train.keep_checkpoints else []
-            self.save("last.pt", *(["best.pt"] if improved else []), *kept)
-            checkpoint.remove_older_steps(self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
+            self._record_validation(result)
         self._sync_from_main()
-        patience = self.cfg.train.patience
-        return patience is not None and progress.validations_without_improvement >= patience
+        self.last_validation_seconds = time.perf_counter() - started
+        self.progress.elapsed += self.last_validation_seconds
+
+    def _record_validation(self, result: dict) -> None:
+        """Patience's count, the schedule, the metrics and the log; last.pt, best.pt when better, the kept step's."""
+        progress = self.progress
+        self.schedule.after_validation(result["valid_ppl"])
+        improved = result["valid_bleu"] > progress.best_bleu
+        if improved:
+            progress.best_bleu = result["valid_bleu"]
+            progress.validations_without_improvement = 0
+        else:
+            progress.validations_without_improvement += 1
+        progress.validated_step = progress.step
+        self.metrics.write(step=progress.step, epoch=progress.epoch, lr=self.schedule.lr, **result)
+        log.info("validation at step %d: loss %.3f, ppl %.2f, BLEU %.2f%s", progress.step, result["valid_loss"],
+                 result["valid_ppl"], result["valid_bleu"], " (best)" if improved else "")
+        kept = [checkpoint.step_name(progress.step)] if self.cfg.train.keep_checkpoints else []
+        self.save("last.pt", *(["best.pt"] if improved else []), *kept)
+        checkpoint.remove_older_steps(self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
 
     def _sync_from_main(self) -> None:
         """After rank 0 validated: every rank takes its lr and counters."""
@@ -228,7 +270,14 @@ class Trainer:
         for key, value in progress.items():  # in place: the training loop holds a reference
             setattr(self.progress, key, value)
 
-    # ------------------------------------------------------------ the loop
+    def save(self, *names: str) -> None:
+        self.saved_at = self.progress.elapsed
+        if self.world.is_main:
+            payload = checkpoint.training_payload(self)
+            for name in names:
+                checkpoint.save(payload, self.run_dir / "checkpoints" / name)
+
+    # ------------------------------------------------------------ what a step may bring
 
     def _check_bad_step(self, loss: float, norm: float) -> None:
         progress = self.progress
@@ -264,120 +313,7 @@ class Trainer:
             raise NMTError(f"{progress.oom_batches} consecutive batches ran out of GPU memory; "
                            f"lower train.batch_tokens (now {self.cfg.train.batch_tokens})")
 
-    def run(self) -> str:
-        """Train until a budget, max_epochs or early stopping ends it; returns why it stopped."""
-        cfg, progress, data = self.cfg.train, self.progress, self.data
-        interactive = self.world.is_main and sys.stderr.isatty()
-        window = {"nll": 0.0, "tokens": 0, "steps": 0, "clipped": 0, "time": time.perf_counter()}
-        reason = budget_spent(cfg, progress.step, progress.elapsed)
-        self.model.train()
-        with self.signals:
-            if reason is None and self._validation_due():  # a signal abandoned it: done first, as it was due
-                reason = self._due_validation(reason)
-            while reason is None and progress.epoch <= cfg.max_epochs:
-                plan = shard(plan_batches(data.train.src_lengths, data.train.tgt_lengths, batch_tokens=cfg.batch_tokens,
-                                          batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=progress.epoch),
-                             self.world.rank, self.world.size)
-                bar = tqdm(total=len(plan), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}",
-                           disable=not interactive, dynamic_ncols=True, unit="batch", mininterval=0.5)
-                while progress.batch_in_epoch < len(plan):
-                    if any_rank(self.signals.signum is not None, self.world):
-                        self._interrupt()
-                    started = time.perf_counter()
-                    self.schedule.follow_budget(budget_fraction(
-                        cfg, progress.step, progress.elapsed, progress.epoch - 1 + progress.batch_in_epoch / len(plan)))
-                    batch = collate(data.train, plan[progress.batch_in_epoch]).to(self.device)
-                    try:
-                        nll, norm, applied = self.train_step(batch)
-                    except torch.cuda.OutOfMemoryError:
-                        del batch
-                        self._handle_oom()
-                        progress.batch_in_epoch += 1
-                        continue
-                    progress.oom_batches = 0
-                    progress.step += 1
-                    progress.batch_in_epoch += 1
-                    progress.elapsed += time.perf_counter() - started
-                    bar.update(1)
-                    if not applied:
-                        self._check_bad_step(nll, norm)
-                    else:
-                        progress.consecutive_bad_steps = 0
-                        clipped = cfg.max_grad_norm is not None and norm >= cfg.max_grad_norm
-                        progress.steps_in_epoch += 1
-                        progress.clipped_in_epoch += clipped
-                        window["nll"] += nll
-                        window["tokens"] += batch.n_tokens
-                        window["steps"] += 1
-                        window["clipped"] += clipped
-                        if progress.step % cfg.log_every == 0:
-                            self._log_window(window, norm, clipped, batch, bar)
-                    reason = budget_spent(cfg, progress.step, progress.elapsed)
-                    if self._validation_due():
-                        reason = self._due_validation(reason)
-                    if reason:
-                        break
-                    self._save_if_due()
-                    if progress.step % RELEASE_MEMORY_EVERY == 0:
-                        release_free_memory()
-                bar.close()
-                if progress.batch_in_epoch >= len(plan):
-                    self._end_epoch()
-                    if (progress.validated_step != progress.step and not self._final_validation_is_near()
-                            and self._timed_validation()):
-                        reason = reason or self._patience_ran_out()
-                    self.schedule.after_epoch(progress.epoch)
-                    progress.epoch += 1
-                    progress.batch_in_epoch = 0
-                    self.save("last.pt")
-                    reason = reason or budget_spent(cfg, progress.step, progress.elapsed)
-            reason = reason or f"train.max_epochs={cfg.max_epochs} reached"
-            if progress.validated_step != progress.step:
-                self._timed_validation()
-        barrier(self.world)
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        log.info("training stopped: %s (step %d, %.1f minutes; peak memory of this process %s MiB)", reason,
-                 progress.step, progress.elapsed / 60, f"{peak_mib:,.0f}")
-        return reason
-
-    def _validation_due(self) -> bool:
-        """`train.valid_every` asks for a validation at this step and it has not run (just trained, or a stop
-        signal abandoned it: the checkpoint that signal saved is of this step, not yet validated)."""
-        step, every = self.progress.step, self.cfg.train.valid_every
-        return bool(every) and step > 0 and step % every == 0 and self.progress.validated_step != step
-
-    def _due_validation(self, reason: str | None) -> str | None:
-        """That validation; why to stop now. Its time counts in the budget: when it spent the rest, stop here,
-        validated, rather than one step later with a second validation."""
-        if self._timed_validation():
-            return self._patience_ran_out()
-        return reason or budget_spent(self.cfg.train, self.progress.step, self.progress.elapsed)
-
-    def _patience_ran_out(self) -> str:
-        return f"early stopping: train.patience={self.cfg.train.patience} validations without a better BLEU"
-
-    def _timed_validation(self) -> bool:
-        """Validate and checkpoint, counting the time in the budget; True when early stopping says stop."""
-        started = time.perf_counter()
-        stop = self._validate_and_checkpoint()
-        self.last_validation_seconds = time.perf_counter() - started
-        self.progress.elapsed += self.last_validation_seconds
-        return stop
-
-    def _final_validation_is_near(self) -> bool:
-        """True when `max_minutes` or `max_steps` ends the run sooner than the last validation took: the run's
-        final validation follows, and one now would spend on itself the budget that is left for training."""
-        progress = self.progress
-        left = seconds_left(self.cfg.train, progress.step, progress.elapsed)
-        near = self.last_validation_seconds is not None and left < self.last_validation_seconds
-        if not any_rank(near, self.world):  # every rank decides alike: the validation waits for all of them
-            return False
-        if near:
-            log.info("epoch %d's validation left to the final one: the budget ends in %.0f s, a validation takes "
-                     "%.0f s", progress.epoch, left, self.last_validation_seconds)
-        return True
-
-    def _end_epoch(self) -> None:
+    def _summarize_epoch(self) -> None:
         progress = self.progress
         if progress.summarized_epoch == progress.epoch:  # resumed from a signal during this epoch's validation
             return
@@ -388,8 +324,22 @@ class Trainer:
         self.metrics.write(step=progress.step, epoch=progress.epoch, event="epoch_end", clip_fraction=fraction)
         progress.clipped_in_epoch = progress.steps_in_epoch = 0
 
-    def _log_window(self, window: dict, norm: float, clipped: bool, batch, bar) -> None:
-        progress = self.progress
+    def _restart_window(self) -> None:
+        self.window = {"nll": 0.0, "tokens": 0, "steps": 0, "clipped": 0, "time": time.perf_counter()}
+
+    def _log_step(self, nll: float, norm: float, batch, bar) -> None:
+        """Count an applied step in the epoch and the logging window; every `log_every` steps, log the window."""
+        cfg, progress, window = self.cfg.train, self.progress, self.window
+        progress.consecutive_bad_steps = 0
+        clipped = cfg.max_grad_norm is not None and norm >= cfg.max_grad_norm
+        progress.steps_in_epoch += 1
+        progress.clipped_in_epoch += clipped
+        window["nll"] += nll
+        window["tokens"] += batch.n_tokens
+        window["steps"] += 1
+        window["clipped"] += clipped
+        if progress.step % cfg.log_every:
+            return
         seconds = time.perf_counter() - window["time"]
         loss = window["nll"] / max(1, window["tokens"])
         tokens_per_sec = window["tokens"] * self.world.size / max(seconds, 1e-9)
@@ -404,9 +354,9 @@ class Trainer:
             log.info("step %d | epoch %d | loss %.3f | ppl %.1f | lr %.3g | gnorm %.2f | clipped %.0f%% | %s tok/s",
                      progress.step, progress.epoch, loss, record["ppl"], self.schedule.lr, norm,
                      100 * record["clip_fraction"], f"{tokens_per_sec:,.0f}")
-        window.update(nll=0.0, tokens=0, steps=0, clipped=0, time=time.perf_counter())
+        self._restart_window()
 
-    def _interrupt(self) -> None:
+    def _interrupt(self) -> NoReturn:
         signum = self.signals.signum
         self.save("last.pt")
         name = signal.Signals(signum).name

@@ -59,7 +59,7 @@ def test_a_failing_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(NMTError, match="No space left on device.*previous checkpoint is intact"):
         checkpoint.save({"model": {"w": torch.zeros(3)}}, path)
     assert path.read_bytes() == before
@@ -70,7 +70,7 @@ def test_training_stops_cleanly_when_saving_fails(tmp_path, monkeypatch, capsys)
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(checkpoint.os, "replace", read_only)
+    monkeypatch.setattr(os, "replace", read_only)
     code = main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(tmp_path / "run"),
                  "--set", "train.max_epochs=1", "--set", "train.threads=1"])
     assert code == 1
@@ -152,18 +152,20 @@ def test_a_signal_during_validation_still_saves_and_says_how_to_resume(tmp_path,
     assert saved["step"] > 0 and saved["epoch"] == 1  # the first epoch's steps, before its validation
 
 
-@pytest.mark.parametrize("abandoned", [2, 3], ids=["mid-epoch validation", "end-of-epoch validation"])
+@pytest.mark.parametrize("abandoned, max_steps", [(2, 40), (3, 40), (6, 50)],
+                         ids=["mid-epoch validation", "end-of-epoch validation", "the last, at an epoch's end"])
 def test_a_validation_a_signal_abandoned_is_done_on_resume_as_the_straight_run_did_it(tmp_path, monkeypatch,
-                                                                                      abandoned):
-    """Steps 10, 20, 30, 40 validate (train.valid_every=10) and so does the end of the 25-batch epoch; the
-    plateau schedule makes the learning rate depend on each of them. A signal during the 2nd or 3rd
-    validation abandons it; the resumed run must do it, once, and end where the straight run ended."""
+                                                                                      abandoned, max_steps):
+    """Steps 10, 20, 30, 40 (and 50) validate (train.valid_every=10) and so do the ends of the 25-batch epochs;
+    the plateau schedule makes the learning rate depend on each of them. A signal during the 2nd, 3rd or 6th
+    validation abandons it; the resumed run must do it, once, and end where the straight run ended. (Step 50
+    ends the budget and epoch 2: a run resumed there used to skip that epoch's end.)"""
     import signal
 
     from nmt import train as train_module
     from nmt.interrupt import Interrupted
 
-    options = ["--config", str(TINY_CONFIG), "--set", "train.max_steps=40", "--set", "train.valid_every=10",
+    options = ["--config", str(TINY_CONFIG), "--set", f"train.max_steps={max_steps}", "--set", "train.valid_every=10",
                "--set", "train.lr_schedule=plateau", "--set", "data.test_split=null", "--set", "train.threads=1"]
 
     def history(run_dir):
@@ -188,7 +190,8 @@ def test_a_validation_a_signal_abandoned_is_done_on_resume_as_the_straight_run_d
     assert main(["train", "--resume", "--run-dir", str(run_dir)]) == 0
 
     validations, epochs = history(tmp_path / "straight")
-    assert [step for step, *_ in validations] == [10, 20, 25, 30, 40] and calls[-1] == validations[abandoned - 1][0]
+    assert [step for step, *_ in validations] == sorted([25, *range(10, max_steps + 1, 10)])
+    assert calls[-1] == validations[abandoned - 1][0]
     assert history(run_dir) == (validations, epochs)
     for name in ("last.pt", "best.pt"):
         straight = torch.load(tmp_path / "straight" / "checkpoints" / name, weights_only=True)

@@ -148,8 +148,9 @@ def test_summed_nll_of_bf16_logits_has_the_float32_gradient_in_bf16():
 
 def test_validation_cadence_patience_pair_limit_and_per_side_tokenizers(tmp_path):
     """valid_every validates every N steps; patience stops after N validations without a better BLEU (a
-    rate too small to change the model never improves); max_train_pairs takes the first N pairs;
-    tokenizer.joint=false trains one sentencepiece model per side."""
+    rate too small to change the model never improves), and a resumed run that patience ended stops at once (it
+    used to train on to its next validation); max_train_pairs takes the first N pairs; tokenizer.joint=false
+    trains one sentencepiece model per side."""
     run_dir = tmp_path / "run"
     result = run_nmt("train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir), "--set", "train.lr=1e-9",
                      "--set", "train.patience=2", "--set", "train.valid_every=5", "--set", "train.max_steps=100",
@@ -163,13 +164,21 @@ def test_validation_cadence_patience_pair_limit_and_per_side_tokenizers(tmp_path
     assert results["steps"] == 15 and results["stopped"].startswith("early stopping: train.patience=2")
     assert (run_dir / "spm.src.model").exists() and (run_dir / "spm.tgt.model").exists()
     assert not (run_dir / "spm.model").exists()
+    resumed = run_nmt("train", "--resume", "--run-dir", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "valid_bleu" in r] == [5, 10, 15]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 15 and results["stopped"].startswith("early stopping: train.patience=2")
 
 
-def test_an_epoch_ending_just_before_the_budget_leaves_its_validation_to_the_final_one(tmp_path, monkeypatch,
-                                                                                       caplog):
-    """200 pairs in 20-sentence batches: epochs end at steps 10 and 20. The budget ends at step 21, sooner than
-    a validation takes, so the run validates at 10 and at its end, not at 20 as well. (A validation is made
-    to take 0.3 s: the tiny model's own take about as long as a step, too close to decide by.)"""
+@pytest.mark.parametrize("max_steps", [21, 20])
+def test_an_epoch_end_leaves_its_validation_to_the_final_one_only_before_the_budget_ends(tmp_path, monkeypatch,
+                                                                                         caplog, max_steps):
+    """200 pairs in 20-sentence batches: epochs end at steps 10 and 20. A budget that ends at step 21, sooner
+    than a validation takes, leaves epoch 2's validation to the run's final one at 21. One that ends at 20
+    makes that epoch end the run's end: it validates there, in epoch 2 (it used to be left to the final
+    validation, logged in an epoch 3 that never ran). (A validation is made to take 3 s: the tiny model's own
+    take about as long as a step, too close to decide by, and on a busy machine a step takes a second or two.)"""
     import logging
     import time
 
@@ -177,15 +186,17 @@ def test_an_epoch_ending_just_before_the_budget_leaves_its_validation_to_the_fin
     from nmt.cli import main
 
     validate = train_module.Trainer.validate
-    monkeypatch.setattr(train_module.Trainer, "validate", lambda self: time.sleep(0.3) or validate(self))
+    monkeypatch.setattr(train_module.Trainer, "validate", lambda self: time.sleep(3) or validate(self))
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="nmt"):
-        assert main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir), "--set", "train.max_steps=21",
-                     "--set", "data.max_train_pairs=200", "--set", "data.test_split=null"]) == 0
+        assert main(["train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir), "--set",
+                     f"train.max_steps={max_steps}", "--set", "data.max_train_pairs=200", "--set",
+                     "data.test_split=null"]) == 0
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records if r.get("event") == "epoch_end"] == [10, 20]
-    assert [r["step"] for r in records if "valid_bleu" in r] == [10, 21]
-    assert "epoch 2's validation left to the final one" in caplog.text
+    validations = [(r["step"], r["epoch"]) for r in records if "valid_bleu" in r]
+    assert validations == ([(10, 1), (21, 3)] if max_steps == 21 else [(10, 1), (20, 2)])
+    assert ("epoch 2's validation left to the final one" in caplog.text) is (max_steps == 21)
 
 
 def test_a_validation_that_spends_the_rest_of_the_budget_ends_the_run_at_its_step(tmp_path, monkeypatch):
