@@ -185,6 +185,10 @@ class TrainConfig:
     #: the decoder's time loop as one autograd function with its own backward (same results, faster):
     #: `auto` = on the CPU; on a GPU autograd's loop with the fused CUDA LSTM cell is kept.
     fused_recurrence: Literal["auto"] | bool = "auto"
+    #: that loop's element-wise steps compiled by torch.compile (inductor), kept under $NMT_CACHE so that
+    #: only a machine's first run compiles; `true` turns the fused loop on, on a GPU too. `auto` = off: on a
+    #: CPU the C kernels are faster (docs/performance.md); on a GPU scripts/gpu_check.sh measures it.
+    compile: Literal["auto"] | bool = "auto"
     #: write a metrics.jsonl record (and a log line) every this many steps.
     log_every: int = 50
     #: stop after this many consecutive steps with a non-finite loss or gradient norm.
@@ -196,6 +200,9 @@ class TrainConfig:
         if self.budget_decays < 1:
             raise NMTError(f"train.budget_decays={self.budget_decays}: must be at least 1; "
                            "for a constant rate use train.lr_schedule=none")
+        if self.compile is True and self.fused_recurrence is False:
+            raise NMTError("train.compile=true compiles the fused recurrence: set train.fused_recurrence to "
+                           "true or auto, or train.compile to auto")
         _check_ranges("train", self, {
             "lr": POSITIVE, "max_grad_norm": POSITIVE, "label_smoothing": _FRACTION_BELOW_1,
             "batch_tokens": AT_LEAST_1, "batch_sentences": AT_LEAST_1, "max_epochs": AT_LEAST_1,
