@@ -55,7 +55,7 @@ def training_payload(trainer) -> dict:
     return {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
             "schedule": trainer.schedule.state_dict(), "scaler": trainer.scaler and trainer.scaler.state_dict(),
             "progress": asdict(trainer.progress), "rng": rng, "config": trainer.cfg.to_dict(),
-            "tokenizer": trainer.tokenizer.state_dict()}
+            "tokenizer": trainer.tokenizer.state_dict(), "computed_by": trainer.computed_by}
 
 
 def restore_training(trainer, payload: dict) -> Progress:
@@ -68,6 +68,9 @@ def restore_training(trainer, payload: dict) -> Progress:
     if "cuda" in payload["rng"] and trainer.device.type == "cuda":
         torch.cuda.set_rng_state(payload["rng"]["cuda"], trainer.device)
     progress = Progress(**payload["progress"])
+    if payload.get("computed_by", trainer.computed_by) != trainer.computed_by:
+        log.warning("this run trained with %s and resumes with %s: it continues, but not bit for bit as it "
+                    "would have on the first machine", payload["computed_by"], trainer.computed_by)
     log.info("continuing epoch %d after its first %d batches", progress.epoch, progress.batch_in_epoch)
     return progress
 

@@ -30,7 +30,7 @@ RESUMABLE_CHANGES = {
     "train": {"max_epochs", "max_steps", "max_minutes", "valid_every", "save_every_minutes", "lr_schedule",
               "lr_decay", "decay_start_epoch", "min_lr", "budget_decay_start", "budget_decays", "patience",
               "log_every", "max_bad_steps", "max_oom_batches", "threads", "device", "precision",
-              "fused_recurrence", "keep_checkpoints"},
+              "fused_recurrence", "compile", "keep_checkpoints"},
     "data": {"test_split"},
     "decode": "*",
 }

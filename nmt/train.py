@@ -33,7 +33,7 @@ from nmt.errors import Diverged, NMTError
 from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
-from nmt.model import Seq2Seq, gemm, kernels
+from nmt.model import Seq2Seq, gemm
 from nmt.schedule import LRSchedule, budget_fraction
 from nmt.tokenizer import PAD, Tokenizer
 from nmt.train_plan import TrainPlan
@@ -65,12 +65,12 @@ class Trainer:
         self.data = data
         self.tokenizer = self.data.tokenizer
         torch.manual_seed(cfg.train.seed)
-        fused = cfg.train.fused_recurrence
-        fused = fused is True or (fused == "auto" and self.device.type == "cpu")
+        fused, compiled = cfg.train.fused_recurrence, cfg.train.compile is True
+        fused = fused is True or compiled or (fused == "auto" and self.device.type == "cpu")
         self.model = Seq2Seq(cfg.model, len(self.tokenizer.src), len(self.tokenizer.tgt),
-                             fused_recurrence=fused).to(self.device)
-        if self.device.type == "cpu" and self.model.decoder.runs_recurrence:
-            kernels.library()  # a first run on a machine builds the recurrence's kernels, before the clock starts
+                             fused_recurrence=fused, compiled_steps=compiled).to(self.device)
+        # a first run on a machine builds the kernels here, before the clock starts
+        self.computed_by = {"precision": self.precision, **self.model.computed_by(self.device)}
         self.train_model = self.model
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -124,6 +124,7 @@ class Trainer:
         """Train until a budget, max_epochs or early stopping ends it; returns why it stopped."""
         progress = self.progress
         self.model.train()
+        self.metrics.write(step=progress.step, event="start", computed_by=self.computed_by)
         self._restart_window()
         with self.signals:
             stop = self._validate_if_due()  # a validation that a stop signal abandoned comes first

@@ -221,3 +221,38 @@ def test_memory_freed_in_pieces_goes_back_to_the_system():
     device.release_free_memory()
     assert rss_mib() < before - 250  # of the 360 MiB freed
     assert all(t.sum() == 2**18 for t in kept)  # what is still in use is untouched
+
+
+def test_a_resume_on_a_machine_that_computes_differently_says_so_in_one_line(tmp_path, caplog):
+    """What ran is recorded (checkpoint and metrics.jsonl); a resume with another recurrence path warns once."""
+    import json
+
+    from nmt.checkpoint import restore_training, training_payload
+    from nmt.config import load_config
+    from nmt.distributed import World
+    from nmt.train import Trainer
+    from tests.conftest import TINY_CONFIG
+
+    def trainer(name, fused):
+        cfg = load_config(TINY_CONFIG, [f"train.fused_recurrence={fused}", "train.device=cpu"])
+        (tmp_path / name).mkdir()
+        return Trainer(cfg, tmp_path / name, World(), None)
+
+    first = trainer("first", "true")
+    assert first.computed_by["recurrence"] in ("C kernels", "PyTorch operations")
+    assert first.computed_by["precision"] == first.precision
+    first.cfg.train.max_steps = 1
+    first.run()
+    start = json.loads((tmp_path / "first" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["computed_by"] == first.computed_by
+    payload = training_payload(first)
+    assert payload["computed_by"] == first.computed_by
+    with caplog.at_level("WARNING"):
+        restore_training(trainer("same", "true"), payload)
+    assert not [r for r in caplog.records if "bit for bit" in r.getMessage()]
+    other = trainer("other", "false")
+    assert other.computed_by["recurrence"] == "autograd's step loop"
+    with caplog.at_level("WARNING"):
+        restore_training(other, payload)
+    warnings = [r.getMessage() for r in caplog.records if "bit for bit" in r.getMessage()]
+    assert len(warnings) == 1 and "autograd's step loop" in warnings[0]

@@ -194,13 +194,6 @@ def steps_for(spec: Spec, acc: torch.dtype, like: Tensor):
     return kernels if kernels.usable(acc, spec.dtype, like) else TorchSteps
 
 
-def path_name(compiled: bool, like: Tensor) -> str:
-    """The recurrence's path as a checkpoint and metrics.jsonl record it."""
-    if compiled:
-        return "torch.compile"
-    return "C kernels" if like.device.type == "cpu" and kernels.library() is not None else "PyTorch operations"
-
-
 class TorchSteps:
     """`kernels`' step functions in PyTorch's operations, with the same signatures: for float64, a GPU, CPUs
     where the kernels cannot be built, and the source `torch.compile` compiles (`compiled_steps`). Each computes

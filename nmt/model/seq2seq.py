@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from nmt.config import ModelConfig
+from nmt.model import gemm, kernels
 from nmt.model.decoder import Decoder, DecoderState, Memory
 from nmt.model.encoder import Encoder
 from nmt.tokenizer import PAD
@@ -49,3 +50,21 @@ class Seq2Seq(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def computed_by(self, device: torch.device) -> dict:
+        """Which code computes training on `device`: the recurrence's path and, on a CPU, the product routes.
+        A resume is bit-exact only where these are the same, so checkpoints and metrics.jsonl record them."""
+        if not self.decoder.runs_recurrence:
+            recurrence = "autograd's step loop"
+        elif self.decoder.compiled_steps:
+            recurrence = "torch.compile"
+        elif device.type == "cpu" and kernels.library() is not None:
+            recurrence = "C kernels"
+        else:
+            recurrence = "PyTorch operations"
+        if device.type != "cpu":
+            return {"recurrence": recurrence, "products": device.type}
+        routes = gemm.routes()
+        return {"recurrence": recurrence, "products": {"step": routes.step, "step_prepacked": routes.step_prepacked,
+                                                       "bulk": routes.bulk, "gradients": routes.gradients,
+                                                       "search_prepacked": routes.prepacked}}
