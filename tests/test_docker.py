@@ -79,8 +79,8 @@ def test_every_documented_docker_run_uses_the_images_volumes_and_a_valid_command
             command = command or json.loads(instructions["CMD"][-1])
         if command == ["--version"]:
             continue  # prints and exits; reads and writes nothing
-        # the caches and the record of nmt's own outputs live in /data: without the volume the same command
-        # run again would refuse to replace its own output
+        # the caches (tokenizers, prepared data, kernels, product routes, the hub's datasets) live in /data:
+        # without the volume every command would build or measure them again
         assert "/data" in mounts, args
         build_parser().parse_args(command)  # exits (fails the test) on an invalid command line
         config = next((command[i + 1] for i, a in enumerate(command) if a == "--config"), None)
