@@ -25,7 +25,7 @@ from nmt.device import cpu_name, describe_cpu, precision_reason
 from nmt.distributed import World
 from nmt.model import gemm, kernels
 from nmt.scoring import bleu
-from nmt.translate import Translator, encode_sources
+from nmt.translator import Translator, encode_sources
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,8 @@ def run_bench(args) -> dict:
     if device.type == "cpu":
         routes = gemm.routes()
         report.update(cpu=describe_cpu(), products=routes.describe(), product_timings_ms=routes.milliseconds,
-                      recurrence_steps=kernels.describe() if trainer.model.decoder.runs_recurrence
-                      else "autograd step loop")
+                      recurrence_steps=trainer.computed_by["recurrence"] if trainer.model.decoder.compiled_steps
+                      or not trainer.model.decoder.runs_recurrence else kernels.describe())
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         report["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20

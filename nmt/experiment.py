@@ -21,7 +21,7 @@ from nmt.errors import NMTError
 from nmt.outputs import write_lines, write_text
 from nmt.scoring import score
 from nmt.train import Trainer
-from nmt.translate import Translator
+from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
 

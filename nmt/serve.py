@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nmt.data.text import split_lines
 from nmt.search import BeamSearch, Hypothesis
-from nmt.translate import Translator, empty_hypotheses
+from nmt.translator import Translator, empty_hypotheses
 
 log = logging.getLogger(__name__)
 

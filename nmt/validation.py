@@ -17,7 +17,7 @@ from nmt.loss import summed_nll
 from nmt.model import Seq2Seq
 from nmt.scoring import bleu
 from nmt.tokenizer import PAD
-from nmt.translate import Translator
+from nmt.translator import Translator
 
 
 def validation_scores(model: Seq2Seq, data: PreparedData, cfg: Config, device: torch.device,

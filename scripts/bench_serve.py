@@ -42,7 +42,7 @@ def in_process_rates(checkpoint: str, lines: list[str], beam: int, in_flight: in
     import torch
 
     from nmt.checkpoint import load_for_inference
-    from nmt.translate import Translator
+    from nmt.translator import Translator
 
     loaded = load_for_inference(Path(checkpoint), torch.device("cpu"))
     decode = loaded.config.decode

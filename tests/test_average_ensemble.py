@@ -8,7 +8,7 @@ from nmt.config import DecodeConfig
 from nmt.errors import NMTError
 from nmt.model.search_step import Ensemble, for_search
 from nmt.search import search
-from nmt.translate import Translator
+from nmt.translator import Translator
 from tests.conftest import TINY_CONFIG, TINY_DATA, run_nmt
 from tests.test_errors import check_error
 

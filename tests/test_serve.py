@@ -97,7 +97,7 @@ def test_a_decoder_that_fails_stops_the_server_instead_of_hanging(tiny_run, monk
     from nmt import checkpoint
     from nmt.serve import Batcher, Limits
     from nmt.serve_app import create_app, serve_until_stopped
-    from nmt.translate import Translator
+    from nmt.translator import Translator
 
     loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
     translator = Translator(loaded.model, loaded.tokenizer, DECODE, device=torch.device("cpu"))
@@ -202,7 +202,7 @@ def app_client(tiny_run):
     from nmt import checkpoint
     from nmt.serve import Limits
     from nmt.serve_app import create_app
-    from nmt.translate import Translator
+    from nmt.translator import Translator
 
     loaded = checkpoint.load_for_inference(tiny_run / "checkpoints" / "best.pt", torch.device("cpu"))
     info = {"source_language": "en", "target_language": "de", "checkpoints": ["best.pt"]}

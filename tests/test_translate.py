@@ -69,7 +69,7 @@ def test_a_long_input_is_read_and_written_a_chunk_at_a_time_with_the_same_lines(
     import io
 
     from nmt.cli import translate as command
-    from nmt.translate import Translator
+    from nmt.translator import Translator
 
     lines = (TINY_DATA / "test.en").read_text(encoding="utf-8").splitlines()[:23]
     lines[4] = lines[9] = ""  # a blank line inside a chunk and one at a chunk's end

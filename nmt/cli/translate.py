@@ -21,7 +21,7 @@ from nmt.device import release_free_memory, resolve_device, resolve_precision
 from nmt.errors import NMTError
 from nmt.outputs import check_output, check_output_folder, replacing, write_lines, write_text
 from nmt.scoring import score, score_files
-from nmt.translate import Translator, format_nbest
+from nmt.translator import Translator, format_nbest
 
 log = logging.getLogger(__name__)
 
