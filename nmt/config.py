@@ -20,6 +20,7 @@ from typing import Literal
 
 import yaml
 
+from nmt.cache import written_whole
 from nmt.config_file import read_config_file
 from nmt.errors import NMTError
 
@@ -377,4 +378,5 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    with written_whole(path) as partial:
+        partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from nmt.cache import written_whole
+
 
 class MetricsLog:
     def __init__(self, run_dir: Path, *, enabled: bool = True, truncate_after_step: int | None = None):
@@ -17,7 +19,8 @@ class MetricsLog:
         if truncate_after_step is not None and self.path.exists():
             # a resumed run repeats the steps after its checkpoint: drop what they logged the first time
             kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= truncate_after_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            with written_whole(self.path) as partial:  # a kill here must not cut the run's history short
+                partial.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

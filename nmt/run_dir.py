@@ -41,7 +41,8 @@ def checkpoints(folder: Path) -> list[Path]:
 
 
 def is_run(folder: Path) -> bool:
-    return read_record(folder).get("run") is True
+    """Marked in the folder's record; `.nmt-run` marked runs made before that record existed."""
+    return read_record(folder).get("run") is True or (folder / ".nmt-run").is_file()
 
 
 def check_new_run_folder(folder: Path) -> None:

@@ -34,6 +34,7 @@ from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
 from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq, gemm
+from nmt.model.recurrence import check_compilable
 from nmt.schedule import LRSchedule, budget_fraction
 from nmt.tokenizer import PAD, Tokenizer
 from nmt.train_plan import TrainPlan
@@ -67,10 +68,12 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         fused, compiled = cfg.train.fused_recurrence, cfg.train.compile is True
         fused = fused is True or compiled or (fused == "auto" and self.device.type == "cpu")
+        if compiled:
+            check_compilable(self.device)
         self.model = Seq2Seq(cfg.model, len(self.tokenizer.src), len(self.tokenizer.tgt),
                              fused_recurrence=fused, compiled_steps=compiled).to(self.device)
         # a first run on a machine builds the kernels here, before the clock starts
-        self.computed_by = {"precision": self.precision, **self.model.computed_by(self.device)}
+        self.computed_by = self.model.computed_by(self.device, self.precision)
         self.train_model = self.model
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel

@@ -104,3 +104,32 @@ def test_the_compiled_steps_equal_autograds_step_loop(hidden):
     autograd_bf16 = outputs_and_gradients(False, dtype=torch.float32, bf16=True, hidden=hidden)[1]
     compiled_bf16 = outputs_and_gradients(True, dtype=torch.float32, bf16=True, compiled=True, hidden=hidden)[1]
     assert relative_error(compiled_bf16) < 1.25 * relative_error(autograd_bf16)
+
+
+def test_compiling_on_a_cpu_without_a_cxx_compiler_is_one_clear_error(monkeypatch):
+    from nmt.errors import NMTError
+    from nmt.model.recurrence import check_compilable
+
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with pytest.raises(NMTError, match="needs a C\\+\\+ compiler"):
+        check_compilable(torch.device("cpu"))
+    check_compilable(torch.device("cuda"))  # Triton's compiler comes with torch
+
+
+def test_an_unwritable_cache_compiles_for_the_process_with_one_warning(monkeypatch, tmp_path, caplog):
+    from nmt.model import recurrence
+
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache would be")
+    monkeypatch.setenv("NMT_CACHE", str(not_a_folder))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    recurrence.compiled_steps.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            recurrence.compiled_steps()
+        import os
+
+        assert "nmt-inductor-" in os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        assert len([r for r in caplog.records if "cannot write" in r.getMessage()]) == 1
+    finally:
+        recurrence.compiled_steps.cache_clear()

@@ -49,6 +49,16 @@ def test_translate_refuses_an_output_that_would_destroy_something(tiny_checkpoin
     assert {p: digest(p) for p in before} == before
 
 
+def test_translate_refuses_its_output_before_reading_any_input(tiny_checkpoint, tmp_path):
+    """A user's file at --output is named before any work: here the input does not even exist yet."""
+    users = tmp_path / "out.de"
+    users.write_text("mine\n")
+    result = run_nmt("translate", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "missing.en"),
+                     "--output", str(users))
+    check_error(result, f"--output {users}", "--overwrite")
+    assert users.read_text() == "mine\n"
+
+
 @pytest.mark.parametrize("flag, value", [("--beam-size", "0"), ("--max-len-ratio", "0"), ("--max-len-ratio", "-1"),
                                          ("--max-len-ratio", "1000"), ("--max-len-ratio", "nan"),
                                          ("--length-penalty", "-0.5"), ("--length-penalty", "inf"),
@@ -242,3 +252,20 @@ def test_resume_takes_the_checkpoint_with_the_most_steps_and_refuses_changes_tha
     assert "last.pt at step 20 (also found: best.pt at step 10)" in result.stderr
     assert json.loads((run_dir / "results.json").read_text())["steps"] == 25
     assert not list(run_dir.rglob("*.partial*"))
+
+
+def test_a_run_folder_marked_the_old_way_is_still_nmts(tmp_path):
+    """Runs made before the per-folder record carry a `.nmt-run` marker: still recognised as nmt's own."""
+    from nmt.run_dir import check_new_run_folder
+
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / "config.yaml").write_text("model: {}\n")
+    with pytest.raises(NMTError, match="config.yaml, which nmt did not write"):
+        check_new_run_folder(old)
+    (old / ".nmt-run").write_text("")
+    check_new_run_folder(old)  # killed before its first checkpoint: started again
+    (old / "checkpoints").mkdir()
+    (old / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(NMTError, match="--resume"):
+        check_new_run_folder(old)

@@ -53,6 +53,7 @@ def _one_line(text: str) -> str:
 
 def translate_command(args) -> int:
     check_flags(args, *DECODING_FLAGS, "--nbest", "--plot-first")
+    plot_folder = _check_outputs(args)
     # a regular file is read twice: counted (and checked for UTF-8) first; a pipe (`<(zcat ...)`) once
     source = Path(args.input)
     pipe = args.input == "-" or (source.exists() and not source.is_file() and not source.is_dir())
@@ -61,7 +62,7 @@ def translate_command(args) -> int:
     chunks = iter(()) if interactive else _input_chunks(args.input)
     first = next(chunks, [])
     plotted = args.plot_first if args.attention_plots else 0  # the first chunk's first lines
-    plots = _check_outputs(args, first[:plotted])
+    plots = _heatmap_files(plot_folder, first[:plotted], args.overwrite) if plot_folder else {}
     translator, _ = load_translator(args)
     nbest, beam_size, tokenizer = args.nbest, translator.decode.beam_size, translator.tokenizer
     if not 1 <= nbest <= beam_size:
@@ -115,17 +116,19 @@ def _input_chunks(source: str):
             return
 
 
-def _check_outputs(args, plotted: list[str]) -> dict[int, Path]:
-    """Every file translate writes, checked before the model loads: --output, and the heatmap of each of the
-    `plotted` lines that is not blank (returned: line index -> its file)."""
+def _check_outputs(args) -> Path | None:
+    """--output and the heatmaps' folder, checked before any work (the folder returned, if any)."""
     if args.output != "-":
         check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []),
                      overwrite=args.overwrite)
-    if not args.attention_plots:
-        return {}
-    folder = check_output_folder(args.attention_plots, flag="--attention-plots")
+    return check_output_folder(args.attention_plots, flag="--attention-plots") if args.attention_plots else None
+
+
+def _heatmap_files(folder: Path, plotted: list[str], overwrite: bool) -> dict[int, Path]:
+    """The heatmap of each of the `plotted` lines that is not blank, checked before the model loads: line
+    index -> its file."""
     return {i: check_output(folder / f"attention_{i + 1:04d}.png", flag="--attention-plots", folder_checked=True,
-                            overwrite=args.overwrite) for i, line in enumerate(plotted) if line.strip()}
+                            overwrite=overwrite) for i, line in enumerate(plotted) if line.strip()}
 
 
 def _draw_attention(folder: Path, plots: dict[int, Path], lines: list[str], hypotheses,

@@ -223,7 +223,7 @@ def _rows(t: Tensor) -> tuple[int, int]:
 
 
 def _bf(t: Tensor) -> int:
-    _require(t.dtype in (torch.bfloat16, torch.float32), f"dtype must be float32 or bfloat16, not {t.dtype}")
+    _require(t.dtype in (torch.bfloat16, torch.float32), "dtype must be float32 or bfloat16")
     return int(t.dtype == torch.bfloat16)
 
 

@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
-from nmt.cache import cache_root
+from nmt.cache import cache_root, unwritable
+from nmt.errors import NMTError
 from nmt.model import kernels
 from nmt.model.gemm import product, step_weight
 from nmt.model.layout import stacked_layers
@@ -263,11 +267,29 @@ class TorchSteps:
 STEPS = [name for name in vars(TorchSteps) if not name.startswith("_")]
 
 
+def check_compilable(device: torch.device) -> None:
+    """On a CPU inductor compiles C++: without a compiler the first step would die deep inside torch."""
+    compiler = os.environ.get("CXX") or "g++"
+    if device.type == "cpu" and shutil.which(compiler) is None:
+        raise NMTError(f"train.compile=true on a CPU needs a C++ compiler ({compiler}, or set $CXX), and none "
+                       "is on PATH: install one (Debian: apt-get install g++) or leave train.compile at auto")
+
+
 @functools.cache
 def compiled_steps() -> SimpleNamespace:
     """`TorchSteps` compiled by `torch.compile` (inductor: fused C++ on a CPU, Triton on a GPU), sizes left
     dynamic so that every batch shape shares one compilation; the compiled code is kept under $NMT_CACHE, so
-    a second process loads it instead of compiling again."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    a second process loads it instead of compiling again (where the cache cannot be written: for this process,
+    in a temporary folder)."""
+    folder = cache_root() / "inductor"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        unwritable(folder, PermissionError(f"cannot write in {folder}"), "compiling the steps for this process only")
+        folder = Path(tempfile.mkdtemp(prefix="nmt-inductor-"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
     return SimpleNamespace(**{name: torch.compile(getattr(TorchSteps, name), dynamic=True, fullgraph=True)
                               for name in STEPS})

@@ -51,9 +51,10 @@ class Seq2Seq(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
-    def computed_by(self, device: torch.device) -> dict:
-        """Which code computes training on `device`: the recurrence's path and, on a CPU, the product routes.
-        A resume is bit-exact only where these are the same, so checkpoints and metrics.jsonl record them."""
+    def computed_by(self, device: torch.device, precision: str) -> dict:
+        """Which code computes training on `device` in `precision`: the recurrence's path and, for float32 on a
+        CPU, the product routes (autocast's products do not take them). A resume is bit-exact only where these
+        are the same, so checkpoints and metrics.jsonl record them."""
         if not self.decoder.runs_recurrence:
             recurrence = "autograd's step loop"
         elif self.decoder.compiled_steps:
@@ -62,9 +63,9 @@ class Seq2Seq(nn.Module):
             recurrence = "C kernels"
         else:
             recurrence = "PyTorch operations"
-        if device.type != "cpu":
-            return {"recurrence": recurrence, "products": device.type}
+        if device.type != "cpu" or precision != "fp32":
+            return {"precision": precision, "recurrence": recurrence, "products": f"{device.type} {precision}"}
         routes = gemm.routes()
-        return {"recurrence": recurrence, "products": {"step": routes.step, "step_prepacked": routes.step_prepacked,
-                                                       "bulk": routes.bulk, "gradients": routes.gradients,
-                                                       "search_prepacked": routes.prepacked}}
+        products = {"step": routes.step, "step_prepacked": routes.step_prepacked, "bulk": routes.bulk,
+                    "gradients": routes.gradients, "search_prepacked": routes.prepacked}
+        return {"precision": precision, "recurrence": recurrence, "products": products}
