@@ -204,7 +204,7 @@ class Trainer:
         """The validation `train.valid_every` asks for at this step; why the run stops here, or None."""
         if self.plan.validation("step", self.progress, self.last_validation_seconds).validate:
             self._validate()
-        return self.plan.stop(self.progress)
+        return self._stop_together(self.plan.stop(self.progress))
 
     def _end_epoch(self) -> str | None:
         """The epoch's summary, its validation, the schedule's epoch step and last.pt; why the run stops, or None."""
@@ -219,7 +219,15 @@ class Trainer:
         progress.epoch += 1
         progress.batch_in_epoch = 0
         self.save("last.pt")
-        return self.plan.stop(progress)
+        return self._stop_together(self.plan.stop(progress))
+
+    def _stop_together(self, stop: str | None) -> str | None:
+        """Under torchrun each rank times `max_minutes` on its own clock, and one that stopped a step before the
+        others would leave them waiting in the next collective: all stop where the first does."""
+        if self.world.distributed and self.cfg.train.max_minutes is not None:
+            if any_rank(stop is not None, self.world) and stop is None:
+                stop = f"train.max_minutes={self.cfg.train.max_minutes} reached on another rank's clock"
+        return stop
 
     # ------------------------------------------------------------ validation and checkpoints
 

@@ -130,3 +130,23 @@ def test_only_rank_0_logs_the_runs_progress(rank, level, monkeypatch):
         assert logger.level == level
     finally:
         logger.setLevel(before)
+
+
+def test_ranks_stop_together_where_the_first_ranks_clock_ends_the_budget(tmp_path, monkeypatch):
+    """Each rank times max_minutes itself: a rank whose clock has not run out stops with the one whose has,
+    instead of waiting alone in the next collective."""
+    from nmt import train
+    from nmt.config import load_config
+    from nmt.distributed import World
+    from tests.conftest import TINY_CONFIG
+
+    trainer = train.Trainer(load_config(TINY_CONFIG, ["train.max_minutes=5"]), tmp_path, World(), None)
+    asked = []
+    monkeypatch.setattr(train, "any_rank", lambda flag, world: asked.append(flag) or True)  # another rank stops
+    assert trainer._stop_together(None) is None and not asked  # one process: nothing to agree on
+    trainer.world = World(rank=1, local_rank=1, size=2)
+    assert trainer._stop_together(None) == "train.max_minutes=5.0 reached on another rank's clock"
+    assert trainer._stop_together("train.max_minutes=5.0 reached") == "train.max_minutes=5.0 reached"
+    assert asked == [False, True]
+    trainer.cfg.train.max_minutes = None  # steps and epochs are counted alike on every rank: no collective
+    assert trainer._stop_together(None) is None and asked == [False, True]
