@@ -10,6 +10,7 @@ set aside, with the unused prepared data.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -106,6 +107,15 @@ def unwritable(path: Path, error: OSError, consequence: str) -> None:
     """One warning for a cache entry that cannot be written: the process goes on with what it has."""
     log.warning("%s: cannot write it (%s); %s; set NMT_CACHE to a writable folder to keep it",
                 path, error.strerror or error, consequence)
+
+
+def unwritable_folder(folder: Path) -> OSError | None:
+    """Why `folder` cannot be created or written, or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return error
+    return None if os.access(folder, os.W_OK) else PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 
 @contextlib.contextmanager

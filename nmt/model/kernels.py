@@ -22,7 +22,6 @@ written the library is built for the process in a temporary folder.
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
 import hashlib
 import logging
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nmt.cache import cache_root, set_aside, unwritable, written_whole
+from nmt.cache import cache_root, set_aside, unwritable, unwritable_folder, written_whole
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
             except (OSError, AttributeError) as error:  # truncated, overwritten, not ours: build it again
                 set_aside(target, f"not a library of these kernels ({str(error).splitlines()[0][:160]})",
                           "building them again")
-        unwritable_because = _unwritable_folder(folder)
+        unwritable_because = unwritable_folder(folder)
         if unwritable_because is None:
             # built under a name of its own, then renamed: ranks of one torchrun job may build at once
             with written_whole(target) as built:
@@ -167,15 +166,6 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
         return None, str(failure)
     except (OSError, AttributeError, subprocess.SubprocessError) as error:
         return None, f"could not build or load them in {folder}: {error}"
-
-
-def _unwritable_folder(folder: Path) -> OSError | None:
-    """Why `folder` cannot be created or written, or None."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        return error
-    return None if os.access(folder, os.W_OK) else PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 
 @functools.cache

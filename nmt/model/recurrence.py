@@ -39,7 +39,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from nmt.cache import cache_root, unwritable
+from nmt.cache import cache_root, unwritable, unwritable_folder
 from nmt.errors import NMTError
 from nmt.model import kernels
 from nmt.model.gemm import product, step_weight
@@ -206,7 +206,7 @@ class TorchSteps:
 
     @staticmethod
     def cell_forward(pre, add, cell_prev, act, cell, tanh_cell, h, mask=None, above=None):
-        i, f, g, o = torch.add(pre, add).chunk(4, 1)  # float32: add is
+        i, f, g, o = torch.add(pre, add).chunk(4, 1)  # float32 whatever pre's dtype: add is float32
         i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
         torch.cat([i, f, g, o], 1, out=act)
         cell.copy_(f * cell_prev + i * g)
@@ -282,13 +282,9 @@ def compiled_steps() -> SimpleNamespace:
     a second process loads it instead of compiling again (where the cache cannot be written: for this process,
     in a temporary folder)."""
     folder = cache_root() / "inductor"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        writable = os.access(folder, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
-        unwritable(folder, PermissionError(f"cannot write in {folder}"), "compiling the steps for this process only")
+    because = unwritable_folder(folder)
+    if because is not None:
+        unwritable(folder, because, "compiling the steps for this process only")
         folder = Path(tempfile.mkdtemp(prefix="nmt-inductor-"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
     return SimpleNamespace(**{name: torch.compile(getattr(TorchSteps, name), dynamic=True, fullgraph=True)
