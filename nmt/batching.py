@@ -1,8 +1,7 @@
 """Length-bucketed batches, reproducible from (seed, epoch), and padded tensors for them.
 
-The batch plan of an epoch is a pure function of the lengths, the seed and the
-epoch number, so a resumed run (or another rank) rebuilds exactly the same plan
-and skips the batches already done.
+An epoch's batch plan is a pure function of the lengths, the seed and the epoch number, so a resumed run (or
+another rank) rebuilds exactly the same plan and skips the batches already done.
 """
 
 from __future__ import annotations
@@ -53,14 +52,8 @@ def source_tensor(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tenso
 
 def collate(pairs: TokenizedPairs, indices) -> Batch:
     sources, targets = pairs.rows(indices)
-    src_tensor, src_lengths = source_tensor(sources)
-    return Batch(
-        src=src_tensor,
-        src_lengths=src_lengths,
-        tgt_in=pad(targets, prefix=[BOS]),
-        tgt_out=pad(targets, suffix=[EOS]),
-        n_tokens=sum(len(t) + 1 for t in targets),
-    )
+    return Batch(*source_tensor(sources), tgt_in=pad(targets, prefix=[BOS]), tgt_out=pad(targets, suffix=[EOS]),
+                 n_tokens=sum(len(t) + 1 for t in targets))
 
 
 @dataclass
@@ -83,20 +76,12 @@ class BatchPlan:
         return (self[j] for j in range(len(self)))
 
 
-def plan_batches(
-    src_lengths,
-    tgt_lengths,
-    *,
-    batch_tokens: int,
-    batch_sentences: int | None,
-    seed: int,
-    epoch: int,
-    shuffle: bool = True,
-) -> BatchPlan:
+def plan_batches(src_lengths, tgt_lengths, *, batch_tokens: int, batch_sentences: int | None, seed: int, epoch: int,
+                 shuffle: bool = True) -> BatchPlan:
     """Group pairs of similar length into batches; shuffle pairs within a length and the batch order.
 
-    A batch holds `batch_sentences` pairs when that is set, else as many as keep
-    (pairs x longest side, EOS included, padding included) within `batch_tokens`.
+    A batch holds `batch_sentences` pairs when that is set, else as many as keep (pairs x longest side, EOS
+    included, padding included) within `batch_tokens`.
     """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     src, tgt = np.asarray(src_lengths), np.asarray(tgt_lengths)
@@ -104,10 +89,8 @@ def plan_batches(
     tie_break = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
     order = np.lexsort((tie_break, src, tgt))  # by target length, then source length, then at random
     del tie_break
-    if batch_sentences:
-        starts = list(range(0, n, batch_sentences))
-    else:
-        starts = _token_budget_starts(np.maximum(src, tgt)[order], batch_tokens)
+    starts = (range(0, n, batch_sentences) if batch_sentences
+              else _token_budget_starts(np.maximum(src, tgt)[order], batch_tokens))
     starts = np.array([*starts, n], dtype=np.int64)
     batches = len(starts) - 1
     batch_order = torch.randperm(batches, generator=generator).numpy() if shuffle else np.arange(batches)

@@ -77,7 +77,6 @@ def restore_training(trainer, payload: dict) -> Progress:
 
 def save(payload: dict, path: Path) -> None:
     """Write atomically; on failure the previous file at `path` is untouched and NMTError is raised."""
-    path = Path(path)
     buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of Python's own write
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     try:
@@ -85,14 +84,12 @@ def save(payload: dict, path: Path) -> None:
         with written_whole(path, durable=True, keep_suffix=False) as partial:
             partial.write_bytes(buffer.getbuffer())
     except OSError as error:
-        raise NMTError(
-            f"{path}: could not save the checkpoint ({error.strerror or error}); the previous checkpoint "
-            f"is intact; free disk space or fix the folder's permissions, then resume with --resume"
-        ) from None
+        raise NMTError(f"{path}: could not save the checkpoint ({error.strerror or error}); the previous "
+                       "checkpoint is intact; free disk space or fix the folder's permissions, then resume with "
+                       "--resume") from None
 
 
 def load(path: Path) -> dict:
-    path = Path(path)
     if not path.is_file():
         raise NMTError(f"{path}: checkpoint not found")
     try:
@@ -111,10 +108,8 @@ def load(path: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise NMTError(f"{path}: not an nmt checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
-        raise NMTError(
-            f"{path}: checkpoint format version {payload.get('version')} but this nmt reads version {VERSION}; "
-            f"use the nmt release that wrote it"
-        )
+        raise NMTError(f"{path}: checkpoint format version {payload.get('version')} but this nmt reads version "
+                       f"{VERSION}; use the nmt release that wrote it")
     return payload
 
 
@@ -137,18 +132,9 @@ def latest_intact(folder: Path) -> tuple[Path, dict] | None:
     return path, payload
 
 
-def step_name(step: int) -> str:
-    return f"step_{step:08d}.pt"
-
-
 def step_checkpoints(folder: Path) -> list[Path]:
     """A run's kept `step_<step>.pt` checkpoints, oldest first."""
-    return sorted(Path(folder).glob("step_*.pt"))
-
-
-def remove_older_steps(folder: Path, keep: int) -> None:
-    for path in step_checkpoints(folder)[:-keep] if keep else []:
-        path.unlink(missing_ok=True)
+    return sorted(folder.glob("step_*.pt"))
 
 
 def average(paths: list[Path]) -> dict:
@@ -159,11 +145,11 @@ def average(paths: list[Path]) -> dict:
     payloads = [load(path) for path in paths]
     first, reference = payloads[0], paths[0]
     for path, payload in zip(paths, payloads):
-        if "model" not in payload or "tokenizer" not in payload or "config" not in payload:
+        if any(key not in payload for key in ("model", "tokenizer", "config")):
             raise NMTError(f"{path}: an incomplete nmt checkpoint (no model, tokenizer or config)")
+    expected = {k: tuple(v.shape) for k, v in first["model"].items()}
     for path, payload in zip(paths[1:], payloads[1:]):
         shapes = {k: tuple(v.shape) for k, v in payload["model"].items()}
-        expected = {k: tuple(v.shape) for k, v in first["model"].items()}
         if shapes != expected:
             differ = sorted(set(shapes.items()) ^ set(expected.items()))[0][0]
             raise NMTError(f"{path}: its model differs from {reference}'s (first difference: {differ}); "
@@ -171,23 +157,15 @@ def average(paths: list[Path]) -> dict:
         if tokenizer_difference(payload["tokenizer"], first["tokenizer"]):
             raise NMTError(f"{path}: its tokenizer differs from {reference}'s; average checkpoints trained "
                            "on the same data and sentencepiece model")
+    models = [payload["model"] for payload in payloads]
     for i in range(1, len(paths)):  # best.pt is often last.pt's step: those weights would count twice
-        twin = next((j for j in range(i) if _same_weights(payloads[i]["model"], payloads[j]["model"])), None)
+        twin = next((j for j in range(i) if all(torch.equal(v, models[j][k]) for k, v in models[i].items())), None)
         if twin is not None:
             log.warning("%s holds the same weights as %s: they count twice in the average", paths[i], paths[twin])
-    averaged = {}
-    for key, value in first["model"].items():
-        if value.is_floating_point():
-            total = sum(payload["model"][key].double() for payload in payloads)
-            averaged[key] = (total / len(payloads)).to(value.dtype)
-        else:
-            averaged[key] = value.clone()
+    averaged = {key: (sum(model[key].double() for model in models) / len(models)).to(value.dtype)
+                if value.is_floating_point() else value.clone() for key, value in first["model"].items()}
     return {"model": averaged, "config": first["config"], "tokenizer": first["tokenizer"],
             "averaged_from": [str(path) for path in paths]}
-
-
-def _same_weights(a: dict, b: dict) -> bool:
-    return all(torch.equal(value, b[key]) for key, value in a.items())
 
 
 def tokenizer_difference(a: dict, b: dict) -> str | None:

@@ -1,12 +1,10 @@
 """Where and in what precision to run: device choice, the CPU's bfloat16 support, autocast, threads, and
 handing freed memory back to the system.
 
-The CPUs this runs on are not alike. bfloat16 arithmetic is native on CPUs with
-AVX-512-BF16 or AMX (oneDNN runs bf16 products and LSTMs on them at about twice
-the float32 rate); on other AVX-512 CPUs oneDNN emulates it, slower than float32;
-on AVX2-only CPUs oneDNN has no bf16 LSTM at all, and training in bf16 would die
-in its first step. So `auto` picks bf16 only where it is native, and an explicit
-bf16 is refused (training) or warned about (decoding) where it is not.
+CPUs differ: bfloat16 arithmetic is native on CPUs with AVX-512-BF16 or AMX (oneDNN runs bf16 products and
+LSTMs there at about twice the float32 rate); other AVX-512 CPUs emulate it, slower than float32; on AVX2-only
+CPUs oneDNN has no bf16 LSTM, and training in bf16 would die in its first step. So `auto` picks bf16 only where
+it is native, and an explicit bf16 is refused (training) or warned about (decoding) where it is not.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import ctypes
 import functools
 import logging
 import platform
-import sys
+import re
 from pathlib import Path
 
 import torch
@@ -49,13 +47,9 @@ def cpu_name() -> str:
 
 
 def _first_processor(text: str) -> dict[str, str]:
-    """The first processor's fields in a /proc/cpuinfo text."""
+    """The first processor's fields in a /proc/cpuinfo text: its first block of lines."""
     fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if fields:
-                break  # the first processor's block ends
-            continue
+    for line in re.split(r"\n\s*\n", text.strip())[0].splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     return fields
@@ -67,10 +61,8 @@ def _name_from_cpuinfo(text: str) -> str:
     name = fields.get("model name")
     if not name:
         raise ValueError("no model name")
-    family, model = fields.get("cpu family"), fields.get("model")
-    if family and model and family.isdigit() and model.isdigit():
-        return f"{name} (family {family}, model {model})"
-    return name
+    family, model = fields.get("cpu family", ""), fields.get("model", "")
+    return f"{name} (family {family}, model {model})" if family.isdigit() and model.isdigit() else name
 
 
 def cpu_flags() -> list[str]:
@@ -169,8 +161,7 @@ def autocast(device: torch.device, precision: str):
     """Autocast for bf16/fp16 (weights, loss and gradients stay float32); nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def set_threads(threads: int | None) -> None:
@@ -180,10 +171,8 @@ def set_threads(threads: int | None) -> None:
 
 @functools.cache
 def _malloc_trim():
-    if not sys.platform.startswith("linux"):
-        return None
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc; musl has none
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc; musl has none, other systems no libc.so.6
     except (OSError, AttributeError):
         return None
 

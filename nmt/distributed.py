@@ -43,16 +43,13 @@ def any_rank(flag: bool, world: World) -> bool:
     """True on every rank when it is true on any (so all ranks stop at the same step)."""
     if not world.distributed:
         return flag
-    tensor = torch.tensor([1.0 if flag else 0.0])
-    if dist.get_backend() == "nccl":  # NCCL reduces only tensors on the GPU
-        tensor = tensor.cuda()
+    # NCCL reduces only tensors on the GPU
+    tensor = torch.tensor([1.0 if flag else 0.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
 
 
-def broadcast_object(value, world: World):
-    if not world.distributed:
-        return value
+def broadcast_object(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from nmt import checkpoint
 from nmt import run_dir as run_dir_rules
 from nmt.config import apply_overrides, config_from_dict, load_config, save_config
@@ -58,8 +60,8 @@ def open_run(config_path: str | None, overrides: list[str], run_dir: str | None,
         raise NMTError(f"{folder}: no checkpoint to resume from; start a new run with this --run-dir or another")
     wanted = load_config(config_path, overrides).to_dict() if config_path else apply_overrides(
         copy.deepcopy(embedded), overrides)
-    values = run_dir_rules.resumed_config_values(embedded, wanted, source)
-    return config_from_dict(values, source), folder, payload
+    run_dir_rules.check_resume_changes(embedded, wanted, source)
+    return config_from_dict(wanted, source), folder, payload
 
 
 def train_and_test(config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
@@ -108,21 +110,12 @@ def warn_if_sized_for_a_gpu(trainer) -> None:
 
 def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dict:
     cfg, run_dir, progress = trainer.cfg, trainer.run_dir, trainer.progress
-    results = {
-        "steps": progress.step,
-        "epochs_completed": progress.epoch - 1,
-        "train_minutes": round(progress.elapsed / 60, 2),
-        "wall_minutes": round(wall_seconds / 60, 2),
-        "stopped": stop_reason,
-        "best_valid_bleu": progress.best_bleu,
-        "non_finite_steps": progress.bad_steps,
-        "parameters": trainer.model.num_parameters(),
-        "device": str(trainer.device),
-        "precision": trainer.precision,
-    }
+    results = {"steps": progress.step, "epochs_completed": progress.epoch - 1,
+               "train_minutes": round(progress.elapsed / 60, 2), "wall_minutes": round(wall_seconds / 60, 2),
+               "stopped": stop_reason, "best_valid_bleu": progress.best_bleu, "non_finite_steps": progress.bad_steps,
+               "parameters": trainer.model.num_parameters(), "device": str(trainer.device),
+               "precision": trainer.precision}
     if trainer.device.type == "cuda":
-        import torch
-
         results["gpu"] = torch.cuda.get_device_name(trainer.device)
         results["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(trainer.device) / 2**20)
     test = trainer.data.test
@@ -137,13 +130,10 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
         hyp_path = run_dir / f"test.hyp.{cfg.data.tgt_lang}"
         write_lines(hyp_path, hypotheses)
         scores = score(hypotheses, [test.tgt])
-        results.update({
-            "test_split": test.name, "checkpoint": str(best), "beam_size": decode.beam_size,
-            "length_penalty": decode.length_penalty, "hypotheses": str(hyp_path),
-            "test_bleu": scores["bleu"], "test_chrf": scores["chrf"], "test_ter": scores["ter"],
-            "bleu_signature": scores["bleu_signature"], "chrf_signature": scores["chrf_signature"],
-            "ter_signature": scores["ter_signature"],
-        })
+        results.update(test_split=test.name, checkpoint=str(best), beam_size=decode.beam_size,
+                       length_penalty=decode.length_penalty, hypotheses=str(hyp_path),
+                       **{f"test_{m}": scores[m] for m in ("bleu", "chrf", "ter")},
+                       **{f"{m}_signature": scores[f"{m}_signature"] for m in ("bleu", "chrf", "ter")})
         log.info("test %s: %s", test.name, scores["bleu_text"])
         log.info("BLEU signature: %s", scores["bleu_signature"])
         log.info("chrF2 = %.2f  (%s)", scores["chrf"], scores["chrf_signature"])

@@ -19,17 +19,14 @@ class StopSignals:
     def __init__(self):
         self.signum: int | None = None
         self.abandon_now = False
-        self._previous = {}
 
     def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        return False
 
     def _handle(self, signum, frame):
         first = self.signum is None

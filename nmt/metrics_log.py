@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -10,23 +11,21 @@ from nmt.cache import written_whole
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, *, enabled: bool = True, truncate_after_step: int | None = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
+    def __init__(self, run_dir: Path, *, enabled: bool, truncate_after_step: int):
+        self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
         self._tensorboard = None
         if not enabled:
             return
-        if truncate_after_step is not None and self.path.exists():
+        if self.path.exists():
             # a resumed run repeats the steps after its checkpoint: drop what they logged the first time
             kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= truncate_after_step]
             with written_whole(self.path) as partial:  # a kill here must not cut the run's history short
                 partial.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        try:
+        with contextlib.suppress(ImportError):  # tensorboard is an optional extra
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-        except ImportError:  # tensorboard is an optional extra
-            pass
+            self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, **record) -> None:
         if not self.enabled:
@@ -44,10 +43,6 @@ class MetricsLog:
 def read_metrics(path: Path) -> list[dict]:
     records = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
+        with contextlib.suppress(json.JSONDecodeError):  # a blank line, or one cut short by a crash
+            records.append(json.loads(line))
     return records

@@ -8,7 +8,6 @@ dies, so a killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import logging
 import os
@@ -36,10 +35,6 @@ RESUMABLE_CHANGES = {
 }
 
 
-def checkpoints(folder: Path) -> list[Path]:
-    return sorted((folder / "checkpoints").glob("*.pt"))
-
-
 def is_run(folder: Path) -> bool:
     """Marked in the folder's record; `.nmt-run` marked runs made before that record existed."""
     return read_record(folder).get("run") is True or (folder / ".nmt-run").is_file()
@@ -53,7 +48,7 @@ def check_new_run_folder(folder: Path) -> None:
     if not folder.exists():
         return
     if is_run(folder):
-        if checkpoints(folder):
+        if any((folder / "checkpoints").glob("*.pt")):
             raise NMTError(f"{folder} already holds a run; continue it with --resume, or choose another --run-dir")
         log.info("%s holds a run that saved no checkpoint: starting it again from the beginning", folder)
         return
@@ -63,24 +58,14 @@ def check_new_run_folder(folder: Path) -> None:
                        "choose another --run-dir")
 
 
-def changed_keys(before: dict, after: dict) -> list[str]:
-    """The settings that differ between two config dicts and that a resume may not change."""
-    changed = []
-    for section, values in after.items():
-        allowed = RESUMABLE_CHANGES.get(section, set())
-        for key, value in values.items():
-            if before.get(section, {}).get(key) != value and allowed != "*" and key not in allowed:
-                changed.append(f"{section}.{key}")
-    return changed
-
-
-def resumed_config_values(embedded: dict, overrides_applied: dict, source: str) -> dict:
-    """The config a resume runs with, refusing changes to what defines the run."""
-    changed = changed_keys(embedded, overrides_applied)
+def check_resume_changes(embedded: dict, wanted: dict, source: str) -> None:
+    """Refuse a resume whose config dict `wanted` changes a setting of the run's `embedded` one that defines it."""
+    changed = [f"{section}.{key}" for section, values in wanted.items() for key, value in values.items()
+               if embedded.get(section, {}).get(key) != value
+               and RESUMABLE_CHANGES.get(section) != "*" and key not in RESUMABLE_CHANGES.get(section, set())]
     if changed:
         raise NMTError(f"{source}: --resume cannot change {', '.join(changed)} (they define the run it "
                        "continues); start a new run with another --run-dir instead")
-    return copy.deepcopy(overrides_applied)
 
 
 class RunLock:
@@ -97,8 +82,7 @@ class RunLock:
             self.handle.close()
             raise NMTError(f"{folder}: another nmt process (pid {holder}) is training in this run directory; "
                            "wait for it to finish, or choose another --run-dir") from None
-        self.handle.seek(0)
-        self.handle.truncate()
+        self.handle.truncate(0)  # "a+": the write goes to the end, now the start
         self.handle.write(f"{os.getpid()}\n")
         self.handle.flush()
         update_record(folder, lambda record: record.update(run=True))

@@ -1,12 +1,10 @@
 """Learning-rate schedules for SGD.
 
-`budget`: constant, then multiplied by `lr_decay` at evenly spaced fractions of
-the run's budget (`budget_decay_start`, then `budget_decays` points before the
-end). A run limited by wall-clock minutes anneals however fast the machine is:
-Luong et al.'s epoch schedule, which starts decaying at a fixed epoch, never
-decays on a machine too slow to reach that epoch. `plateau`: multiply the rate
-by `lr_decay` whenever validation perplexity fails to improve on the best so
-far. `epoch`: multiply it at the end of every epoch from `decay_start_epoch` on.
+`budget`: constant, then multiplied by `lr_decay` at evenly spaced fractions of the run's budget
+(`budget_decay_start`, then `budget_decays` points before the end). A run limited by wall-clock minutes anneals
+however fast the machine is: Luong et al.'s epoch schedule, which starts decaying at a fixed epoch, never decays on
+a machine too slow to reach that epoch. `plateau`: multiply the rate by `lr_decay` whenever validation perplexity
+fails to improve on the best so far. `epoch`: multiply it at the end of every epoch from `decay_start_epoch` on.
 `none`: constant. Never below `min_lr`.
 """
 
@@ -23,12 +21,9 @@ log = logging.getLogger(__name__)
 def budget_fraction(cfg: TrainConfig, step: int, elapsed_seconds: float, epochs_done: float) -> float:
     """How much of the run's budget is spent, 0 to 1: the largest fraction among the limits that are set
     (`max_minutes`, `max_steps`, and always `max_epochs`), since the first of them to run out ends the run."""
-    spent = [epochs_done / cfg.max_epochs]
-    if cfg.max_steps:
-        spent.append(step / cfg.max_steps)
-    if cfg.max_minutes:
-        spent.append(elapsed_seconds / (60.0 * cfg.max_minutes))
-    return min(1.0, max(spent))
+    steps = step / cfg.max_steps if cfg.max_steps else 0.0
+    minutes = elapsed_seconds / (60.0 * cfg.max_minutes) if cfg.max_minutes else 0.0
+    return min(1.0, max(epochs_done / cfg.max_epochs, steps, minutes))
 
 
 def budget_spent(cfg: TrainConfig, step: int, elapsed_seconds: float) -> str | None:
@@ -43,12 +38,9 @@ def budget_spent(cfg: TrainConfig, step: int, elapsed_seconds: float) -> str | N
 def seconds_left(cfg: TrainConfig, step: int, elapsed_seconds: float) -> float:
     """Training seconds before `max_minutes` or `max_steps` ends the run (inf with neither), the steps left at
     the run's mean pace so far."""
-    left = math.inf
-    if cfg.max_minutes:
-        left = 60.0 * cfg.max_minutes - elapsed_seconds
-    if cfg.max_steps and step:
-        left = min(left, (cfg.max_steps - step) * elapsed_seconds / step)
-    return left
+    minutes = 60.0 * cfg.max_minutes - elapsed_seconds if cfg.max_minutes else math.inf
+    steps = (cfg.max_steps - step) * elapsed_seconds / step if cfg.max_steps and step else math.inf
+    return min(minutes, steps)
 
 
 def budget_decay_points(cfg: TrainConfig) -> list[float]:

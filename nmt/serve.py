@@ -1,11 +1,7 @@
-"""`nmt serve`: an HTTP API and a page over a loaded model (or ensemble), with concurrent requests decoded
-in shared batches.
-
-The event loop parses and checks requests and encodes their text; one decoding thread (`Batcher`) runs a
-beam search per decoding setting (beam size, n-best, attention) that new sentences join at its next step
-(continuous batching), and answers each request when its last sentence is done. Whatever fails in a shared
-search is decoded again request by request, so one request's failure never fails another's.
-"""
+"""`nmt serve`'s decoding: the event loop checks requests and encodes their text; one decoding thread
+(`Batcher`) runs a beam search per decoding setting (beam size, n-best, attention) that new sentences join at
+its next step (continuous batching). Whatever fails in a shared search is decoded again request by request,
+so one request's failure never fails another's."""
 
 from __future__ import annotations
 
@@ -20,7 +16,6 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nmt.data.text import split_lines
 from nmt.search import BeamSearch, Hypothesis
 from nmt.translator import Translator, empty_hypotheses
 
@@ -52,10 +47,6 @@ class TranslateRequest(BaseModel):
     attention: bool = Field(False, description="include each line's attention weights and pieces")
 
 
-class QueueFull(Exception):
-    pass
-
-
 @dataclass(eq=False)
 class _Job:
     """One request's sentences; the decoding thread fills `results` and settles `future` on the event loop."""
@@ -63,7 +54,6 @@ class _Job:
     sources: list[list[int]]
     key: tuple[int, int, bool]  # beam size, n-best, attention
     future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
     results: list = field(default_factory=list)
     left: int = 0  # sentences still decoding
     abandoned: bool = False  # answered, timed out, or its client left: not started, or dropped at the next step
@@ -75,12 +65,8 @@ class _Job:
 
 
 class Batcher:
-    """Continuous batching: `run` (in the server's main thread, or a thread of its own) keeps a `BeamSearch`
-    per decoding setting; requests' sentences join it at its next step while others are half-way, and each
-    request is answered as soon as its last sentence is done. The batch stays as full as the load allows,
-    and nobody waits for a longer sentence that happened to arrive at the same moment. On an idle server,
-    the first sentences wait `max_wait_ms` for others to share their first step. Sentences in the searches
-    are bounded by `batch_tokens` source pieces; more wait their turn in arrival order."""
+    """Continuous batching (see `BeamSearch`): each request is answered as soon as its last sentence is done.
+    The searches hold at most `batch_tokens` source pieces; more sentences wait in arrival order."""
 
     def __init__(self, translator: Translator, limits: Limits):
         self.translator, self.limits = translator, limits
@@ -88,16 +74,14 @@ class Batcher:
         self.waiting = 0  # sentences of requests not yet answered; beyond max_queue new ones get 503
         self.batches = 0  # groups of requests that joined a search together
         self.steps = 0
-        self.pieces: dict[tuple, int] = {}  # source pieces in each search
         self.thread: threading.Thread | None = None
         self.decoding = 0  # sentences in the searches
         self.abandons = 0  # requests left unanswered (timed out, client gone): their sentences leave the search
 
     async def translate(self, sources: list[list[int]], beam_size: int, nbest: int, attention: bool):
         if self.waiting + len(sources) > self.limits.max_queue:
-            raise QueueFull
-        loop = asyncio.get_running_loop()
-        job = _Job(sources, (beam_size, nbest, attention), loop.create_future(), loop)
+            raise queue.Full  # more than `max_queue` sentences would wait
+        job = _Job(sources, (beam_size, nbest, attention), asyncio.get_running_loop().create_future())
         self.waiting += len(sources)
         self.incoming.put(job)
         try:
@@ -125,53 +109,40 @@ class Batcher:
         backlog: deque[_Job] = deque()  # arrived, not yet admitted
         searches: dict[tuple, BeamSearch] = {}  # one per decoding setting
         abandons = 0
-        while True:
-            idle = not searches and not backlog
-            try:
-                self._take(backlog, block=idle)
-            except _Stop:
-                return
+        while self._take(backlog, block=not searches and not backlog):
             if abandons != self.abandons:  # read without a lock: a late count only delays a drop by a step
                 abandons = self.abandons
-                self._drop_abandoned(searches)
+                for key, search in list(searches.items()):  # sentences nobody waits for leave, freeing rows
+                    search.drop(lambda sentence: sentence[0].abandoned)
+                    if not search:
+                        del searches[key]
             self._admit(backlog, searches)
             for key in list(searches):
                 self._advance(key, searches)
             self.decoding = sum(len(search) for search in searches.values())
 
-    def _drop_abandoned(self, searches: dict) -> None:
-        """Sentences of requests nobody waits for any more leave their searches, freeing their rows."""
-        for key in list(searches):
-            for job, i in searches[key].drop(lambda sentence: sentence[0].abandoned):
-                self.pieces[key] -= len(job.sources[i]) + 1
-            if not searches[key]:
-                del searches[key], self.pieces[key]
-
-    def _take(self, backlog: deque, block: bool) -> None:
-        """Move arrived jobs to the backlog; on an idle server, wait for the first and `max_wait_ms` more."""
-        deadline, tokens = None, sum(job.tokens for job in backlog)
+    def _take(self, backlog: deque, block: bool) -> bool:
+        """Move arrived jobs to the backlog; False once `stop` was called. On an idle server (`block`: the
+        backlog is empty), wait for the first job and `max_wait_ms` more, or until `batch_tokens` pieces."""
+        deadline, tokens = None, 0
         while True:
-            try:
-                if block and deadline is None:
-                    job = self.incoming.get()
-                    deadline = time.monotonic() + self.limits.max_wait_ms / 1000
-                elif block:
-                    job = self.incoming.get(timeout=max(0.0, deadline - time.monotonic()))
-                else:
-                    job = self.incoming.get_nowait()
+            try:  # without `block`, the timeout is ignored
+                job = self.incoming.get(block, None if deadline is None else max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                return
+                return True
             if job is None:
-                raise _Stop
+                return False
+            if deadline is None:
+                deadline = time.monotonic() + self.limits.max_wait_ms / 1000
             backlog.append(job)
             tokens += job.tokens
             if block and tokens >= self.limits.batch_tokens:
-                return
+                return True
 
     def _admit(self, backlog: deque, searches: dict) -> None:
         """Start jobs in arrival order while the searches hold fewer than `batch_tokens` source pieces (a job
         always starts on an idle server); the jobs of one setting start together, as one batch."""
-        in_use = sum(self.pieces.values())
+        in_use = sum(len(job.sources[i]) + 1 for search in searches.values() for job, i in search.all_keys())
         starting: dict[tuple, list[_Job]] = defaultdict(list)
         while backlog:
             job = backlog[0]
@@ -200,7 +171,6 @@ class Batcher:
                         self._alone(job)
                     continue
                 searches[key] = search
-                self.pieces[key] = self.pieces.get(key, 0) + sum(job.tokens for job in jobs)
                 self.batches += 1
             for job in jobs:
                 if job.left == 0:
@@ -213,7 +183,7 @@ class Batcher:
                 done = search.step()
         except Exception as error:  # noqa: BLE001 - its requests are decoded again alone: only a culprit fails
             self._log_failure("a decoding step", error, "decoding its requests one at a time")
-            del searches[key], self.pieces[key]
+            del searches[key]
             for job in dict.fromkeys(job for job, _ in search.all_keys()):
                 self._alone(job)
             return
@@ -221,11 +191,10 @@ class Batcher:
         for (job, i), hypotheses in done:
             job.results[i] = hypotheses
             job.left -= 1
-            self.pieces[key] -= len(job.sources[i]) + 1
             if job.left == 0:
                 self._settle(job)
         if not search:
-            del searches[key], self.pieces[key]
+            del searches[key]
 
     def _alone(self, job: _Job) -> None:
         if job.abandoned:
@@ -236,46 +205,31 @@ class Batcher:
                                                         beam_size=beam)
         except Exception as error:  # noqa: BLE001 - this request fails, and only this one
             self._log_failure("decoding a request", error, "it is answered 500")
-            job.loop.call_soon_threadsafe(_settle, job.future, None, error)
-            return
+            return self._settle(job, failed=True)
         self._settle(job)
 
     def _log_failure(self, what: str, error: Exception, then: str) -> None:
         log.error("%s failed (%s: %s); %s", what, type(error).__name__, error, then, exc_info=self.limits.debug)
 
-    def _settle(self, job: _Job) -> None:
-        job.loop.call_soon_threadsafe(_settle, job.future, job.results, None)
+    def _settle(self, job: _Job, failed: bool = False) -> None:
+        job.future.get_loop().call_soon_threadsafe(_settle, job.future, job.results, failed)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _settle(future: asyncio.Future, results, error) -> None:
+def _settle(future: asyncio.Future, results, failed: bool) -> None:
     if future.done():  # the request timed out meanwhile
         return
-    if error is None:
-        future.set_result(results)
-    else:
+    if failed:
         future.set_exception(RuntimeError("decoding failed"))
-
-
-def split_texts(texts: list[str]) -> list[list[str]]:
-    """Each text's lines: a line break separates sentences, as in `nmt translate`; an empty text is one empty
-    line."""
-    return [split_lines(text) or [""] for text in texts]
+    else:
+        future.set_result(results)
 
 
 def answer_lines(tokenizer, lines: list[list[str]], sources: list[list[int]], hypotheses, nbest: int,
                  attention: bool) -> list[dict]:
     """The answer for each text: its lines' translations joined by line breaks, and each line's details."""
-    answers, position = [], 0
-    for text_lines in lines:
-        rows = [_line(tokenizer, sources[i], hypotheses[i], nbest, attention)
-                for i in range(position, position + len(text_lines))]
-        position += len(text_lines)
-        answers.append({"text": "\n".join(row["text"] for row in rows), "lines": rows})
-    return answers
+    rows = iter([_line(tokenizer, source, hyps, nbest, attention) for source, hyps in zip(sources, hypotheses)])
+    texts = [[next(rows) for _ in text_lines] for text_lines in lines]
+    return [{"text": "\n".join(row["text"] for row in text), "lines": text} for text in texts]
 
 
 def _line(tokenizer, source: list[int], hyps: list[Hypothesis], nbest: int, attention: bool) -> dict:

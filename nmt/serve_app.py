@@ -1,32 +1,37 @@
 """`nmt serve`'s HTTP side: the app (POST /translate, /health, /info, the page at /, /docs served from the
-package, so it works offline) and the bounds that keep a hostile or broken client from costing the server
-memory, sockets or its shutdown.
-
-A server published with `--host 0.0.0.0` (as in Docker) meets clients that send bodies of any size, send
-half a request and stall, or open sockets and say nothing. So a body is refused by its declared length
-before it is read, and a chunked one as its running size passes the limit; a request's headers and body
-must arrive within `client_timeout_s`; an idle connection closes after `keep_alive_s`; past
-`max_connections` a new socket is closed at once; and on SIGTERM a body still arriving is answered 503, the
-requests being decoded get `SHUTDOWN_GRACE_S` to finish, and the process exits well within the 10 s that
-`docker stop` waits. Every answer that is not 2xx is one line of JSON, `{"error": "..."}`.
-"""
+package, so it works offline), and the bounds that keep a hostile or broken client from costing the server
+memory, sockets or its shutdown: a server published with `--host 0.0.0.0` (as in Docker) meets clients that
+send bodies of any size, send half a request and stall, or open sockets and say nothing. Bodies are bounded
+in size and time (`BoundedBodies`), request heads and connections too (`bounded_protocol`), and so is the
+shutdown (`SHUTDOWN_GRACE_S`). Every answer that is not 2xx is one line of JSON, `{"error": "..."}`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import queue
+import resource
 import signal
 import socket
 import threading
 import time
-from contextlib import asynccontextmanager
 from dataclasses import asdict
 
+import h11
+import uvicorn
 from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException  # routing's 404 and 405 too
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from nmt.data.text import split_lines
 from nmt.errors import NMTError
-from nmt.serve import Batcher, Limits, QueueFull, TranslateRequest, answer_lines, split_texts
+from nmt.serve import Batcher, Limits, TranslateRequest, answer_lines
+from nmt.serve_page import PAGE
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +39,6 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5.0
 # on an answer given before the body was read to its end: the rest is not read, the connection ends
 CLOSE = {"Connection": "close"}
-
-
-def max_body_bytes(limits: Limits) -> int:
-    """JSON may spend 12 bytes on one character (an escaped surrogate pair); the rest of a request is small."""
-    return 12 * limits.max_chars + 64 * 1024
 
 
 def check_port(host: str, port: int) -> None:
@@ -108,19 +108,11 @@ class BoundedBodies:
 
 
 def create_app(translator, info: dict, limits: Limits, decode_thread: bool = True):
-    """The FastAPI app: POST /translate, GET /health, GET /info, the page at /, OpenAPI docs at /docs. Its
-    `state.batcher` decodes in a thread it starts, or, with `decode_thread=False`, wherever the caller runs
-    `app.state.batcher.run()`; `state.stopping` is set when the server shuts down."""
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse
-    from fastapi_offline import FastAPIOffline
-    from starlette.exceptions import HTTPException as StarletteHTTPException  # routing's 404 and 405 too
-
-    from nmt.serve_page import PAGE
-
+    """The app; its `state.batcher` decodes in a thread it starts, or, with `decode_thread=False`, wherever the
+    caller runs `app.state.batcher.run()`; `state.stopping` is set when the server shuts down."""
     batcher = Batcher(translator, limits)
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app):
         if decode_thread:
             batcher.start_thread()
@@ -132,7 +124,8 @@ def create_app(translator, info: dict, limits: Limits, decode_thread: bool = Tru
     app = FastAPIOffline(title="nmt", summary=f"{info['source_language']}→{info['target_language']} translation",
                          lifespan=lifespan, redoc_url=None)
     app.state.batcher, app.state.stopping = batcher, False
-    app.add_middleware(BoundedBodies, max_bytes=max_body_bytes(limits), timeout_s=limits.client_timeout_s,
+    # JSON may spend 12 bytes on one character (an escaped surrogate pair); the rest of a request is small
+    app.add_middleware(BoundedBodies, max_bytes=12 * limits.max_chars + 64 * 1024, timeout_s=limits.client_timeout_s,
                        stopping=lambda: app.state.stopping)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -163,8 +156,6 @@ def create_app(translator, info: dict, limits: Limits, decode_thread: bool = Tru
 
 def _error(status: int, reason: str, **headers):
     """Every answer that is not 2xx: one line of JSON."""
-    from fastapi.responses import JSONResponse
-
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
@@ -195,7 +186,7 @@ async def _translate(request: TranslateRequest, raw: Request, translator, batche
         return _error(413, f"{chars} characters; at most {limits.max_chars} per request")
     if request.nbest > beam:
         return _error(422, f"nbest {request.nbest} is more than beam_size {beam}")
-    lines = split_texts(texts)
+    lines = [split_lines(text) or [""] for text in texts]  # as `nmt translate` splits; an empty text: one line
     started = time.perf_counter()
     try:
         sources = translator.encode([line for text in lines for line in text])
@@ -203,7 +194,7 @@ async def _translate(request: TranslateRequest, raw: Request, translator, batche
         return _error(422, f"the text could not be tokenized ({type(error).__name__}: {error})")
     try:
         hypotheses = await _unless_gone(raw, batcher.translate(sources, beam, request.nbest, request.attention))
-    except QueueFull:
+    except queue.Full:
         return _error(503, "too many sentences waiting; retry shortly", **{"Retry-After": "1"})
     except asyncio.TimeoutError:
         return _error(504, f"not translated within {limits.timeout_s:g} s; retry, or send fewer texts")
@@ -222,15 +213,10 @@ async def _unless_gone(raw, translation):
     gone = asyncio.ensure_future(_disconnected(raw))
     try:
         done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # cancelled: the server is stopping
-        work.cancel()
-        raise
-    finally:
+    finally:  # also when cancelled: the server is stopping
         gone.cancel()
-    if work in done:
-        return work.result()
-    work.cancel()
-    return None
+        work.cancel()  # nothing once it is done
+    return work.result() if work in done else None
 
 
 async def _disconnected(raw) -> None:
@@ -243,9 +229,6 @@ def bounded_protocol(limits: Limits):
     opens, and one whose request line and headers have not arrived `client_timeout_s` after it opened, or
     after its last answer, is closed (uvicorn times out only a silent connection after an answer; a socket
     that never sends, or sends a byte at a time, it keeps for good)."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
     refused = 0
 
     class BoundedH11(H11Protocol):
@@ -277,10 +260,8 @@ def bounded_protocol(limits: Limits):
 
         def _close_unless_asked(self, cycle_then):
             if self.cycle is cycle_then and not self.transport.is_closing():  # no request began since
-                try:
+                with contextlib.suppress(h11.LocalProtocolError):
                     self.conn.send(h11.ConnectionClosed())
-                except h11.LocalProtocolError:
-                    pass
                 self.transport.close()
 
     return BoundedH11
@@ -289,15 +270,10 @@ def bounded_protocol(limits: Limits):
 def raise_file_limit(max_connections: int) -> None:
     """Each connection is an open file: the soft limit (often 1024) raised to the hard one, and a warning if
     that is still below the connections allowed (beyond it `accept` fails instead of the cap closing them)."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError):
-            pass
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
     if soft != resource.RLIM_INFINITY and max_connections + 64 > soft:
         log.warning("--max-connections %d is above what the open-file limit (%d) allows; connections beyond "
                     "about %d will fail as they open", max_connections, soft, soft - 64)
@@ -305,13 +281,10 @@ def raise_file_limit(max_connections: int) -> None:
 
 def serve_until_stopped(app, host: str, port: int, limits: Limits) -> bool:
     """Serve `app` (made with `decode_thread=False`) until SIGINT or SIGTERM; False if it could not start.
-
-    Decoding takes the main thread and HTTP a second one: the encoder's LSTM ran about three times
-    slower in a thread other than the main one. Signals reach the main thread: they ask the server to stop
-    taking requests; it finishes those in flight within SHUTDOWN_GRACE_S, then stops the decoder (a second
-    Ctrl-C: at once)."""
-    import uvicorn
-
+    Decoding takes the main thread and HTTP a second one: the encoder's LSTM ran about three times slower in
+    a thread other than the main one. Signals reach the main thread: they ask the server to stop taking
+    requests; it finishes those in flight within SHUTDOWN_GRACE_S, then stops the decoder (a second Ctrl-C:
+    at once)."""
     raise_file_limit(limits.max_connections)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", http=bounded_protocol(limits),
                                            timeout_keep_alive=limits.keep_alive_s,

@@ -44,12 +44,7 @@ fetch("info").then((r) => r.json()).then((info) => {
   $("beam").value = info.decode.beam_size;
 });
 
-function text(tag, content, className) {
-  const node = document.createElement(tag);
-  node.textContent = content;
-  if (className) node.className = className;
-  return node;
-}
+const text = (tag, content) => Object.assign(document.createElement(tag), {textContent: content});
 
 function drawHeatmap(index) {
   const table = $("heatmap");
@@ -58,8 +53,7 @@ function drawHeatmap(index) {
   const attention = lines[index] && lines[index].attention;
   if (!attention || !attention.weights.length) return;
   const head = table.createTHead().insertRow();
-  head.appendChild(text("th", ""));
-  attention.source.forEach((piece) => head.appendChild(text("th", piece)));
+  ["", ...attention.source].forEach((piece) => head.appendChild(text("th", piece)));  // a corner, then the source
   const body = table.createTBody();
   attention.weights.forEach((row, t) => {
     const tr = body.insertRow();
@@ -75,24 +69,20 @@ function drawHeatmap(index) {
 async function translate() {
   $("error").textContent = "";
   $("status").textContent = "translating…";
-  const body = {text: $("source").value, beam_size: Number($("beam").value), nbest: Number($("nbest").value),
-                attention: true};
   try {
     const response = await fetch("translate", {method: "POST", headers: {"Content-Type": "application/json"},
-                                               body: JSON.stringify(body)});
+      body: JSON.stringify({text: $("source").value, beam_size: Number($("beam").value),
+                            nbest: Number($("nbest").value), attention: true})});
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
     lines = answer.translations[0].lines;
     const list = $("lines");
     list.replaceChildren();
     lines.forEach((line, i) => {
-      const li = text("li", line.text);
-      if (line.nbest) {
-        line.nbest.forEach((h) => li.appendChild(
-          text("div", `${h.score === null ? "–" : h.score.toFixed(3)}  ${h.text}`, "nbest")));
-      }
+      const li = list.appendChild(text("li", line.text));
+      (line.nbest || []).forEach((h) => li.appendChild(Object.assign(
+        text("div", `${h.score === null ? "–" : h.score.toFixed(3)}  ${h.text}`), {className: "nbest"})));
       li.addEventListener("click", () => drawHeatmap(i));
-      list.appendChild(li);
     });
     drawHeatmap(0);
     $("status").textContent = `${answer.milliseconds} ms`;

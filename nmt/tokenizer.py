@@ -1,10 +1,8 @@
 """Sentencepiece subwords, with a per-side vocabulary of the pieces that training data uses.
 
-A joint model shares pieces between languages, but most German pieces never
-occur in English and vice versa. Each side's embedding and output tables hold
-only the pieces that occur on that side of the training data (plus the four
-specials), which is what the peers' vocabularies are and saves about a third
-of the output softmax. Unseen pieces map to <unk>.
+A joint model shares pieces between languages, but most German pieces never occur in English and vice versa.
+Each side's embedding and output tables hold only the pieces that side of the training data uses (and the four
+specials), as the peers' vocabularies do, saving about a third of the output softmax; unseen pieces map to <unk>.
 """
 
 from __future__ import annotations
@@ -42,23 +40,18 @@ class Side:
         self.model_proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.keep = keep if keep is not None else list(range(self.sp.get_piece_size()))
-        self._to_model = torch.full((self.sp.get_piece_size(),), UNK, dtype=torch.long)
-        self._to_model[torch.tensor(self.keep)] = torch.arange(len(self.keep))
+        # (pieces,) model id of every sentencepiece id (<unk> for pieces without a table row)
+        self.to_model = torch.full((self.sp.get_piece_size(),), UNK, dtype=torch.long)
+        self.to_model[torch.tensor(self.keep)] = torch.arange(len(self.keep))
 
     def __len__(self) -> int:
         return len(self.keep)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        return self.from_spm(self.sp.encode(texts))
-
-    def from_spm(self, encoded_spm: list[list[int]]) -> list[list[int]]:
-        return [self._to_model[ids].tolist() if ids else [] for ids in encoded_spm]
-
-    def spm_ids(self, ids: list[int]) -> list[int]:
-        return [self.keep[i] for i in ids if i >= SPECIALS]
+        return [self.to_model[ids].tolist() if ids else [] for ids in self.sp.encode(texts)]
 
     def decode(self, ids: list[int]) -> str:
-        return self.sp.decode(self.spm_ids(ids))
+        return self.sp.decode([self.keep[i] for i in ids if i >= SPECIALS])
 
     def pieces(self, ids: list[int]) -> list[str]:
         return [self.sp.id_to_piece(self.keep[i]) for i in ids]
@@ -67,11 +60,6 @@ class Side:
         """This model with table rows for the specials and `pieces` (sentencepiece ids)."""
         return Side(self.model_proto, list(range(SPECIALS)) + sorted(set(pieces) - set(range(SPECIALS))))
 
-    @property
-    def to_model(self) -> torch.Tensor:
-        """(pieces,) model id of every sentencepiece id (<unk> for pieces without a table row)."""
-        return self._to_model
-
 
 class Tokenizer:
     def __init__(self, src: Side, tgt: Side, joint: bool):
@@ -79,13 +67,10 @@ class Tokenizer:
 
     def state_dict(self) -> dict:
         """Plain types only, so a checkpoint loads with `weights_only=True`."""
-        return {
-            "joint": self.joint,
-            "src_model": torch.frombuffer(bytearray(self.src.model_proto), dtype=torch.uint8),
-            "tgt_model": torch.frombuffer(bytearray(self.tgt.model_proto), dtype=torch.uint8),
-            "src_keep": self.src.keep,
-            "tgt_keep": self.tgt.keep,
-        }
+        return {"joint": self.joint,
+                "src_model": torch.frombuffer(bytearray(self.src.model_proto), dtype=torch.uint8),
+                "tgt_model": torch.frombuffer(bytearray(self.tgt.model_proto), dtype=torch.uint8),
+                "src_keep": self.src.keep, "tgt_keep": self.tgt.keep}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Tokenizer:
@@ -119,8 +104,7 @@ def cached_model(cfg: TokenizerConfig, key: str, write_corpus) -> bytes:
     there (one sentence a line) and then cached. `key` must name the text and the settings."""
     settings = f"{cfg.vocab_size}|{cfg.model_type}|{cfg.character_coverage}|{cfg.max_sentences}|{PAD}{UNK}{BOS}{EOS}"
     cached = cache_dir() / f"{hashlib.sha256(f'{settings}|{key}'.encode()).hexdigest()[:32]}.model"
-    proto = _read_cached(cached)
-    if proto is not None:
+    if (proto := _read_cached(cached)) is not None:
         return proto
     try:  # a second process preparing the same data waits, then reads this one's model (minutes, and
         # gigabytes, at WMT size); where the cache cannot be written each process trains its own
@@ -151,8 +135,7 @@ def _read_cached(cached: Path) -> bytes | None:
     except OSError as error:
         log.warning("sentencepiece: cannot read %s (%s); training the model again", cached, error.strerror or error)
         return None
-    problem = _model_problem(proto)
-    if problem:
+    if problem := _model_problem(proto):
         set_aside(cached, problem, "training the model again")
         return None
     log.info("sentencepiece: reusing %s (same data and settings)", cached)
@@ -180,12 +163,10 @@ def _train_model(cfg: TokenizerConfig, write_corpus) -> bytes:
         corpus = Path(tmp) / "corpus.txt"
         lines = write_corpus(corpus)
         log.info("sentencepiece: training a %s model, vocab %d, on %d lines", cfg.model_type, cfg.vocab_size, lines)
-        options = dict(
-            vocab_size=cfg.vocab_size, model_type=cfg.model_type, character_coverage=cfg.character_coverage,
-            input_sentence_size=0,  # callers write at most tokenizer.max_sentences lines, sampled
-            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, hard_vocab_limit=False,
-            num_threads=os.cpu_count() or 1, minloglevel=2, seed_sentencepiece_size=1_000_000,
-        )
+        options = dict(vocab_size=cfg.vocab_size, model_type=cfg.model_type, character_coverage=cfg.character_coverage,
+                       input_sentence_size=0,  # callers write at most tokenizer.max_sentences lines, sampled
+                       pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, hard_vocab_limit=False,
+                       num_threads=os.cpu_count() or 1, minloglevel=2, seed_sentencepiece_size=1_000_000)
         try:
             if lines > TRAIN_IN_CHILD_LINES:
                 # in a child process: its few GB of working memory go back to the system when it ends,

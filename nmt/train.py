@@ -1,25 +1,25 @@
 """Training: SGD with gradient-norm clipping, validation, checkpoints, exact resume.
 
-One step: forward (under autocast for bf16/fp16) -> NLL summed over target
-tokens and divided by the batch's sentences -> backward -> (fp16: unscale) ->
-`clip_grad_norm_` on the float32 gradients, whose return value is the pre-clip
-norm we log -> step, unless the loss or the norm is not finite. The one host
-sync per step reads the loss and the norm together.
+One step: forward (under autocast for bf16/fp16) -> NLL summed over target tokens and divided by the batch's
+sentences -> backward -> (fp16: unscale) -> `clip_grad_norm_` on the float32 gradients, whose return value is the
+pre-clip norm we log -> step, unless the loss or the norm is not finite. The one host sync per step reads the loss
+and the norm together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import resource
 import signal
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nmt import checkpoint
@@ -36,14 +36,12 @@ from nmt.metrics_log import MetricsLog
 from nmt.model import Seq2Seq, gemm
 from nmt.model.recurrence import check_compilable
 from nmt.schedule import LRSchedule, budget_fraction
+from nmt.scoring import bleu
 from nmt.tokenizer import PAD, Tokenizer
 from nmt.train_plan import TrainPlan
-from nmt.validation import validation_scores
+from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
-
-#: training steps between handing freed memory back to the system (`device.release_free_memory`)
-RELEASE_MEMORY_EVERY = 100
 
 
 class Trainer:
@@ -60,10 +58,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         if self.device.type == "cpu":
             gemm.routes()  # a first run on a machine times the product routes: not inside the training budget
-        if data is None:
-            data = prepare_on_each_node(cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None,
-                                        world)
-        self.data = data
+        self.data = data or prepare_on_each_node(
+            cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None, world)
         self.tokenizer = self.data.tokenizer
         torch.manual_seed(cfg.train.seed)
         fused, compiled = cfg.train.fused_recurrence, cfg.train.compile is True
@@ -74,12 +70,8 @@ class Trainer:
                              fused_recurrence=fused, compiled_steps=compiled).to(self.device)
         # a first run on a machine builds the kernels here, before the clock starts
         self.computed_by = self.model.computed_by(self.device, self.precision)
-        self.train_model = self.model
-        if world.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.train_model = DistributedDataParallel(self.model, device_ids=ids) if world.distributed else self.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD if cfg.train.optimizer == "sgd" else torch.optim.Adam
         self.optimizer = optimizer(self.params, lr=cfg.train.lr)
@@ -96,8 +88,6 @@ class Trainer:
                  precision_reason(cfg.train.precision, self.precision, self.device), torch.get_num_threads(),
                  world.size)
 
-    # ------------------------------------------------------------ one step
-
     def train_step(self, batch):
         """Returns (summed NLL, pre-clip gradient norm, whether the update was applied)."""
         cfg = self.cfg.train
@@ -109,8 +99,7 @@ class Trainer:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # the threshold applies to the true gradient
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm)
         loss_value, norm_value = torch.stack([loss_sum.detach().float(), norm.detach().float()]).tolist()
         finite = math.isfinite(loss_value) and math.isfinite(norm_value)
         if self.scaler:
@@ -121,18 +110,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value, finite
 
-    # ------------------------------------------------------------ the loop
-
     def run(self) -> str:
         """Train until a budget, max_epochs or early stopping ends it; returns why it stopped."""
-        progress = self.progress
+        progress, cfg, train = self.progress, self.cfg.train, self.data.train
         self.model.train()
         self.metrics.write(step=progress.step, event="start", computed_by=self.computed_by)
         self._restart_window()
         with self.signals:
             stop = self._validate_if_due()  # a validation that a stop signal abandoned comes first
-            while progress.epoch <= self.cfg.train.max_epochs:
-                batches = self._epoch_batches()
+            while progress.epoch <= cfg.max_epochs:
+                batches = shard(plan_batches(train.src_lengths, train.tgt_lengths, batch_tokens=cfg.batch_tokens,
+                                             batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=progress.epoch),
+                                self.world.rank, self.world.size)
                 stop = stop or self._train_epoch(batches)
                 if progress.batch_in_epoch >= len(batches):  # also where a resumed run starts at an epoch's end
                     stop = self._end_epoch()
@@ -145,13 +134,6 @@ class Trainer:
         log.info("training stopped: %s (step %d, %.1f minutes; peak memory of this process %s MiB)", stop,
                  progress.step, progress.elapsed / 60, f"{peak_mib:,.0f}")
         return stop
-
-    def _epoch_batches(self) -> list:
-        """This rank's batches of the epoch, in the order the seed and the epoch give them."""
-        cfg, train = self.cfg.train, self.data.train
-        return shard(plan_batches(train.src_lengths, train.tgt_lengths, batch_tokens=cfg.batch_tokens,
-                                  batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=self.progress.epoch),
-                     self.world.rank, self.world.size)
 
     def _train_epoch(self, batches: list) -> str | None:
         """The epoch's batches from where the run stands: each one step, then maybe a validation and a save;
@@ -171,7 +153,7 @@ class Trainer:
                 break
             if self.plan.save_due(progress, self.saved_at):
                 self.save("last.pt")
-            if progress.step % RELEASE_MEMORY_EVERY == 0:
+            if progress.step % 100 == 0:  # hands freed memory back to the system
                 release_free_memory()
         bar.close()
         return stop
@@ -209,7 +191,13 @@ class Trainer:
     def _end_epoch(self) -> str | None:
         """The epoch's summary, its validation, the schedule's epoch step and last.pt; why the run stops, or None."""
         progress = self.progress
-        self._summarize_epoch()
+        if progress.summarized_epoch != progress.epoch:  # not when resumed from a signal during its validation
+            progress.summarized_epoch = progress.epoch
+            fraction = progress.clipped_in_epoch / max(1, progress.steps_in_epoch)
+            log.info("epoch %d done: %d steps, %.1f%% of them clipped", progress.epoch, progress.steps_in_epoch,
+                     100 * fraction)
+            self.metrics.write(step=progress.step, epoch=progress.epoch, event="epoch_end", clip_fraction=fraction)
+            progress.clipped_in_epoch = progress.steps_in_epoch = 0
         decision = self.plan.validation("epoch_end", progress, self.last_validation_seconds)
         if decision.logged:
             log.info("%s", decision.why)
@@ -224,25 +212,42 @@ class Trainer:
     def _stop_together(self, stop: str | None) -> str | None:
         """Under torchrun each rank times `max_minutes` on its own clock, and one that stopped a step before the
         others would leave them waiting in the next collective: all stop where the first does."""
-        if self.world.distributed and self.cfg.train.max_minutes is not None:
-            if any_rank(stop is not None, self.world) and stop is None:
-                stop = f"train.max_minutes={self.cfg.train.max_minutes} reached on another rank's clock"
+        minutes = self.cfg.train.max_minutes
+        if self.world.distributed and minutes is not None and any_rank(stop is not None, self.world) and stop is None:
+            return f"train.max_minutes={minutes} reached on another rank's clock"
         return stop
 
-    # ------------------------------------------------------------ validation and checkpoints
-
     def validate(self) -> dict:
-        """`validation_scores` in eval mode; a stop signal abandons it (`Interrupted`)."""
+        """valid_loss (the training loss per target token, teacher-forced), valid_ppl, and valid_bleu: the BLEU of
+        the validation sources decoded with the validation beam; in eval mode (no dropout). A stop signal abandons
+        it (`Interrupted`)."""
+        data, device, precision = self.data, self.device, self.precision
         self.signals.abandon_now = True
         self.model.eval()
         try:
-            return validation_scores(self.model, self.data, self.cfg, self.device, self.precision)
+            total_nll, total_tokens = 0.0, 0
+            plan = plan_batches(data.valid_ids.src_lengths, data.valid_ids.tgt_lengths, shuffle=False,
+                                batch_tokens=self.cfg.train.batch_tokens, batch_sentences=None, seed=0, epoch=0)
+            with torch.inference_mode(), autocast(device, precision):
+                for indices in plan:
+                    batch = collate(data.valid_ids, indices).to(device)
+                    real = batch.tgt_out != PAD
+                    logits = self.model(batch.src, batch.src_lengths, batch.tgt_in, real)
+                    total_nll += summed_nll(logits, batch.tgt_out[real]).item()
+                    total_tokens += batch.n_tokens
+            decode = dataclasses.replace(self.cfg.decode, beam_size=self.cfg.decode.valid_beam_size)
+            hypotheses = Translator(self.model, data.tokenizer, decode, device=device, precision=precision).translate(
+                data.valid.src, progress=sys.stderr.isatty())  # beside the epoch's bar, gone when done
+            valid_loss = total_nll / max(1, total_tokens)
+            return {"valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 100)),
+                    "valid_bleu": bleu(hypotheses, data.valid.tgt)}
         finally:
             self.model.train()
             self.signals.abandon_now = False
 
     def _validate(self) -> None:
-        """Validate on rank 0 and record it; every rank takes its counters and counts the time in the budget."""
+        """Validate on rank 0 and record it; every rank takes rank 0's lr and counters (in place: the training
+        loop holds a reference to them) and counts the time in the budget."""
         started = time.perf_counter()
         if self.world.is_main:
             try:
@@ -250,7 +255,12 @@ class Trainer:
             except Interrupted:  # a signal during validation abandons it; the state is the last step's
                 self._interrupt()
             self._record_validation(result)
-        self._sync_from_main()
+        if self.world.distributed:
+            lr, progress = broadcast_object((self.schedule.lr, dataclasses.asdict(self.progress)))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            for key, value in progress.items():
+                setattr(self.progress, key, value)
         self.last_validation_seconds = time.perf_counter() - started
         self.progress.elapsed += self.last_validation_seconds
 
@@ -259,28 +269,16 @@ class Trainer:
         progress = self.progress
         self.schedule.after_validation(result["valid_ppl"])
         improved = result["valid_bleu"] > progress.best_bleu
-        if improved:
-            progress.best_bleu = result["valid_bleu"]
-            progress.validations_without_improvement = 0
-        else:
-            progress.validations_without_improvement += 1
+        progress.best_bleu = result["valid_bleu"] if improved else progress.best_bleu
+        progress.validations_without_improvement = 0 if improved else progress.validations_without_improvement + 1
         progress.validated_step = progress.step
         self.metrics.write(step=progress.step, epoch=progress.epoch, lr=self.schedule.lr, **result)
         log.info("validation at step %d: loss %.3f, ppl %.2f, BLEU %.2f%s", progress.step, result["valid_loss"],
                  result["valid_ppl"], result["valid_bleu"], " (best)" if improved else "")
-        kept = [checkpoint.step_name(progress.step)] if self.cfg.train.keep_checkpoints else []
-        self.save("last.pt", *(["best.pt"] if improved else []), *kept)
-        checkpoint.remove_older_steps(self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
-
-    def _sync_from_main(self) -> None:
-        """After rank 0 validated: every rank takes its lr and counters."""
-        if not self.world.distributed:
-            return
-        lr, progress = broadcast_object((self.schedule.lr, asdict(self.progress)), self.world)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        for key, value in progress.items():  # in place: the training loop holds a reference
-            setattr(self.progress, key, value)
+        keep = self.cfg.train.keep_checkpoints
+        self.save("last.pt", *(["best.pt"] if improved else []), *([f"step_{progress.step:08d}.pt"] if keep else []))
+        for path in checkpoint.step_checkpoints(self.run_dir / "checkpoints")[:-keep] if keep else []:
+            path.unlink(missing_ok=True)
 
     def save(self, *names: str) -> None:
         self.saved_at = self.progress.elapsed
@@ -289,29 +287,25 @@ class Trainer:
             for name in names:
                 checkpoint.save(payload, self.run_dir / "checkpoints" / name)
 
-    # ------------------------------------------------------------ what a step may bring
-
     def _check_bad_step(self, loss: float, norm: float) -> None:
-        progress = self.progress
+        train, progress = self.cfg.train, self.progress
         progress.bad_steps += 1
         progress.consecutive_bad_steps += 1
         self.metrics.write(step=progress.step, epoch=progress.epoch, event="non_finite", loss=loss, grad_norm=norm)
         # the loss is computed first: a finite loss with a non-finite norm points at the backward pass
         first = "the loss" if not math.isfinite(loss) else "the gradient norm"
         log.warning("step %d: %s is not finite (loss %s, norm %s); update skipped", progress.step, first, loss, norm)
-        if progress.consecutive_bad_steps >= self.cfg.train.max_bad_steps:
+        if progress.consecutive_bad_steps >= train.max_bad_steps:
             folder = self.run_dir / "checkpoints"
             saved = (f"the last good checkpoint in {folder} is intact" if any(folder.glob("*.pt"))
                      else "no checkpoint had been written yet")
-            train = self.cfg.train
             causes = (["no clipping (set train.max_grad_norm=5)"] if train.max_grad_norm is None else []) + [
                 f"a learning rate too high for this data (train.lr={train.lr:g})",
                 *(["fp16 overflow (use train.precision=bf16 or fp32)"] if self.precision == "fp16" else []),
                 "corrupt input (check the data for very long or garbled lines)"]
-            raise Diverged(
-                f"{progress.consecutive_bad_steps} consecutive steps had a non-finite value, {first} first "
-                f"(up to step {progress.step}); training stopped; {saved}; likely causes, most likely first: "
-                + "; ".join(causes))
+            raise Diverged(f"{progress.consecutive_bad_steps} consecutive steps had a non-finite value, {first} first "
+                           f"(up to step {progress.step}); training stopped; {saved}; likely causes, most likely "
+                           f"first: {'; '.join(causes)}")
 
     def _handle_oom(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -324,17 +318,6 @@ class Trainer:
         if progress.oom_batches >= self.cfg.train.max_oom_batches:
             raise NMTError(f"{progress.oom_batches} consecutive batches ran out of GPU memory; "
                            f"lower train.batch_tokens (now {self.cfg.train.batch_tokens})")
-
-    def _summarize_epoch(self) -> None:
-        progress = self.progress
-        if progress.summarized_epoch == progress.epoch:  # resumed from a signal during this epoch's validation
-            return
-        progress.summarized_epoch = progress.epoch
-        fraction = progress.clipped_in_epoch / max(1, progress.steps_in_epoch)
-        log.info("epoch %d done: %d steps, %.1f%% of them clipped", progress.epoch, progress.steps_in_epoch,
-                 100 * fraction)
-        self.metrics.write(step=progress.step, epoch=progress.epoch, event="epoch_end", clip_fraction=fraction)
-        progress.clipped_in_epoch = progress.steps_in_epoch = 0
 
     def _restart_window(self) -> None:
         self.window = {"nll": 0.0, "tokens": 0, "steps": 0, "clipped": 0, "time": time.perf_counter()}

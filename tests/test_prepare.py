@@ -98,7 +98,7 @@ def test_store_batches_equal_tokenizing_in_memory(corpus):
     def in_memory(model_proto: bytes, texts: list[str]) -> tuple[Side, list[list[int]]]:
         spm_ids = Side(model_proto).sp.encode(texts)
         side = Side(model_proto).keeping([i for ids in spm_ids for i in ids])
-        return side, side.from_spm(spm_ids)
+        return side, side.encode(texts)
 
     (src_side, src), (tgt_side, tgt) = (in_memory(side.model_proto, texts) for side, texts in (
         (data.tokenizer.src, train.src), (data.tokenizer.tgt, train.tgt)))

@@ -11,23 +11,18 @@ import sys
 from nmt.cli import commands
 from nmt.cli.parser import build_parser
 from nmt.errors import NMTError
-
-log = logging.getLogger("nmt")
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    for noisy in ("datasets", "huggingface_hub", "fsspec", "urllib3", "matplotlib", "sacrebleu"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+from nmt.interrupt import Interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
-    handler = getattr(commands, args.command)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    for noisy in ("datasets", "huggingface_hub", "fsspec", "urllib3", "matplotlib", "sacrebleu"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        return handler(args)
+        getattr(commands, args.command)(args)
+        return 0
     except NMTError as error:
         if args.debug:
             raise
@@ -36,12 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - only Interrupted is expected here
-        from nmt.interrupt import Interrupted
-
-        if isinstance(error, Interrupted):
-            print(str(error) or "interrupted", file=sys.stderr)
-            return 128 + error.signum
+    except Interrupted as error:
+        print(str(error) or "interrupted", file=sys.stderr)
+        return 128 + error.signum
+    except Exception as error:  # noqa: BLE001 - one line, unless --debug or NMT_DEBUG asks for the traceback
         if args.debug or os.environ.get("NMT_DEBUG"):
             raise
         print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)

@@ -1,25 +1,26 @@
-"""One handler per command, named as the command: call the library, print the result."""
+"""One handler per command, named as the command: call the library, print the result (its failures raise)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from nmt.cache import cache_root
 from nmt.cli.parser import DECODING_FLAGS, check_flags
+from nmt.config import load_config
+from nmt.errors import NMTError
 
 
-def train(args) -> int:
+def train(args) -> None:
     from nmt.experiment import train_and_test
 
     results = train_and_test(args.config, args.overrides, args.run_dir, args.resume)
     if "test_bleu" in results:
         print(f"test BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  TER {results['test_ter']:.2f}  "
               f"({results['bleu_signature']})")
-    return 0
 
 
-def prepare(args) -> int:
-    from nmt.config import load_config
+def prepare(args) -> None:
     from nmt.data.prepare import prepare as prepare_data
 
     if args.clean is not None:
@@ -30,13 +31,10 @@ def prepare(args) -> int:
     print(f"  {meta['pairs']:,} training pairs of {meta['offered']:,} ({meta['tokens']['src']:,} source and "
           f"{meta['tokens']['tgt']:,} target pieces), {data.store.bytes / 2**20:,.1f} MiB")
     print("  nmt train with the same data, tokenizer and filter settings (and the same NMT_CACHE) reads it")
-    return 0
 
 
-def _clean(args) -> int:
-    from nmt.cache import cache_root
+def _clean(args) -> None:
     from nmt.data.reclaim import reclaim
-    from nmt.errors import NMTError
 
     if args.config or args.overrides:
         raise NMTError("--clean takes no --config or --set: it cleans the whole cache; prepare separately")
@@ -47,32 +45,28 @@ def _clean(args) -> int:
     entries = f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} unused for {args.clean:g} days"
     print(f"freed {sum(size for _, size in removed) / 2**20:,.1f} MiB in {cache_root()} ({entries})" if removed
           else f"nothing in {cache_root()} was unused for {args.clean:g} days")
-    return 0
 
 
-def translate(args) -> int:
+def translate(args) -> None:
     from nmt.cli.translate import translate_command
 
-    return translate_command(args)
+    translate_command(args)
 
 
-def evaluate(args) -> int:
+def evaluate(args) -> None:
     from nmt.cli.translate import evaluate_command
 
     result = evaluate_command(args)
     if args.json:
         print(json.dumps(result))
     else:
-        print(result["bleu_text"])
-        print(f"  signature: {result['bleu_signature']}")
+        print(f"{result['bleu_text']}\n  signature: {result['bleu_signature']}")
         print(f"chrF2 = {result['chrf']:.2f}\n  signature: {result['chrf_signature']}")
         print(f"TER = {result['ter']:.2f}\n  signature: {result['ter_signature']}")
-    return 0
 
 
-def average(args) -> int:
+def average(args) -> None:
     from nmt import checkpoint
-    from nmt.errors import NMTError
     from nmt.outputs import check_output, remember
 
     if args.last is not None:
@@ -89,12 +83,10 @@ def average(args) -> int:
     checkpoint.save(checkpoint.average(paths), out)
     remember(out)
     print(f"{out}: the average of {len(paths)} checkpoints ({', '.join(p.name for p in paths)})")
-    return 0
 
 
-def serve(args) -> int:
+def serve(args) -> None:
     from nmt.cli.translate import load_translator
-    from nmt.errors import NMTError
     from nmt.serve import Limits
     from nmt.serve_app import check_port, create_app, serve_until_stopped
 
@@ -119,17 +111,15 @@ def serve(args) -> int:
     app = create_app(translator, info, limits, decode_thread=False)
     if not serve_until_stopped(app, args.host, args.port, limits):
         raise NMTError(f"could not serve on {args.host}:{args.port} (the log above says why)")
-    return 0
 
 
-def plot(args) -> int:
+def plot(args) -> None:
     from nmt.plot import plot_run
 
     print(plot_run(Path(args.run_dir), Path(args.out) if args.out else None, overwrite=args.overwrite))
-    return 0
 
 
-def bench(args) -> int:
+def bench(args) -> None:
     from nmt.bench import run_bench
     from nmt.outputs import check_output, write_text
 
@@ -170,15 +160,11 @@ def bench(args) -> int:
     if args.json_out:
         write_text(Path(args.json_out), line + "\n")
     print(line)
-    return 0
 
 
-def study(args) -> int:
+def study(args) -> None:
     from nmt.study import run_study
 
     check_flags(args, "--minutes")
     table, pictures = run_study(args)
-    print(table)
-    for picture in pictures:
-        print(picture)
-    return 0
+    print(table, *pictures, sep="\n")

@@ -37,10 +37,6 @@ _DEBUG.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, h
 class _Version(argparse.Action):
     """`nmt --version`: versions, device and precision (imported only when asked: torch is slow to load)."""
 
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, help="print nmt's and torch's versions and the device "
-                         "and precision auto chooses here, then exit")
-
     def __call__(self, parser, namespace, values, option_string=None):
         from nmt.device import describe_machine
 
@@ -49,14 +45,12 @@ class _Version(argparse.Action):
 
 
 def _add_overwrite(p, what: str) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help=f"replace {what} even if nmt did not write it (by default only nmt's own unchanged "
-                        "output is replaced)")
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} even if nmt did not write it (by "
+                   "default only nmt's own unchanged output is replaced)")
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", parents=[_DEBUG],
-                       help="train a model (default: Multi30k en->de from the hub)")
+    p = sub.add_parser("train", parents=[_DEBUG], help="train a model (default: Multi30k en->de from the hub)")
     p.add_argument("--config", help="YAML config; default: the packaged configs/multi30k_en_de.yaml settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=0.5 (repeatable)")
@@ -65,9 +59,8 @@ def _add_train(sub) -> None:
 
 
 def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", parents=[_DEBUG],
-                       help="tokenize the training data into the cache ahead of training "
-                                       "(train does it too when needed)")
+    p = sub.add_parser("prepare", parents=[_DEBUG], help="tokenize the training data into the cache ahead of "
+                       "training (train does it too when needed)")
     p.add_argument("--config", help="the YAML config the training run will use")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, as for train (repeatable)")
@@ -87,8 +80,7 @@ def _add_decoding_options(p) -> None:
 
 
 def _add_translate(sub) -> None:
-    p = sub.add_parser("translate", parents=[_DEBUG],
-                       help="translate a file, one output line per input line")
+    p = sub.add_parser("translate", parents=[_DEBUG], help="translate a file, one output line per input line")
     p.add_argument("--checkpoint", required=True, action="append",
                    help="a checkpoint; give several for an ensemble (log-probabilities averaged at every step)")
     p.add_argument("--input", default="-", help="input text file, or - for standard input")
@@ -102,8 +94,7 @@ def _add_translate(sub) -> None:
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", parents=[_DEBUG],
-                       help="an HTTP API and a web page over a checkpoint (or an ensemble)")
+    p = sub.add_parser("serve", parents=[_DEBUG], help="an HTTP API and a web page over a checkpoint (or an ensemble)")
     p.add_argument("--checkpoint", required=True, action="append", help="a checkpoint; several: an ensemble")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8080)
@@ -114,15 +105,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-chars", type=int, default=5000, help="characters per request")
     p.add_argument("--max-queue", type=int, default=512, help="sentences waiting; beyond it: 503")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait; beyond it: 504")
-    p.add_argument("--client-timeout", type=float, default=10.0,
-                   help="seconds a client has to send a request's headers and body; beyond it the connection is "
-                        "closed (or answered 408)")
+    p.add_argument("--client-timeout", type=float, default=10.0, help="seconds a client has to send a request's "
+                   "headers and body; beyond it the connection is closed (or answered 408)")
     p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection is kept open")
     p.add_argument("--max-connections", type=int, default=1000,
                    help="open connections; a new one beyond it is closed at once")
-    p.add_argument("--expose-config", action="store_true",
-                   help="show the training config (with its host paths) at /info; by default only what a client "
-                        "needs")
+    p.add_argument("--expose-config", action="store_true", help="show the training config (with its host paths) "
+                   "at /info; by default only what a client needs")
     _add_decoding_options(p)
 
 
@@ -156,8 +145,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_plot(sub) -> None:
-    p = sub.add_parser("plot", parents=[_DEBUG],
-                       help="draw a run's curves from metrics.jsonl to PNG")
+    p = sub.add_parser("plot", parents=[_DEBUG], help="draw a run's curves from metrics.jsonl to PNG")
     p.add_argument("run_dir")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     _add_overwrite(p, "an existing PNG")
@@ -166,7 +154,7 @@ def _add_plot(sub) -> None:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", parents=[_DEBUG],
                        help="measure training tokens/s, decoding sentences/s and the FLOP bound")
-    p.add_argument("--config", default=None, help="YAML config (default: the packaged default)")
+    p.add_argument("--config", help="YAML config (default: the packaged default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--steps", type=int, default=300, help="timed training steps after the warm-up")
@@ -178,8 +166,7 @@ def _add_bench(sub) -> None:
 
 
 def _add_study(sub) -> None:
-    p = sub.add_parser("study", parents=[_DEBUG],
-                       help="reproducible studies; `nmt study clipping --help`")
+    p = sub.add_parser("study", parents=[_DEBUG], help="reproducible studies; `nmt study clipping --help`")
     studies = p.add_subparsers(dest="study", required=True)
     c = studies.add_parser("clipping", parents=[_DEBUG],
                            help="why clip: SGD and Adam with and without gradient-norm clipping")
@@ -198,15 +185,10 @@ def _add_study(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nmt", description="LSTM-attention neural machine translation")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--version", action=_Version)
+    parser.add_argument("--version", action=_Version, nargs=0, help="print nmt's and torch's versions and the "
+                        "device and precision auto chooses here, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_prepare(sub)
-    _add_translate(sub)
-    _add_evaluate(sub)
-    _add_average(sub)
-    _add_serve(sub)
-    _add_plot(sub)
-    _add_bench(sub)
-    _add_study(sub)
+    for add in (_add_train, _add_prepare, _add_translate, _add_evaluate, _add_average, _add_serve, _add_plot,
+                _add_bench, _add_study):
+        add(sub)
     return parser

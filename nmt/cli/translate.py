@@ -51,9 +51,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.splitlines())
 
 
-def translate_command(args) -> int:
+def translate_command(args) -> None:
     check_flags(args, *DECODING_FLAGS, "--nbest", "--plot-first")
-    plot_folder = _check_outputs(args)
+    if args.output != "-":  # the outputs checked before any work
+        check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []),
+                     overwrite=args.overwrite)
+    plot_folder = check_output_folder(args.attention_plots, flag="--attention-plots") if args.attention_plots else None
     # a regular file is read twice: counted (and checked for UTF-8) first; a pipe (`<(zcat ...)`) once
     source = Path(args.input)
     pipe = args.input == "-" or (source.exists() and not source.is_file() and not source.is_dir())
@@ -61,8 +64,9 @@ def translate_command(args) -> int:
     interactive = args.input == "-" and sys.stdin.isatty() and args.output == "-"  # typed: line by line
     chunks = iter(()) if interactive else _input_chunks(args.input)
     first = next(chunks, [])
-    plotted = args.plot_first if args.attention_plots else 0  # the first chunk's first lines
-    plots = _heatmap_files(plot_folder, first[:plotted], args.overwrite) if plot_folder else {}
+    plotted = args.plot_first if args.attention_plots else 0  # of the first chunk: its non-blank ones get heatmaps
+    plots = {i: check_output(plot_folder / f"attention_{i + 1:04d}.png", flag="--attention-plots", folder_checked=True,
+                             overwrite=args.overwrite) for i, line in enumerate(first[:plotted]) if line.strip()}
     translator, _ = load_translator(args)
     nbest, beam_size, tokenizer = args.nbest, translator.decode.beam_size, translator.tokenizer
     if not 1 <= nbest <= beam_size:
@@ -72,12 +76,14 @@ def translate_command(args) -> int:
         return translator.translate_ids(translator.encode(lines), nbest=nbest, keep_attention=keep_attention,
                                         progress=progress)
 
+    def texts(hypotheses) -> list[str]:
+        return format_nbest(hypotheses, tokenizer) if nbest > 1 else [
+            tokenizer.tgt.decode(hyps[0].tokens) for hyps in hypotheses]
+
     if interactive:
         for line in sys.stdin:
-            hypotheses = run(split_lines(line) or [""])
-            out = format_nbest(hypotheses, tokenizer) if nbest > 1 else [tokenizer.tgt.decode(hypotheses[0][0].tokens)]
-            print("\n".join(map(_one_line, out)), flush=True)
-        return 0
+            print("\n".join(map(_one_line, texts(run(split_lines(line) or [""])))), flush=True)
+        return
 
     bar = tqdm(total=total, unit="sent", disable=args.output == "-" and sys.stdout.isatty(), dynamic_ncols=True)
     with contextlib.ExitStack() as stack:  # the file closes, then `replacing` renames it over the output
@@ -87,15 +93,12 @@ def translate_command(args) -> int:
             head = plotted if index == 0 else 0  # decoded keeping the attention the heatmaps draw
             hypotheses = (run(lines[:head], keep_attention=True, progress=bar)
                           + run(lines[head:], keep_attention=False, progress=bar))
-            texts = format_nbest(hypotheses, tokenizer) if nbest > 1 else [
-                tokenizer.tgt.decode(hyps[0].tokens) for hyps in hypotheses]
-            out.write("".join(_one_line(text) + "\n" for text in texts))
+            out.write("".join(_one_line(text) + "\n" for text in texts(hypotheses)))
             out.flush()
             release_free_memory()
             if index == 0 and plots:
-                _draw_attention(Path(args.attention_plots), plots, lines, hypotheses, translator)
+                _draw_attention(plot_folder, plots, lines, hypotheses, translator)
     bar.close()
-    return 0
 
 
 # lines sorted and batched together: translate's memory stays flat however long the input is
@@ -114,21 +117,6 @@ def _input_chunks(source: str):
             yield split_lines(b"".join(raw).decode("utf-8", errors="replace"))
         if len(raw) < CHUNK_LINES:  # the end: a terminal's Ctrl-D is not sticky, so never read past it
             return
-
-
-def _check_outputs(args) -> Path | None:
-    """--output and the heatmaps' folder, checked before any work (the folder returned, if any)."""
-    if args.output != "-":
-        check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []),
-                     overwrite=args.overwrite)
-    return check_output_folder(args.attention_plots, flag="--attention-plots") if args.attention_plots else None
-
-
-def _heatmap_files(folder: Path, plotted: list[str], overwrite: bool) -> dict[int, Path]:
-    """The heatmap of each of the `plotted` lines that is not blank, checked before the model loads: line
-    index -> its file."""
-    return {i: check_output(folder / f"attention_{i + 1:04d}.png", flag="--attention-plots", folder_checked=True,
-                            overwrite=overwrite) for i, line in enumerate(plotted) if line.strip()}
 
 
 def _draw_attention(folder: Path, plots: dict[int, Path], lines: list[str], hypotheses,

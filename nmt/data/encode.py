@@ -1,8 +1,6 @@
-"""Encoding a chunk of sentence pairs to flat id arrays: the work each preparation worker does.
-
-Workers are spawned (not forked from a process that may hold torch's thread
-pools), so this module imports only numpy, sentencepiece and the filters.
-"""
+"""Encoding a chunk of sentence pairs to flat id arrays: the work each preparation worker does. Workers are
+spawned (not forked from a process that may hold torch's thread pools), so this module imports only numpy,
+sentencepiece and the filters."""
 
 from __future__ import annotations
 
@@ -20,12 +18,9 @@ from nmt.data.filters import filter_by_length
 class EncodedChunk:
     """The kept pairs of one chunk as flat sentencepiece ids, and what the chunk taught about the corpus."""
 
-    src_ids: np.ndarray  # (src tokens,) the kept pairs' ids, one sentence after another
-    src_lengths: np.ndarray  # (kept pairs,)
-    tgt_ids: np.ndarray
-    tgt_lengths: np.ndarray
-    src_used: np.ndarray  # (pieces,) bool: pieces used by the chunk's non-empty pairs, kept or not
-    tgt_used: np.ndarray
+    # src, then tgt: (ids, lengths, used): the kept pairs' ids one sentence after another, their lengths, and
+    # (pieces,) bool: the pieces used by the chunk's non-empty pairs, kept or not
+    sides: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     offered: int  # pairs in the chunk
     empty: int  # pairs dropped for an empty side
     dropped: Counter  # pairs dropped by the length filters, by reason
@@ -40,14 +35,11 @@ class ChunkEncoder:
     def __call__(self, chunk: tuple[list[str], list[str]]) -> EncodedChunk:
         pairs = [(s.strip(), t.strip()) for s, t in zip(*chunk)]
         kept = [(s, t) for s, t in pairs if s and t]
-        src_ids, src_lengths, src_used = _flat(self.src, [s for s, _ in kept])
-        tgt_ids, tgt_lengths, tgt_used = _flat(self.tgt, [t for _, t in kept])
+        sides = [_flat(self.src, [s for s, _ in kept]), _flat(self.tgt, [t for _, t in kept])]
+        src_lengths, tgt_lengths = (lengths for _, lengths, _ in sides)
         keep, dropped = filter_by_length(src_lengths, tgt_lengths, max_len=self.max_len, max_ratio=self.max_ratio)
-        return EncodedChunk(
-            src_ids=src_ids[np.repeat(keep, src_lengths)], src_lengths=src_lengths[keep],
-            tgt_ids=tgt_ids[np.repeat(keep, tgt_lengths)], tgt_lengths=tgt_lengths[keep],
-            src_used=src_used, tgt_used=tgt_used, offered=len(pairs), empty=len(pairs) - len(kept), dropped=dropped,
-        )
+        return EncodedChunk([(ids[np.repeat(keep, lengths)], lengths[keep], used) for ids, lengths, used in sides],
+                            offered=len(pairs), empty=len(pairs) - len(kept), dropped=dropped)
 
 
 def _flat(sp: spm.SentencePieceProcessor, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,9 +50,7 @@ def _flat(sp: spm.SentencePieceProcessor, texts: list[str]) -> tuple[np.ndarray,
     return ids, lengths, used
 
 
-# ---------------------------------------------------------------- in a worker process
-
-_encoder: ChunkEncoder | None = None
+_encoder: ChunkEncoder | None = None  # a worker process's, made once by `start_worker`
 
 
 def start_worker(src_proto: bytes, tgt_proto: bytes, max_len: int, max_ratio: float) -> None:

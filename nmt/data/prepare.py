@@ -1,27 +1,27 @@
-"""A run's data, ready to batch: sentencepiece trained on a sample, the training split tokenized and
-filtered once into a store on disk under `$NMT_CACHE/prepared`, the small splits in memory.
-
-The store is keyed by the training data's fingerprint (file contents, or the hub
-table's fingerprint), the sentencepiece model(s) and the filters; a restart, a
-resume and every torchrun rank find it and read it instead of tokenizing again.
-Building it streams the corpus in chunks through `data.num_workers` processes,
-so memory does not grow with the corpus.
+"""A run's data, ready to batch: sentencepiece trained on a sample, the small splits in memory, and the training
+split tokenized and filtered once into a store under `$NMT_CACHE/prepared` that a restart, a resume and every
+torchrun rank find (by the data's content, the sentencepiece models and the filters) instead of tokenizing again.
+Building it streams the corpus in chunks through `data.num_workers` processes, so memory does not grow with it.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from itertools import compress
 from pathlib import Path
 
 import numpy as np
@@ -70,14 +70,12 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
     except OSError as error:
         raise NMTError(f"cannot create {store_root()} ({error.strerror or error}); "
                        "set NMT_CACHE to a writable folder") from None
-    trained_here = tokenizer is None
-    if trained_here:
-        tokenizer = train_on_sample(cfg.tokenizer, stream, limit)
-    info = build_or_find_store(cfg, stream, limit, tokenizer)
+    unpruned = tokenizer or train_on_sample(cfg.tokenizer, stream, limit)
+    info = build_or_find_store(cfg, stream, limit, unpruned)
     meta = info.meta
-    if trained_here:
-        tokenizer = Tokenizer(tokenizer.src.keeping(meta["src_pieces"]), tokenizer.tgt.keeping(meta["tgt_pieces"]),
-                              tokenizer.joint)
+    if tokenizer is None:
+        tokenizer = Tokenizer(unpruned.src.keeping(meta["src_pieces"]), unpruned.tgt.keeping(meta["tgt_pieces"]),
+                              unpruned.joint)
     train = TokenizedPairs.open(info.folder, "train", meta, tokenizer.src.to_model.numpy(),
                                 tokenizer.tgt.to_model.numpy())
     log.info("training pairs: %d kept of %d; vocabulary: %d source, %d target pieces",
@@ -86,8 +84,7 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
     valid_src, valid_tgt = tokenizer.src.encode(valid.src), tokenizer.tgt.encode(valid.tgt)
     keep, _ = filter_by_length([len(s) for s in valid_src], [len(t) for t in valid_tgt],
                                max_len=data.max_len, max_ratio=float("inf"))
-    valid_ids = TokenizedPairs.from_lists([s for s, k in zip(valid_src, keep) if k],
-                                          [t for t, k in zip(valid_tgt, keep) if k])
+    valid_ids = TokenizedPairs.from_lists(list(compress(valid_src, keep)), list(compress(valid_tgt, keep)))
     return PreparedData(tokenizer, train, valid, valid_ids, test, info)
 
 
@@ -107,9 +104,6 @@ def prepare_on_each_node(cfg: Config, tokenizer: Tokenizer | None, world: World)
     return data if data is not None else prepare(cfg, tokenizer)
 
 
-# ---------------------------------------------------------------- sentencepiece on a sample
-
-
 def train_on_sample(settings: TokenizerConfig, stream, limit: int) -> Tokenizer:
     """Sentencepiece trained on at most `tokenizer.max_sentences` sentences drawn from the first `limit`
     pairs, streamed to a file (never a list of the corpus); cached by the data's fingerprint. Its
@@ -119,31 +113,23 @@ def train_on_sample(settings: TokenizerConfig, stream, limit: int) -> Tokenizer:
     if per_model and per_model < limit:
         chosen = np.sort(np.random.default_rng(0).choice(limit, per_model, replace=False))
     key = f"stream:{stream.fingerprint()}:{limit}"
-
-    def writer(sides: tuple[int, ...]):
-        def write(path: Path) -> int:
-            log.info("sentencepiece: drawing %s pairs of %s for its training sample",
-                     f"{len(chosen):,}" if chosen is not None else "all", stream.name)
-            lines = _write_sample(stream, limit, chosen, sides, path)
-            if not lines:
-                raise NMTError(f"{stream.name}: the training split has no non-empty sentence pairs")
-            return lines
-        return write
-
+    sample = functools.partial(_write_sample, stream, limit, chosen)  # then the sides, then the path to write
     if settings.joint:
-        proto = cached_model(settings, f"{key}:joint", writer((0, 1)))
+        proto = cached_model(settings, f"{key}:joint", functools.partial(sample, (0, 1)))
         return Tokenizer(Side(proto), Side(proto), joint=True)
-    return Tokenizer(Side(cached_model(settings, f"{key}:src", writer((0,)))),
-                     Side(cached_model(settings, f"{key}:tgt", writer((1,)))), joint=False)
+    return Tokenizer(Side(cached_model(settings, f"{key}:src", functools.partial(sample, (0,)))),
+                     Side(cached_model(settings, f"{key}:tgt", functools.partial(sample, (1,)))), joint=False)
 
 
 def _write_sample(stream, limit: int, chosen: np.ndarray | None, sides: tuple[int, ...], path: Path) -> int:
     """The chosen pairs' non-empty sides, stripped, one a line: every source sentence, then every target."""
+    log.info("sentencepiece: drawing %s pairs of %s for its training sample",
+             f"{len(chosen):,}" if chosen is not None else "all", stream.name)
     lines = 0
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         parts = [Path(tmp) / f"side{side}.txt" for side in sides]
-        files = [open(part, "w", encoding="utf-8") for part in parts]
-        try:
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(open(part, "w", encoding="utf-8")) for part in parts]
             for start, chunk in _limited(stream, limit):
                 rows = range(len(chunk[0]))
                 if chosen is not None:
@@ -154,14 +140,12 @@ def _write_sample(stream, limit: int, chosen: np.ndarray | None, sides: tuple[in
                         for file, side in zip(files, sides):
                             file.write(pair[side].replace("\n", " ") + "\n")
                         lines += len(sides)
-        finally:
-            for file in files:
-                file.close()
         with open(path, "wb") as out:
             for part in parts:
                 with open(part, "rb") as file:
-                    while block := file.read(1 << 22):
-                        out.write(block)
+                    shutil.copyfileobj(file, out)
+    if not lines:
+        raise NMTError(f"{stream.name}: the training split has no non-empty sentence pairs")
     return lines
 
 
@@ -171,13 +155,9 @@ def _limited(stream, limit: int):
     for src, tgt in stream.chunks(CHUNK_PAIRS):
         if start >= limit:
             return
-        if start + len(src) > limit:
-            src, tgt = src[: limit - start], tgt[: limit - start]
+        src, tgt = src[: limit - start], tgt[: limit - start]
         yield start, (src, tgt)
         start += len(src)
-
-
-# ---------------------------------------------------------------- the store
 
 
 def store_root() -> Path:
@@ -198,10 +178,7 @@ def store_folder(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> Path:
 def build_or_find_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> StoreInfo:
     folder = store_folder(cfg, stream, limit, tokenizer)
     store.remove_stale_partials(folder.parent)  # at every look-up: a killed build's folder never outlives it long
-    try:
-        meta = store.read_meta(folder)
-    except store.Damaged:
-        meta = None  # set aside below, by the one process that holds the lock
+    meta = store.finished_meta(folder)  # a damaged one is set aside below, by the one process that holds the lock
     if meta is not None:
         log.info("prepared data: reusing %s", folder)
     else:
@@ -218,58 +195,43 @@ def build_or_find_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -
                 set_aside(folder, f"the prepared data is incomplete or damaged ({damage})", "building it again")
             if meta is None:
                 _build_store(cfg, stream, limit, tokenizer, folder)
-                meta = _read_back(folder)
-    try:
+                meta = store.finished_meta(folder)
+                if meta is None:
+                    raise NMTError(f"{folder}: the prepared data did not read back; check the disk (df -h)")
+    with contextlib.suppress(OSError):  # not in a cache shared read-only
         os.utime(folder)  # when it was last used, for `nmt prepare --clean`
-    except OSError:
-        pass  # a cache shared read-only
     return StoreInfo(folder, meta)
 
 
-def _read_back(folder: Path) -> dict:
-    try:
-        meta = store.read_meta(folder)
-    except store.Damaged:
-        meta = None
-    if meta is None:
-        raise NMTError(f"{folder}: the prepared data did not read back; check the disk (df -h)")
-    return meta
-
-
-def _workers(requested: int) -> int:
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, requested or available)
-
-
 def _build_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: Path) -> None:
-    data = cfg.data
-    pieces = max(tokenizer.src.sp.get_piece_size(), tokenizer.tgt.sp.get_piece_size())
+    data, sizes = cfg.data, (tokenizer.src.sp.get_piece_size(), tokenizer.tgt.sp.get_piece_size())
     encoder_args = (tokenizer.src.model_proto, tokenizer.tgt.model_proto, data.max_len, data.max_len_ratio)
-    workers = _workers(data.num_workers) if limit >= POOL_MIN_PAIRS else 1
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, data.num_workers or available) if limit >= POOL_MIN_PAIRS else 1
     log.info("prepared data: tokenizing %s pairs of %s with %d process(es) into %s",
              f"{limit:,}", stream.name, workers, folder)
-    used = [np.zeros(tokenizer.src.sp.get_piece_size(), bool), np.zeros(tokenizer.tgt.sp.get_piece_size(), bool)]
+    used = [np.zeros(size, bool) for size in sizes]
     empty, done, dropped, started = 0, 0, Counter(), time.perf_counter()
-    bar = tqdm(total=limit, desc="tokenizing", unit=" pairs", unit_scale=True, dynamic_ncols=True,
-               disable=not sys.stderr.isatty(), mininterval=1.0)
     logged, writer = started, None
     try:
-        writer = StoreWriter(folder, "train", store.id_dtype(pieces), store.length_dtype(data.max_len))
-        for chunk in _encoded(stream, limit, workers, encoder_args):
-            writer.append("src", chunk.src_ids, chunk.src_lengths)
-            writer.append("tgt", chunk.tgt_ids, chunk.tgt_lengths)
-            used[0] |= chunk.src_used
-            used[1] |= chunk.tgt_used
-            empty += chunk.empty
-            dropped += chunk.dropped
-            bar.update(chunk.offered)
-            done += chunk.offered
-            if bar.disable and time.perf_counter() - logged > 30:  # no terminal (docker logs, a file): a line
-                logged = time.perf_counter()
-                rate = done / (logged - started)
-                log.info("tokenizing: %s of %s pairs, %s pairs/s, about %.0f s left", f"{done:,}", f"{limit:,}",
-                         f"{rate:,.0f}", (limit - done) / rate)
-        bar.close()
+        with tqdm(total=limit, desc="tokenizing", unit=" pairs", unit_scale=True, dynamic_ncols=True,
+                  disable=not sys.stderr.isatty(), mininterval=1.0) as bar:
+            # ids and lengths in two bytes where they fit (0xFFFF: the largest uint16), else in four
+            writer = StoreWriter(folder, "train", np.dtype(np.uint16 if max(sizes) <= 0xFFFF else np.uint32),
+                                 np.dtype(np.uint16 if data.max_len < 0xFFFF else np.uint32))
+            for chunk in _encoded(stream, limit, workers, encoder_args):
+                for side, (ids, lengths, seen), side_used in zip(store.SIDES, chunk.sides, used):
+                    writer.append(side, ids, lengths)
+                    side_used |= seen
+                empty += chunk.empty
+                dropped += chunk.dropped
+                bar.update(chunk.offered)
+                done += chunk.offered
+                if bar.disable and time.perf_counter() - logged > 30:  # no terminal (docker logs, a file): a line
+                    logged = time.perf_counter()
+                    rate = done / (logged - started)
+                    log.info("tokenizing: %s of %s pairs, %s pairs/s, about %.0f s left", f"{done:,}", f"{limit:,}",
+                             f"{rate:,.0f}", (limit - done) / rate)
         if empty:
             log.info("%s: dropped %d pair(s) with an empty side", stream.name, empty)
         for reason, count in dropped.items():
@@ -282,7 +244,6 @@ def _build_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer, folder: 
         writer.finish({"source": stream.name, "offered": limit, "empty": empty, "dropped": dict(dropped),
                        "src_pieces": used[0].nonzero()[0].tolist(), "tgt_pieces": used[1].nonzero()[0].tolist()})
     except BaseException as error:
-        bar.close()
         if writer is not None:
             writer.abandon()
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -298,8 +259,7 @@ def _encoded(stream, limit: int, workers: int, encoder_args: tuple):
     """Encoded chunks in corpus order; at most two chunks per worker in flight, so memory stays bounded."""
     chunks = (chunk for _, chunk in _limited(stream, limit))
     if workers == 1:
-        encoder = ChunkEncoder(*encoder_args)
-        yield from map(encoder, chunks)
+        yield from map(ChunkEncoder(*encoder_args), chunks)
         return
     # spawned, not forked: the parent may hold torch's thread pools, which a fork does not carry over safely
     with multiprocessing.get_context("spawn").Pool(workers, initializer=start_worker, initargs=encoder_args) as pool:

@@ -1,15 +1,14 @@
 """`nmt prepare --clean DAYS`: the space of prepared data nobody used for DAYS days, given back on request.
 
-Stores are never removed on their own: the next run with the same data would spend minutes (hours, at
-WMT size) building one again. A store's folder is touched whenever a run looks it up, so its modification
-time says when it was last used. Also removed: partial folders no builder holds (another host's, which a
-look-up leaves alone) and cache entries set aside as damaged, once as old.
+Stores are never removed on their own: the next run with the same data would spend minutes (hours, at WMT size)
+building one again. A look-up touches a store's folder, so its modification time says when it was last used.
+Also removed, once as old: partial folders no builder holds (another host's, which a look-up leaves alone) and
+cache entries set aside as damaged.
 """
 
 from __future__ import annotations
 
 import fcntl
-import os
 import re
 import shutil
 import time
@@ -30,44 +29,28 @@ def reclaim(days: float) -> list[tuple[Path, int]]:
     removed = []
     root = store_root()
     for path in sorted(root.iterdir()) if root.is_dir() else ():
-        if not (path.is_dir() and _STORE_NAME.fullmatch(path.name)) or _modified(path) >= cutoff:
+        if not (path.is_dir() and _STORE_NAME.fullmatch(path.name)) or store.modified(path) >= cutoff:
             continue  # lock files, entries set aside (below), anything nmt did not name, anything used since
-        if store.is_partial(path):
+        if ".partial-" in path.name:
             if store.abandoned(path):
                 removed.append((path, _delete(path)))
         elif (size := _delete_unless_locked(path)) is not None:
             removed.append((path, size))
-    for path in set_aside_before(cutoff):
-        removed.append((path, _delete(path)))
-    return removed
-
-
-def _modified(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return float("inf")  # gone meanwhile
-
-
-def _size(path: Path) -> int:
-    if not path.is_dir():
-        return path.stat().st_size
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file() and not file.is_symlink())
+    return removed + [(path, _delete(path)) for path in set_aside_before(cutoff)]
 
 
 def _delete(path: Path) -> int:
     """Remove `path`; the bytes it held. A store is first renamed to a partial folder's name, so a removal cut
     short leaves a folder that is never read and that a later look-up removes."""
     try:
-        size = _size(path)
+        size = (sum(file.stat().st_size for file in path.rglob("*") if file.is_file() and not file.is_symlink())
+                if path.is_dir() else path.stat().st_size)
     except OSError:
         size = 0
     try:
+        if path.is_dir() and ".partial-" not in path.name:
+            path = path.rename(store.partial_folder(path))
         if path.is_dir():
-            if not store.is_partial(path):
-                trash = store.partial_folder(path)
-                os.rename(path, trash)
-                path = trash
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)

@@ -34,14 +34,11 @@ class Corpus:
 
 
 def _resolve_split(split: str, available: list[str], where: str) -> str:
-    candidates = [split] + [a for a in VALID_ALIASES if a != split] if split in VALID_ALIASES else [split]
-    for candidate in candidates:
+    for candidate in [split, *VALID_ALIASES] if split in VALID_ALIASES else [split]:
         if candidate in available:
             return candidate
-    raise NMTError(
-        f"{where}: no split '{split}'; it has {', '.join(sorted(available)) or 'none'} "
-        f"(name one: data.train_split / data.valid_split / data.test_split in a config, --split for nmt evaluate)"
-    )
+    raise NMTError(f"{where}: no split '{split}'; it has {', '.join(sorted(available)) or 'none'} (name one: "
+                   "data.train_split / data.valid_split / data.test_split in a config, --split for nmt evaluate)")
 
 
 def text_languages(path: Path) -> list[str]:
@@ -53,21 +50,8 @@ def text_languages(path: Path) -> list[str]:
 
 
 def _text_splits(folder: Path, src_lang: str, tgt_lang: str) -> list[str]:
-    return sorted(
-        p.name[: -len(src_lang) - 1] for p in folder.glob(f"*.{src_lang}") if (folder / f"{p.stem}.{tgt_lang}").exists()
-    )
-
-
-def _load_text_split(folder: Path, split: str, src_lang: str, tgt_lang: str) -> Corpus:
-    split = _resolve_split(split, _text_splits(folder, src_lang, tgt_lang), str(folder))
-    src_path, tgt_path = folder / f"{split}.{src_lang}", folder / f"{split}.{tgt_lang}"
-    src, tgt = read_text_lines(src_path), read_text_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise NMTError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
-            f"line N of one side must translate line N of the other"
-        )
-    return Corpus(src, tgt, f"{folder}/{split}.{{{src_lang},{tgt_lang}}}")
+    return sorted(p.name[: -len(src_lang) - 1] for p in folder.glob(f"*.{src_lang}")
+                  if (folder / f"{p.stem}.{tgt_lang}").exists())
 
 
 def _open(cfg: DataConfig):
@@ -90,26 +74,31 @@ def load_data(cfg: DataConfig, splits: list[str], stream_split: str | None = Non
     as a stream of pairs; the hub is read once for all of them."""
     where, dataset = _open(cfg)
     langs = (cfg.src_lang, cfg.tgt_lang)
+    available, label = ((_text_splits(where, *langs), str(where)) if dataset is None
+                        else (list(dataset.keys()), f"dataset '{where}'"))
+    corpora = [_read_split(where, dataset, _resolve_split(split, available, label), langs) for split in splits]
+    if stream_split is None:
+        return corpora, None
+    split = _resolve_split(stream_split, available, label)
     if dataset is None:
-        corpora = [_load_text_split(where, split, *langs) for split in splits]
-        if stream_split is None:
-            return corpora, None
-        split = _resolve_split(stream_split, _text_splits(where, *langs), str(where))
-        stream = TextPairs(where / f"{split}.{langs[0]}", where / f"{split}.{langs[1]}",
-                           f"{where}/{split}.{{{langs[0]},{langs[1]}}}")
-        return corpora, stream
-    corpora = []
-    for split in splits:
-        split = _resolve_split(split, list(dataset.keys()), f"dataset '{where}'")
+        paths = [where / f"{split}.{lang}" for lang in langs]
+        return corpora, TextPairs(*paths, f"{where}/{split}.{{{langs[0]},{langs[1]}}}")
+    return corpora, HubPairs(dataset[split], langs, where, split)
+
+
+def _read_split(where, dataset, split: str, langs: tuple[str, str]) -> Corpus:
+    """A text split from the folder `where` (`dataset` None), or a split of the hub's `dataset`."""
+    if dataset is not None:
         table = dataset[split]
         check_languages(table, langs, where)
         rows = table[:]
-        src, tgt = (side_texts(rows, lang, where, split) for lang in langs)
-        corpora.append(Corpus(src, tgt, f"{where}[{split}]"))
-    if stream_split is None:
-        return corpora, None
-    split = _resolve_split(stream_split, list(dataset.keys()), f"dataset '{where}'")
-    return corpora, HubPairs(dataset[split], langs, where, split)
+        return Corpus(*(side_texts(rows, lang, where, split) for lang in langs), f"{where}[{split}]")
+    src_path, tgt_path = (where / f"{split}.{lang}" for lang in langs)
+    src, tgt = read_text_lines(src_path), read_text_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise NMTError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
+                       "line N of one side must translate line N of the other")
+    return Corpus(src, tgt, f"{where}/{split}.{{{langs[0]},{langs[1]}}}")
 
 
 def load_splits(cfg: DataConfig, splits: list[str]) -> list[Corpus]:

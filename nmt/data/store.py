@@ -1,25 +1,19 @@
-"""Tokenized pairs on disk: flat id arrays with offsets, read a batch at a time, built once and never
-half-used.
+"""Tokenized pairs on disk, built once and never half-used, read a batch at a time.
 
-A prepared split is a folder of raw little-endian arrays (the layout of
-fairseq's `.bin/.idx`): for each side `ids` (every sentence's sentencepiece
-ids, one after another), `offsets` (int64, where sentence i starts; one more
-entry than sentences) and `lengths` (pieces per sentence), plus `meta.json`
-with the sizes every file must have. A build writes into a `.partial-HOST-PID`
-folder and renames it when complete, so a killed build is never read; a folder
-whose meta is not what a build writes, or whose files do not match it, is
-`Damaged` (set aside and rebuilt by `prepare`).
+A prepared split is a folder of raw little-endian arrays (fairseq's `.bin/.idx` layout): per side `ids` (every
+sentence's sentencepiece ids in a row), `offsets` (int64, where sentence i starts, and where the last one ends)
+and `lengths` (pieces per sentence), and `meta.json` with every file's size. A build writes a `.partial-HOST-PID`
+folder renamed when complete, so a killed build is never read; a folder unlike what a build leaves is `Damaged`
+(set aside and rebuilt by `prepare`).
 
-A training process keeps in RAM only the length arrays the batch planner needs
-and reads each batch's rows with `pread`. The files live once in the kernel's
-page cache, shared by every process and rank that reads them. (Mapping them
-instead makes the process's resident size grow by whole page-cache folios per
-random row, hundreds of KB each on current kernels, until most of the store
-counts as resident.)
+A training process keeps only the lengths in RAM and `pread`s each batch's rows from the page cache that every
+process and rank shares. (Mapping the files instead grows the resident size by whole page-cache folios, hundreds
+of KB each on current kernels, per random row, until most of the store counts as resident.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -37,15 +31,8 @@ FORMAT = 1
 META = "meta.json"
 BUILDING = ".building"  # the lock a builder holds in its partial folder
 SIDES = ("src", "tgt")
+PARTS = ("ids", "offsets", "lengths")
 REQUIRED = ("split", "pairs", "offered", "tokens", "id_dtype", "length_dtype", "files", "src_pieces", "tgt_pieces")
-
-
-def id_dtype(piece_count: int) -> np.dtype:
-    return np.dtype(np.uint16) if piece_count <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
-
-
-def length_dtype(max_len: int) -> np.dtype:
-    return np.dtype(np.uint16) if max_len < np.iinfo(np.uint16).max else np.dtype(np.uint32)
 
 
 class FileArray:
@@ -56,13 +43,9 @@ class FileArray:
         self._fd = os.open(path, os.O_RDONLY)
         self._length = os.fstat(self._fd).st_size // self.dtype.itemsize
 
-    def __len__(self) -> int:
-        return self._length
-
     def __getitem__(self, window: slice) -> np.ndarray:
         start, stop, _ = window.indices(self._length)
-        width = self.dtype.itemsize
-        data = os.pread(self._fd, max(0, stop - start) * width, start * width)
+        data = os.pread(self._fd, max(0, stop - start) * self.dtype.itemsize, start * self.dtype.itemsize)
         return np.frombuffer(data, dtype=self.dtype)
 
     def __del__(self, close=os.close):  # `os` may be gone when this runs at interpreter exit
@@ -73,27 +56,22 @@ class FileArray:
 class TokenizedPairs:
     """Sentence pairs as ids: `rows(indices)` in the model's id space, lengths in RAM.
 
-    On disk the ids are sentencepiece ids; `src_map` / `tgt_map` (indexed by a
-    sentencepiece id) turn them into model ids, so one prepared corpus serves any
-    vocabulary pruning of the same sentencepiece model.
+    On disk the ids are sentencepiece ids; `maps` (per side, indexed by a sentencepiece id) turn them into model
+    ids, so one prepared corpus serves any vocabulary pruning of the same sentencepiece model.
     """
 
-    def __init__(self, arrays: dict, src_map: np.ndarray | None = None, tgt_map: np.ndarray | None = None,
-                 folder: Path | None = None):
+    def __init__(self, arrays: dict, maps: dict | None = None, folder: Path | None = None):
+        self.arrays, self.maps = arrays, maps or {}
         self.folder = folder  # on disk: named when its content turns out damaged
-        self._ids = {side: arrays[f"{side}.ids"] for side in SIDES}
-        self._offsets = {side: arrays[f"{side}.offsets"] for side in SIDES}
         self.src_lengths = np.asarray(arrays["src.lengths"])  # (pairs,) pieces, no EOS
         self.tgt_lengths = np.asarray(arrays["tgt.lengths"])
-        self._maps = {"src": src_map, "tgt": tgt_map}
 
     @classmethod
     def from_lists(cls, src: list[list[int]], tgt: list[list[int]]) -> TokenizedPairs:
         """In memory, ids already in the model's space (tests, validation sets)."""
         arrays = {}
         for side, rows in (("src", src), ("tgt", tgt)):
-            lengths = np.array([len(r) for r in rows], dtype=np.int64)
-            arrays[f"{side}.lengths"] = lengths
+            lengths = arrays[f"{side}.lengths"] = np.array([len(r) for r in rows], dtype=np.int64)
             arrays[f"{side}.offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             arrays[f"{side}.ids"] = np.array([i for r in rows for i in r], dtype=np.int64)
         return cls(arrays)
@@ -105,15 +83,15 @@ class TokenizedPairs:
             arrays[f"{side}.ids"] = FileArray(folder / f"{split}.{side}.ids", meta["id_dtype"])
             arrays[f"{side}.offsets"] = FileArray(folder / f"{split}.{side}.offsets", np.int64)
             arrays[f"{side}.lengths"] = np.fromfile(folder / f"{split}.{side}.lengths", meta["length_dtype"])
-        return cls(arrays, src_map, tgt_map, folder)
+        return cls(arrays, {"src": src_map, "tgt": tgt_map}, folder)
 
     def __len__(self) -> int:
         return len(self.tgt_lengths)
 
     def _row(self, side: str, index: int) -> np.ndarray:
-        start, stop = self._offsets[side][index: index + 2]
-        ids = self._ids[side][int(start): int(stop)]
-        table = self._maps[side]
+        start, stop = self.arrays[f"{side}.offsets"][index: index + 2]
+        ids = self.arrays[f"{side}.ids"][int(start): int(stop)]
+        table = self.maps.get(side)
         try:
             return table[ids] if table is not None else ids.astype(np.int64)
         except IndexError:  # sizes intact (read_meta checks them), content not
@@ -123,9 +101,6 @@ class TokenizedPairs:
     def rows(self, indices) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Both sides of the pairs `indices`, as int64 model ids."""
         return [self._row("src", int(i)) for i in indices], [self._row("tgt", int(i)) for i in indices]
-
-
-# ---------------------------------------------------------------- writing and checking
 
 
 class StoreWriter:
@@ -140,10 +115,9 @@ class StoreWriter:
         self._building = open(self.folder / BUILDING, "w")
         fcntl.flock(self._building, fcntl.LOCK_EX)
         self.id_type, self.length_type = id_type, length_type
-        self.files = {}
+        self.files = {f"{side}.{part}": open(self.folder / f"{split}.{side}.{part}", "wb")
+                      for side in SIDES for part in PARTS}
         for side in SIDES:
-            for part in ("ids", "offsets", "lengths"):
-                self.files[f"{side}.{part}"] = open(self.folder / f"{split}.{side}.{part}", "wb")
             self.files[f"{side}.offsets"].write(np.zeros(1, np.int64).tobytes())
         self.tokens = {side: 0 for side in SIDES}
         self.pairs = 0
@@ -157,7 +131,7 @@ class StoreWriter:
         if side == "tgt":
             self.pairs += len(lengths)
 
-    def finish(self, meta: dict) -> Path:
+    def finish(self, meta: dict) -> None:
         """Flush, record every file's size, and rename into place (or keep another builder's finished copy)."""
         for file in self.files.values():
             file.flush()
@@ -171,24 +145,17 @@ class StoreWriter:
             os.rename(self.folder, self.final)
             (self.final / BUILDING).unlink(missing_ok=True)
         except OSError:  # another process (another node on shared storage) finished first: use theirs
-            try:
-                theirs = read_meta(self.final)
-            except Damaged:
-                theirs = None
-            if theirs is None:
+            if finished_meta(self.final) is None:
                 raise
             shutil.rmtree(self.folder, ignore_errors=True)
         finally:
             self._building.close()
-        return self.final
 
     def abandon(self) -> None:
         """Remove the partial folder, even when closing its files fails again (a full disk)."""
         for file in self.files.values():
-            try:
+            with contextlib.suppress(OSError):
                 file.close()
-            except OSError:
-                pass
         shutil.rmtree(self.folder, ignore_errors=True)
         self._building.close()
 
@@ -208,8 +175,7 @@ def read_meta(folder: Path) -> dict | None:
         raise Damaged(f"no {META}") from None
     except (OSError, ValueError) as error:
         raise Damaged(f"{META} does not read as JSON ({getattr(error, 'strerror', None) or error})") from None
-    problem = _meta_problem(meta)
-    if problem:
+    if problem := _meta_problem(meta):
         raise Damaged(f"{META} {problem}")
     for name, size in meta["files"].items():
         try:
@@ -230,6 +196,14 @@ def read_meta(folder: Path) -> dict | None:
     return meta
 
 
+def finished_meta(folder: Path) -> dict | None:
+    """`read_meta`, None for a damaged folder too."""
+    try:
+        return read_meta(folder)
+    except Damaged:
+        return None
+
+
 def _meta_problem(meta) -> str | None:
     """What is wrong with the shape of a parsed meta.json, or None: every later read trusts it."""
     if not isinstance(meta, dict):
@@ -240,7 +214,7 @@ def _meta_problem(meta) -> str | None:
     dtypes = ("uint16", "uint32")
     if not isinstance(meta["split"], str) or meta["id_dtype"] not in dtypes or meta["length_dtype"] not in dtypes:
         return "has a split or dtypes that no build writes"
-    files = {f"{meta['split']}.{side}.{part}" for side in SIDES for part in ("ids", "offsets", "lengths")}
+    files = {f"{meta['split']}.{side}.{part}" for side in SIDES for part in PARTS}
     if not (isinstance(meta["files"], dict) and set(meta["files"]) == files
             and all(type(size) is int for size in meta["files"].values())):
         return f"does not give the size of each of {', '.join(sorted(files))}"
@@ -257,15 +231,19 @@ def partial_folder(final: Path) -> Path:
     return final.with_name(f"{final.name}.partial-{socket.gethostname()}-{os.getpid()}")
 
 
+def modified(path: Path) -> float:
+    """When `path` last changed; never, for one gone meanwhile."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
 def remove_stale_partials(parent: Path) -> None:
     """Partial folders whose builder, on this host, is gone (killed mid-build)."""
     for folder in parent.glob(f"*.partial-{socket.gethostname()}-*"):
-        try:
-            if time.time() - folder.stat().st_mtime < 60:  # just made: its builder may not hold the lock yet
-                continue
-        except OSError:
-            continue
-        if abandoned(folder):
+        # a folder just made is left alone: its builder may not hold the lock yet
+        if time.time() - modified(folder) >= 60 and abandoned(folder):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -281,10 +259,6 @@ def abandoned(folder: Path) -> bool:
         host, _, pid = folder.name.rpartition(".partial-")[2].rpartition("-")
         return host != socket.gethostname() or (pid.isdigit() and not _alive(int(pid)))
     return True
-
-
-def is_partial(folder: Path) -> bool:
-    return ".partial-" in folder.name
 
 
 def _alive(pid: int) -> bool:

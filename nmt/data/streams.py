@@ -19,17 +19,14 @@ class TextPairs:
         self.paths, self.name = (src_path, tgt_path), name
         (src_digest, src_lines), (tgt_digest, tgt_lines) = _digest_and_count(src_path), _digest_and_count(tgt_path)
         if src_lines != tgt_lines:
-            raise NMTError(
-                f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; "
-                f"line N of one side must translate line N of the other"
-            )
+            raise NMTError(f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; "
+                           "line N of one side must translate line N of the other")
         self.pairs, self._fingerprint = src_lines, f"text:{src_digest}:{tgt_digest}"
 
     def __len__(self) -> int:
         return self.pairs
 
     def fingerprint(self) -> str:
-        """The files' content."""
         return self._fingerprint
 
     def chunks(self, size: int):
@@ -59,11 +56,8 @@ class HubPairs:
         return f"hub:{self._dataset}:{self.split}:{self.table._fingerprint}:{'-'.join(self.langs)}"
 
     def chunks(self, size: int):
-        first_row = 1
-        for batch in self.table.iter(batch_size=size):
-            texts = tuple(side_texts(batch, lang, self._dataset, self.split, first_row) for lang in self.langs)
-            yield texts
-            first_row += len(texts[0])
+        for index, batch in enumerate(self.table.iter(batch_size=size)):  # every batch but the last holds `size`
+            yield tuple(side_texts(batch, lang, self._dataset, self.split, index * size + 1) for lang in self.langs)
 
 
 def _digest_and_count(path: Path) -> tuple[str, int]:

@@ -12,7 +12,6 @@ from nmt.errors import NMTError
 
 @contextlib.contextmanager
 def reading(path: Path):
-    """A text file that cannot be read is one line naming it."""
     try:
         yield
     except FileNotFoundError:
@@ -27,7 +26,7 @@ def read_text_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 file, without newlines; invalid UTF-8 is an error naming the line."""
     with reading(path):
         data = path.read_bytes()
-    return _decode_lines([data], path, 1) if data else []
+    return _decode_lines(data, path, 1) if data else []
 
 
 def count_text_lines(path: Path) -> int:
@@ -37,9 +36,9 @@ def count_text_lines(path: Path) -> int:
     with reading(path), open(path, "rb") as file:
         while block := file.read(1 << 22):
             block, cut = carry + block, (carry + block).rfind(b"\n") + 1
-            _decode_lines([block[:cut]], path, lines + 1)
+            _decode_lines(block[:cut], path, lines + 1)
             lines, carry = lines + block.count(b"\n", 0, cut), block[cut:]
-    _decode_lines([carry], path, lines + 1)
+    _decode_lines(carry, path, lines + 1)
     return lines + (1 if carry else 0)
 
 
@@ -48,12 +47,11 @@ def read_line_chunks(path: Path, size: int):
     with reading(path), open(path, "rb") as file:
         first_line = 1
         while raw := list(itertools.islice(file, size)):
-            yield _decode_lines(raw, path, first_line)
+            yield _decode_lines(b"".join(raw), path, first_line)
             first_line += len(raw)
 
 
-def _decode_lines(raw: list[bytes], path: Path, first_line: int) -> list[str]:
-    data = b"".join(raw)
+def _decode_lines(data: bytes, path: Path, first_line: int) -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -66,7 +64,4 @@ def _decode_lines(raw: list[bytes], path: Path, first_line: int) -> list[str]:
 def split_lines(text: str) -> list[str]:
     """Lines as every command reads them: split at "\n" only (a U+2028 or a form feed inside a sentence
     stays in it), a "\r" before it dropped, and a final newline ending the last line, not starting another."""
-    lines = text.split("\n")
-    if text.endswith("\n"):  # a lone "\n" is one empty line
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    return [line.rstrip("\r") for line in text.removesuffix("\n").split("\n")]  # a lone "\n": one empty line

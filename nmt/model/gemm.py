@@ -1,25 +1,19 @@
 """Matrix products on the CPU: PyTorch's default BLAS or oneDNN, whichever this machine runs faster.
 
-`torch.mm` hands float32 CPU products to MKL, oneDNN's inner-product primitive to
-its own kernels; which is faster depends on the CPU (MKL does not use AVX-512 on
-AMD CPUs, oneDNN does; with AVX2 alone they are close), so it is measured, not
-assumed. `routes()` decides once per machine and torch version, by timing the
-model's kinds of products both ways (a few seconds), and caches the choice
-in `$NMT_CACHE` so every later run on the machine takes the same paths (and so
-computes the same numbers, which exact resume relies on). `NMT_CPU_PRODUCTS=onednn`
-or `torch` overrides it. The choices are made apart, because the libraries' strengths
-differ by shape: float32 products of one time step's rows inside a recurrence
-(`step`: few rows, called thousands of times), forward products over whole batches
-(`bulk`: the output projection, whose odd vocabulary-sized width MKL handles badly),
-the gradient products over whole batches (`gradients`: their operands are transposed
-views, which MKL takes well), and whether weights used many times are pre-laid-out
-in oneDNN's blocked format, which skips the reorder each call and fuses the bias:
-the training recurrence's (`step_prepacked`, timed at its rows) and search's
-(`prepacked`, at its rows).
+`torch.mm` hands float32 CPU products to MKL, oneDNN's inner-product primitive to its own kernels; which is
+faster depends on the CPU (MKL does not use AVX-512 on AMD CPUs, oneDNN does; with AVX2 alone they are close),
+so it is measured, not assumed. `routes()` decides once per machine and torch version by timing the model's
+kinds of products both ways (a few seconds), and caches the choice in `$NMT_CACHE`, so that every later run on
+the machine takes the same paths and computes the same numbers, which exact resume relies on.
+`NMT_CPU_PRODUCTS=onednn` or `torch` overrides it. The libraries' strengths differ by shape, so each kind is
+chosen apart: one time step's rows inside a recurrence (`step`: few rows, thousands of calls), forward products
+over whole batches (`bulk`: the output projection, whose odd vocabulary-sized width MKL handles badly), their
+gradient products (`gradients`: transposed views, which MKL takes well), and whether weights used many times are
+pre-laid-out in oneDNN's blocked format, skipping a reorder per call and fusing the bias: the training
+recurrence's (`step_prepacked`) and search's (`prepacked`), each timed at its rows.
 
-`product` is `F.linear` with that routing; `linear` adds a backward pass whose two
-products take the gradients' route. Elsewhere (GPU, float64, autocast, a torch
-without oneDNN) both are `F.linear`.
+`product` is `F.linear` with that routing; `linear` adds a backward pass whose two products take the gradients'
+route. Elsewhere (GPU, float64, autocast, a torch without oneDNN) both are `F.linear`.
 """
 
 from __future__ import annotations
@@ -29,7 +23,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -78,14 +71,9 @@ def routes() -> Routes:
     return _routes
 
 
-def _cache_file() -> Path:
-    return cache_root() / "cpu_products.json"
-
-
 def _machine_key() -> str:
-    # the version at the end: a cached choice made by an earlier measurement (v1: round vocabulary size; v2: no
-    # prepacked step weights; v3: one choice for forward and gradient products over whole batches; v4: the routes
-    # timed one after the other) is measured again
+    # the version at the end: an entry measured by an earlier version is measured again (v1: round vocabulary
+    # size; v2: no prepacked step weights; v3: one route for forward and gradient products; v4: routes timed apart)
     return (f"{cpu_name()} | {cpu_capability()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
             " | v5")
 
@@ -98,16 +86,16 @@ def _decide() -> Routes:
         return Routes(forced, forced, forced == "onednn", "NMT_CPU_PRODUCTS", step_prepacked=forced == "onednn")
     if forced != "auto":
         log.warning("NMT_CPU_PRODUCTS=%s is not one of auto, onednn, torch; measuring instead", forced)
-    key, path = _machine_key(), _cache_file()
-    entries = _read_cache(path)
+    key, path = _machine_key(), cache_root() / "cpu_products.json"
+    entries = read_json(path, _cache_problem, "measuring the product routes", "measuring the routes again") or {}
     if key in entries:
-        problem = _entry_problem(entries[key])
+        cached = entries[key]
+        problem = _entry_problem(cached)
         if problem is None:
-            cached = entries[key]
             return Routes(cached["step"], cached["bulk"], cached["prepacked"], "cached", cached["milliseconds"],
                           cached["step_prepacked"], cached["gradients"])
         set_aside(path, f"the entry for this machine {problem}", "measuring the routes again")
-        entries = {other: entry for other, entry in entries.items() if other != key}
+        del entries[key]
     decided = measure_routes()
     entries[key] = {k: v for k, v in asdict(decided).items() if k != "source"}
     try:  # so that every later run takes these routes, and computes the same numbers
@@ -119,14 +107,11 @@ def _decide() -> Routes:
     return decided
 
 
-def _read_cache(path: Path) -> dict:
-    """The cached entries, one per machine key; a file that is not a JSON object of objects is set aside."""
-    def problem(entries) -> str | None:
-        if isinstance(entries, dict) and all(isinstance(entry, dict) for entry in entries.values()):
-            return None
-        return "not a JSON object of entries per machine"
-
-    return read_json(path, problem, "measuring the product routes", "measuring the routes again") or {}
+def _cache_problem(entries) -> str | None:
+    """What is wrong with the cache file's content (an object of entries, one per machine key), or None."""
+    if isinstance(entries, dict) and all(isinstance(entry, dict) for entry in entries.values()):
+        return None
+    return "not a JSON object of entries per machine"
 
 
 def _entry_problem(entry: dict) -> str | None:
@@ -155,8 +140,7 @@ def _best_seconds(run, repeats: int, rounds: int = 3) -> float:
     return best
 
 
-def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, seconds: dict, name: str,
-            rounds: int = 3) -> str:
+def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, seconds: dict, name: str) -> str:
     """"onednn" where it runs `products` (x, weight) in MARGIN of torch's time or less, else "torch". The routes
     take turns, round by round, each product's best round counting: a cold start or a busy moment then slows
     both alike instead of deciding, once and for all later runs, against the one timed first. (The first
@@ -166,20 +150,17 @@ def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, sec
         for x, w in products:
             run(x, w)
     best = {route: [float("inf")] * len(products) for route in candidates}
-    for _ in range(rounds):
+    for _ in range(3):
         for route, run in candidates.items():
             for k, (x, w) in enumerate(products):
                 best[route][k] = min(best[route][k], _best_seconds(lambda x=x, w=w, run=run: run(x, w), repeats, 1))
-    for route in candidates:
-        seconds[f"{name}_{route}"] = sum(best[route])
+    seconds.update({f"{name}_{route}": sum(best[route]) for route in candidates})
     return "onednn" if seconds[f"{name}_onednn"] < MARGIN * seconds[f"{name}_torch"] else "torch"
 
 
 def measure_routes() -> Routes:
-    """Time the model's kinds of float32 products both ways, about three seconds in all: a decoder step's gate
-    and attention products and their input gradients, then the forward ones with prepacked weights; the output
-    projection and the embedding gates over a batch; the projection's gradients and a weight gradient over all
-    positions; then search's step products with prepacked weights."""
+    """Time the model's kinds of float32 products both ways, about three seconds in all: a decoder step's
+    products (then with prepacked weights), those over a batch, their gradients, and search's step products."""
     generator = torch.Generator().manual_seed(0)
 
     def rand(*shape):
@@ -228,9 +209,7 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, step: bool = False, gradient:
 def _dense(matrix: torch.Tensor) -> torch.Tensor:
     """`matrix` with its rows or its columns contiguous: other layouts (a column slice of a weight) send
     oneDNN to its reference kernel, hundreds of times slower."""
-    if matrix.is_contiguous() or matrix.t().is_contiguous():
-        return matrix
-    return matrix.contiguous()
+    return matrix if matrix.is_contiguous() or matrix.t().is_contiguous() else matrix.contiguous()
 
 
 # search's row counts are padded up to a multiple of this (see `product`)

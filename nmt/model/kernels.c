@@ -4,24 +4,20 @@
    upper 16 bits), 0 = float32; states, gates and probabilities are float32 either way. Loops are written so
    that the compiler vectorizes them (no calls, no branches on element values). */
 #include <stdint.h>
-#include <string.h>
 
 #define CHUNK 256 /* columns of a stack buffer */
 
-/* Each exported function calls its KERNEL with `bf` a constant, so the compiler builds a float32 and a
-   bfloat16 version of every loop; `restrict`: no two operands overlap (without it gcc vectorizes none). */
+/* Each exported function calls its KERNEL through BOTH, `bf` a constant, so the compiler builds a float32 and
+   a bfloat16 version of every loop; `restrict`: no two operands overlap (without it gcc vectorizes none). */
 #define KERNEL static inline __attribute__((always_inline)) void
+#define BOTH(impl, ...) if (bf) impl(__VA_ARGS__, 1); else impl(__VA_ARGS__, 0)
 
-static inline float from_bf16(uint16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+typedef union { uint32_t u; int32_t i; float f; } bits32; /* a float's bits: a union reads them legally */
+
+static inline float from_bf16(uint16_t v) { return (bits32){.u = (uint32_t)v << 16}.f; }
 
 static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch does; a NaN stays a NaN */
-    uint32_t u;
-    memcpy(&u, &f, 4);
+    uint32_t u = (bits32){.f = f}.u;
     uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
     return (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
 }
@@ -43,17 +39,11 @@ static inline float exp_(float x) {
     float y = x < -87.0f ? -87.0f : (x > 88.7f ? 88.7f : x);
     float n = __builtin_rintf(y * 1.44269504088896341f);
     float r = y - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
+               + 1.6666665459e-1f) * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return x < -87.3f ? 0.0f : p * scale;
+    bits32 scale = {.i = ((int32_t)n + 127) << 23};
+    return x < -87.3f ? 0.0f : p * scale.f;
 }
 
 static inline float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }
@@ -107,12 +97,8 @@ KERNEL cell_forward_impl(int B, int H, const void *restrict pre, long pre_stride
 void cell_forward(int B, int H, int bf, const void *pre, long pre_stride, const float *add, long add_stride,
                   const float *cell_prev, long prev_stride, float *act, float *cell, float *tanh_cell,
                   void *h, long h_stride, const float *mask, void *above, long above_stride) {
-    if (bf)
-        cell_forward_impl(B, H, pre, pre_stride, add, add_stride, cell_prev, prev_stride, act, cell,
-                          tanh_cell, h, h_stride, mask, above, above_stride, 1);
-    else
-        cell_forward_impl(B, H, pre, pre_stride, add, add_stride, cell_prev, prev_stride, act, cell,
-                          tanh_cell, h, h_stride, mask, above, above_stride, 0);
+    BOTH(cell_forward_impl, B, H, pre, pre_stride, add, add_stride, cell_prev, prev_stride, act, cell,
+         tanh_cell, h, h_stride, mask, above, above_stride);
 }
 
 /* Its backward. d_h (B, H); d_cell (B, H) holds the gradient from later steps and leaves with the gradient
@@ -149,10 +135,7 @@ KERNEL cell_backward_impl(int B, int H, const float *restrict d_h, float *restri
 
 void cell_backward(int B, int H, int bf, const float *d_h, float *d_cell, const float *act,
                    const float *tanh_cell, const float *cell_prev, long prev_stride, void *d_gates) {
-    if (bf)
-        cell_backward_impl(B, H, d_h, d_cell, act, tanh_cell, cell_prev, prev_stride, d_gates, 1);
-    else
-        cell_backward_impl(B, H, d_h, d_cell, act, tanh_cell, cell_prev, prev_stride, d_gates, 0);
+    BOTH(cell_backward_impl, B, H, d_h, d_cell, act, tanh_cell, cell_prev, prev_stride, d_gates);
 }
 
 /* Splits a layer's input gradient d_xh (B, width + H), compute dtype: d_h (B, H) = its h part; its input
@@ -178,10 +161,7 @@ KERNEL split_grad_impl(int B, int H, const void *restrict d_xh, long d_stride, i
 
 void split_grad(int B, int H, int bf, const void *d_xh, long d_stride, int width, float *d_h, float *below,
                 const float *mask, int accumulate) {
-    if (bf)
-        split_grad_impl(B, H, d_xh, d_stride, width, d_h, below, mask, accumulate, 1);
-    else
-        split_grad_impl(B, H, d_xh, d_stride, width, d_h, below, mask, accumulate, 0);
+    BOTH(split_grad_impl, B, H, d_xh, d_stride, width, d_h, below, mask, accumulate);
 }
 
 /* Luong attention at one step, keys already projected: scores = keys q + bias (bias -inf at padding),
@@ -229,12 +209,8 @@ KERNEL attention_forward_impl(int B, int S, int H, const void *restrict query, l
 void attention_forward(int B, int S, int H, int bf, const void *query, long query_stride,
                        const float *keys, const float *memory, const float *bias, float *probs,
                        long probs_stride, void *combine) {
-    if (bf)
-        attention_forward_impl(B, S, H, query, query_stride, keys, memory, bias, probs, probs_stride, combine,
-                               1);
-    else
-        attention_forward_impl(B, S, H, query, query_stride, keys, memory, bias, probs, probs_stride, combine,
-                               0);
+    BOTH(attention_forward_impl, B, S, H, query, query_stride, keys, memory, bias, probs, probs_stride,
+         combine);
 }
 
 /* Its backward. d_combine (B, 2H), compute dtype: [d context; d q]. Writes d_context[b, t, :] and
@@ -273,12 +249,8 @@ KERNEL attention_backward_impl(int B, int S, int H, const void *restrict d_combi
 void attention_backward(int B, int S, int H, int bf, const void *d_combine, const float *probs,
                         long probs_stride, const float *keys, const float *memory, float *d_context,
                         long context_stride, float *d_scores, long scores_stride, float *d_query) {
-    if (bf)
-        attention_backward_impl(B, S, H, d_combine, probs, probs_stride, keys, memory, d_context,
-                                context_stride, d_scores, scores_stride, d_query, 1);
-    else
-        attention_backward_impl(B, S, H, d_combine, probs, probs_stride, keys, memory, d_context,
-                                context_stride, d_scores, scores_stride, d_query, 0);
+    BOTH(attention_backward_impl, B, S, H, d_combine, probs, probs_stride, keys, memory, d_context,
+         context_stride, d_scores, scores_stride, d_query);
 }
 
 /* The attentional vector: attentional (B, H) = tanh(pre), pre the combination product (compute dtype,
@@ -298,10 +270,7 @@ KERNEL combine_forward_impl(int B, int H, const void *restrict pre, float *restr
 
 void combine_forward(int B, int H, int bf, const void *pre, float *attentional, const float *mask, void *out,
                      long out_stride) {
-    if (bf)
-        combine_forward_impl(B, H, pre, attentional, mask, out, out_stride, 1);
-    else
-        combine_forward_impl(B, H, pre, attentional, mask, out, out_stride, 0);
+    BOTH(combine_forward_impl, B, H, pre, attentional, mask, out, out_stride);
 }
 
 /* Its backward: d = (grad + feed) * mask, then d_pre = d * (1 - attentional^2) in the compute dtype
@@ -322,8 +291,5 @@ KERNEL combine_backward_impl(int B, int H, const void *restrict grad, long grad_
 
 void combine_backward(int B, int H, int bf, const void *grad, long grad_stride, const float *feed,
                       const float *mask, const float *attentional, void *d_pre) {
-    if (bf)
-        combine_backward_impl(B, H, grad, grad_stride, feed, mask, attentional, d_pre, 1);
-    else
-        combine_backward_impl(B, H, grad, grad_stride, feed, mask, attentional, d_pre, 0);
+    BOTH(combine_backward_impl, B, H, grad, grad_stride, feed, mask, attentional, d_pre);
 }

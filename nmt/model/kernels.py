@@ -1,22 +1,20 @@
 """The training recurrence's element-wise work in C (`kernels.c`), built for this CPU at first use.
 
-Per target position and layer, the recurrence's gates, cell and attention are a dozen or more element-wise
-PyTorch operations on (batch, 4H)-sized tensors, forward and backward: each a pass over memory, a dispatch
-and, under bf16, a conversion. On a CPU those, not the matrix products, are what the recurrence spends its
-time on beyond the products. `kernels.c` does each layer's step, the attention's step and the attentional
-vector's step in one pass, forward and backward, with the same arithmetic (float32 states and gates, the
-compute dtype for what the products read, rounded as torch rounds); its exp is a polynomial accurate to a
-few float32 ulps (tanh near 0 a series), so results agree with PyTorch's operations to a few float32
-rounding errors, not bit for bit. They run on the calling thread only.
+Per target position and layer, the gates, cell and attention are a dozen or more element-wise PyTorch
+operations on (batch, 4H)-sized tensors, forward and backward: each a pass over memory, a dispatch and, under
+bf16, a conversion. On a CPU those, beyond the matrix products, are where the recurrence's time goes.
+`kernels.c` does each layer's step, the attention's step and the attentional vector's step in one pass, with
+the same arithmetic (float32 states and gates, the compute dtype for what the products read, rounded as torch
+rounds); its exp is a polynomial accurate to a few float32 ulps, so results agree with PyTorch's operations to
+a few float32 rounding errors, not bit for bit. They run on the calling thread only.
 
-The library is compiled with the system's C compiler (`$CC`, else `cc`) for this CPU (`-march=native`)
-into `$NMT_CACHE/kernels/`, under a name that covers the source, the compiler and the CPU's flags (Zen 3
-and Zen 4 EPYCs share a model name), then loaded with ctypes. Where there is no compiler or the build
-fails, `library()` is None, the reason is logged once, and the recurrence runs PyTorch's operations.
-`NMT_CPU_KERNELS=0` forces that (e.g. to compare the two). Every run on a machine takes the same path,
-which exact resume relies on: so a cached library that does not load (truncated, overwritten) is set aside
-and built again rather than sending every later run to PyTorch's operations, and where the cache cannot be
-written the library is built for the process in a temporary folder.
+The library is compiled with `$CC` (else `cc`) for this CPU (`-march=native`) into `$NMT_CACHE/kernels/`,
+under a name that covers the source, the compiler and the CPU's flags (Zen 3 and Zen 4 EPYCs share a model
+name), and loaded with ctypes. Without a compiler, or where the build fails, `library()` is None, the reason
+is logged once, and the recurrence runs PyTorch's operations; `NMT_CPU_KERNELS=0` forces that. Every run on a
+machine must take the same path, which exact resume relies on: so a cached library that does not load
+(truncated, overwritten) is set aside and built again, and where the cache cannot be written the library is
+built in a temporary folder.
 """
 
 from __future__ import annotations
@@ -65,14 +63,6 @@ def _cpu_flags() -> str:
     return platform.processor() + platform.machine()
 
 
-def _compiler_identity(found: str) -> str:
-    """The compiler binary's resolved path, size and time: a new compiler is a new cache entry, found by a stat
-    rather than by running `cc --version` in every process."""
-    real = os.path.realpath(found)
-    stat = os.stat(real)
-    return f"{real} {stat.st_size} {stat.st_mtime_ns}"
-
-
 def _compiler() -> tuple[list[str], str]:
     """The C compiler as $CC gives it (it may carry arguments: "ccache gcc") and its path, or [] and why not."""
     try:
@@ -111,8 +101,7 @@ def _load(path: Path) -> ctypes.CDLL:
 def _check_elf_extent(path: Path) -> None:
     """OSError unless a 64-bit ELF file holds every segment and its section table: the loader maps a truncated
     library without complaint, and touching the missing pages kills the process (SIGBUS), no exception."""
-    with open(path, "rb") as file:
-        data = file.read()
+    data = path.read_bytes()
     if data[:4] != b"\x7fELF":
         return  # not an ELF file: the loader refuses what it cannot read
     if len(data) < 64:
@@ -142,8 +131,12 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
         return None, found
     compiler, folder = [found, *command[1:]], cache_root() / "kernels"
     try:
+        # the compiler by its path, size and time: a new compiler is a new entry, found by a stat rather than by
+        # running `cc --version` in every process
+        real = os.path.realpath(found)
+        stat = os.stat(real)
         key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(command + flags).encode(),
-                                         _compiler_identity(found).encode(), _cpu_flags().encode()]))
+                                         f"{real} {stat.st_size} {stat.st_mtime_ns}".encode(), _cpu_flags().encode()]))
         target = folder / f"recurrence-{key.hexdigest()[:20]}.so"
         if target.exists():
             try:
@@ -171,10 +164,8 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
 @functools.cache
 def _loaded() -> tuple[ctypes.CDLL | None, str]:
     lib, how = _build()
-    if lib is None:
-        log.info("fused CPU kernels unavailable (%s): the recurrence uses PyTorch's operations", how)
-    else:
-        log.info("fused CPU kernels: %s", how)
+    log.info("fused CPU kernels unavailable (%s): the recurrence uses PyTorch's operations" if lib is None
+             else "fused CPU kernels: %s", how)
     return lib, how
 
 
@@ -190,14 +181,9 @@ def describe() -> str:
 
 
 def usable(acc: torch.dtype, compute: torch.dtype, *tensors: Tensor) -> bool:
-    """Whether the recurrence's steps can run on the kernels: CPU tensors, float32 states and gates, float32
-    or bf16 products, and a library."""
+    """Whether the steps can run on the kernels: CPU tensors, float32 states, float32 or bf16 products, a library."""
     return (acc == torch.float32 and compute in (torch.float32, torch.bfloat16)
             and all(t.device.type == "cpu" for t in tensors) and library() is not None)
-
-
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def _require(condition: bool, what: str) -> None:
@@ -206,8 +192,10 @@ def _require(condition: bool, what: str) -> None:
         raise ValueError(f"kernel operand {what}")
 
 
-def _rows(t: Tensor) -> tuple[int, int]:
-    """A (B, n) operand as the kernels read it: rows of contiguous elements, `stride` elements apart."""
+def _rows(t: Tensor | None) -> tuple[int | None, int]:
+    """A (B, n) operand as the kernels read it, address and row stride: rows of contiguous elements (None, 0)."""
+    if t is None:
+        return None, 0
     _require(t.dim() == 2 and (t.stride(1) == 1 or t.size(1) == 1), "rows must be contiguous")
     return t.data_ptr(), t.stride(0)
 
@@ -217,75 +205,61 @@ def _bf(t: Tensor) -> int:
     return int(t.dtype == torch.bfloat16)
 
 
-def _dense(t: Tensor) -> Tensor:
+def _ptr(t: Tensor | None) -> int | None:
+    """A contiguous operand's address (None for an absent one)."""
+    if t is None:
+        return None
     _require(t.is_contiguous(), "must be contiguous")
-    return t
+    return t.data_ptr()
 
 
 def cell_forward(pre: Tensor, add: Tensor, cell_prev: Tensor, act: Tensor, cell: Tensor, tanh_cell: Tensor,
                  h: Tensor, mask: Tensor | None = None, above: Tensor | None = None) -> None:
     """One layer at one step. pre (B, 4H) the gate product (compute dtype), add (B, 4H) or (4H,) float32;
-    writes act (B, 4H), cell, tanh_cell (B, H) float32, h (B, H) and, if given, above = h * mask (compute
-    dtype)."""
-    batch, hidden = h.shape
-    add_ptr, add_stride = _rows(add) if add.dim() == 2 else (_dense(add).data_ptr(), 0)
-    above_ptr, above_stride = _rows(above) if above is not None else (None, 0)
-    library().cell_forward(batch, hidden, _bf(h), *_rows(pre), add_ptr, add_stride, *_rows(cell_prev),
-                           _dense(act).data_ptr(), _dense(cell).data_ptr(), _dense(tanh_cell).data_ptr(),
-                           *_rows(h), _ptr(None if mask is None else _dense(mask)), above_ptr, above_stride)
+    writes act (B, 4H), cell, tanh_cell (B, H) float32, h and, if given, above = h * mask (compute dtype)."""
+    add_rows = _rows(add) if add.dim() == 2 else (_ptr(add), 0)
+    library().cell_forward(*h.shape, _bf(h), *_rows(pre), *add_rows, *_rows(cell_prev), _ptr(act), _ptr(cell),
+                           _ptr(tanh_cell), *_rows(h), _ptr(mask), *_rows(above))
 
 
 def cell_backward(d_h: Tensor, d_cell: Tensor, act: Tensor, tanh_cell: Tensor, cell_prev: Tensor,
                   d_gates: Tensor) -> None:
     """d_h (B, H); d_cell (B, H) in: from later steps, out: w.r.t. the previous cell; writes d_gates (B, 4H)."""
-    batch, hidden = d_h.shape
-    library().cell_backward(batch, hidden, _bf(d_gates), _dense(d_h).data_ptr(), _dense(d_cell).data_ptr(),
-                            _dense(act).data_ptr(), _dense(tanh_cell).data_ptr(), *_rows(cell_prev),
-                            _dense(d_gates).data_ptr())
+    library().cell_backward(*d_h.shape, _bf(d_gates), _ptr(d_h), _ptr(d_cell), _ptr(act), _ptr(tanh_cell),
+                            *_rows(cell_prev), _ptr(d_gates))
 
 
 def split_grad(d_xh: Tensor, d_h: Tensor, below: Tensor | None = None, mask: Tensor | None = None,
                accumulate: bool = True) -> None:
     """d_xh (B, in + H): d_h = its h part; its input part added (times mask) to `below`, or assigned."""
-    batch, hidden = d_h.shape
-    width = d_xh.size(1) - hidden
-    library().split_grad(batch, hidden, _bf(d_xh), *_rows(d_xh), width, _dense(d_h).data_ptr(),
-                         _ptr(None if below is None else _dense(below)), _ptr(None if mask is None else _dense(mask)),
-                         int(accumulate))
+    library().split_grad(*d_h.shape, _bf(d_xh), *_rows(d_xh), d_xh.size(1) - d_h.size(1), _ptr(d_h), _ptr(below),
+                         _ptr(mask), int(accumulate))
 
 
 def attention_forward(query: Tensor, keys: Tensor, memory: Tensor, bias: Tensor, probs_t: Tensor,
                       combine: Tensor) -> None:
     """query (B, H) compute dtype; keys, memory (B, S, H) float32; bias (B, S) (-inf at padding); writes
     probs_t (B, S) (a column of (B, T, S)) and combine (B, 2H) = [context; query]."""
-    batch, src_len, hidden = keys.shape
-    library().attention_forward(batch, src_len, hidden, _bf(combine), *_rows(query), _dense(keys).data_ptr(),
-                                _dense(memory).data_ptr(), _dense(bias).data_ptr(), *_rows(probs_t),
-                                _dense(combine).data_ptr())
+    library().attention_forward(*keys.shape, _bf(combine), *_rows(query), _ptr(keys), _ptr(memory), _ptr(bias),
+                                *_rows(probs_t), _ptr(combine))
 
 
 def attention_backward(d_combine: Tensor, probs_t: Tensor, keys: Tensor, memory: Tensor, d_context_t: Tensor,
                        d_scores_t: Tensor, d_query: Tensor) -> None:
     """d_combine (B, 2H) = [d context; d query]; writes d_context_t (B, H), d_scores_t (B, S) (columns of
     (B, T, ·) tensors); adds the query's gradient to d_query (B, H)."""
-    batch, src_len, hidden = keys.shape
-    library().attention_backward(batch, src_len, hidden, _bf(d_combine), _dense(d_combine).data_ptr(),
-                                 *_rows(probs_t), _dense(keys).data_ptr(), _dense(memory).data_ptr(),
-                                 *_rows(d_context_t), *_rows(d_scores_t), _dense(d_query).data_ptr())
+    library().attention_backward(*keys.shape, _bf(d_combine), _ptr(d_combine), *_rows(probs_t), _ptr(keys),
+                                 _ptr(memory), *_rows(d_context_t), *_rows(d_scores_t), _ptr(d_query))
 
 
 def combine_forward(pre: Tensor, attentional: Tensor, out: Tensor, mask: Tensor | None = None) -> None:
     """attentional (B, H) = tanh(pre), pre the combination product; out = attentional * mask (compute dtype)."""
-    batch, hidden = attentional.shape
-    library().combine_forward(batch, hidden, _bf(out), _dense(pre).data_ptr(), _dense(attentional).data_ptr(),
-                              _ptr(None if mask is None else _dense(mask)), *_rows(out))
+    library().combine_forward(*attentional.shape, _bf(out), _ptr(pre), _ptr(attentional), _ptr(mask), *_rows(out))
 
 
 def combine_backward(grad: Tensor, attentional: Tensor, d_pre: Tensor, feed: Tensor | None = None,
                      mask: Tensor | None = None) -> None:
     """d_pre = (grad + feed) * mask * (1 - attentional^2); grad (B, H) in the compute dtype."""
-    batch, hidden = attentional.shape
     _require(grad.dtype == d_pre.dtype, "grad and d_pre must share a dtype")
-    library().combine_backward(batch, hidden, _bf(d_pre), *_rows(grad), _ptr(None if feed is None else _dense(feed)),
-                               _ptr(None if mask is None else _dense(mask)), _dense(attentional).data_ptr(),
-                               _dense(d_pre).data_ptr())
+    library().combine_backward(*attentional.shape, _bf(d_pre), *_rows(grad), _ptr(feed), _ptr(mask),
+                               _ptr(attentional), _ptr(d_pre))

@@ -1,29 +1,21 @@
 """The decoder's teacher-forced recurrence as one autograd function: training's hot loop.
 
-Autograd's step loop records dozens of nodes per target position and, walking
-back, adds every recurrent weight's gradient into a full-size buffer once per
-position: T products whose inner dimension is the batch, then T additions of a
-(4H, in) matrix. This function computes the same thing (`Decoder._advance`
-stays the definition; tests hold this to it) with each step's activations
-written into preallocated tensors, walks back through time computing only what
-the recurrence needs (the gradients of states and inputs), and forms each
-weight gradient once at the end as one product over all positions,
-(T*B, 4H)^T @ (T*B, in), where the hardware is efficient.
+Autograd's step loop records dozens of nodes per target position and, walking back, adds every recurrent
+weight's gradient into a full-size buffer once per position: T products whose inner dimension is the batch,
+then T additions of a (4H, in) matrix. This function computes the same thing (`Decoder._advance` stays the
+definition; tests hold this to it) with each step's activations written into preallocated tensors, walks back
+through time computing only the gradients of states and inputs, and forms each weight gradient once at the
+end as one product over all positions, (T*B, 4H)^T @ (T*B, in), where the hardware is efficient.
 
-Precision: the gate and combination products run in the compute dtype (bf16
-under CPU/GPU autocast, else float32); gate pre-activations, the cell state,
-the nonlinearities and the attention (its products are one row per sentence,
-which bf16 runs no faster on a CPU) stay float32. Only `dot` and `general`
-attention are covered: their keys are computed before the loop, so the loop's
-attention is two batched products and a softmax.
+Precision: the gate and combination products run in the compute dtype (bf16 under autocast, else float32);
+gate pre-activations, the cell state, the nonlinearities and the attention (one row per sentence, which bf16
+runs no faster on a CPU) stay float32. Only `dot` and `general` attention are covered: their keys are computed
+before the loop, so the loop's attention is two batched products and a softmax.
 
-Between the products, each step's element-wise work (a layer's gates and cell,
-the attention, the attentional vector, and their gradients) is one call: to
-`kernels` (C, one pass over memory) on a CPU where they could be built, else
-to `TorchSteps`, the same arithmetic in PyTorch's operations; or, with
-`train.compile`, to those operations compiled by torch.compile (`compiled_steps`:
-one path for a CPU and a GPU; on a CPU the C kernels measured faster,
-docs/performance.md).
+Each step's element-wise work (a layer's gates and cell, the attention, the attentional vector, and their
+gradients) is one call: to `kernels` (C) on a CPU where they could be built, else to `TorchSteps`, the same
+arithmetic in PyTorch's operations; or, with `train.compile`, to those compiled by torch.compile
+(`compiled_steps`: one path for a CPU and a GPU; on a CPU the C kernels measured faster, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -64,9 +56,8 @@ class Spec:
 
 def compute_dtype(like: Tensor) -> torch.dtype:
     """The autocast dtype inside autocast, else the inputs' own."""
-    if torch.is_autocast_enabled(like.device.type):
-        return torch.get_autocast_dtype(like.device.type)
-    return like.dtype
+    device = like.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else like.dtype
 
 
 class Recurrence(torch.autograd.Function):
@@ -103,9 +94,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     keys_acc, memory_acc = keys.to(acc).contiguous(), memory.to(acc).contiguous()  # (B, S, H)
     score_bias = spec.score_bias.squeeze(1).contiguous()  # (B, S)
 
-    def new(shape, dtype=acc):
-        return emb_gates.new_empty(shape, dtype=dtype)
-
+    new = functools.partial(emb_gates.new_empty, dtype=acc)
     # xh[l][t] is layer l's product input at step t: [its input; its h at t-1]; slot t+1 receives h_t
     xh = [new((steps + 1, batch, widths[n] + hidden), dtype=cd) for n in range(n_layers)]
     act = [new((steps, batch, four_h)) for _ in range(n_layers)]  # sigmoid(i, f, o), tanh(g)
@@ -145,9 +134,7 @@ def _backward(ctx, grad_out: Tensor):
     n_layers, cd, acc = spec.layers, spec.dtype, ctx.acc
     xh, act, cell, tanh_c = ctx.xh, ctx.act, ctx.cell, ctx.tanh_c
 
-    def new(shape, dtype=acc):
-        return grad_out.new_empty(shape, dtype=dtype)
-
+    new = functools.partial(grad_out.new_empty, dtype=acc)
     d_gates = [new((steps, batch, 4 * hidden), dtype=cd) for _ in range(n_layers)]  # d_gates[0] = d emb_gates
     d_combine = new((steps, batch, hidden), dtype=cd)
     d_context = new((batch, steps, hidden))
@@ -175,11 +162,9 @@ def _backward(ctx, grad_out: Tensor):
     for n in range(n_layers):
         flat = d_gates[n].view(rows, -1)
         d_w = product(flat.t(), xh[n][:steps].reshape(rows, -1).t(), gradient=True).to(acc)  # (4H, in + H)
-        if n == 0:
-            grads_w += [d_w[:, :widths[0]], d_w[:, widths[0]:]]
-        else:
-            d_b = flat.sum(0, dtype=acc)
-            grads_w += [d_w[:, :hidden], d_w[:, hidden:], d_b, d_b]
+        grads_w += [d_w[:, :widths[n]], d_w[:, widths[n]:]]
+        if n > 0:  # an upper layer's b_ih and b_hh
+            grads_w += [flat.sum(0, dtype=acc)] * 2
     grads_w.append(product(d_combine.view(rows, hidden).t(), ctx.combine_in.view(rows, -1).t(),
                            gradient=True).to(acc))
     # the attention's sums over steps, in `acc`: they are small, and bf16 would cost accuracy here
@@ -264,9 +249,6 @@ class TorchSteps:
         d_pre.copy_(tanh_backward(d if mask is None else d * mask, attentional))
 
 
-STEPS = [name for name in vars(TorchSteps) if not name.startswith("_")]
-
-
 def check_compilable(device: torch.device) -> None:
     """On a CPU inductor compiles C++: without a compiler the first step would die deep inside torch."""
     compiler = os.environ.get("CXX") or "g++"
@@ -277,10 +259,9 @@ def check_compilable(device: torch.device) -> None:
 
 @functools.cache
 def compiled_steps() -> SimpleNamespace:
-    """`TorchSteps` compiled by `torch.compile` (inductor: fused C++ on a CPU, Triton on a GPU), sizes left
-    dynamic so that every batch shape shares one compilation; the compiled code is kept under $NMT_CACHE, so
-    a second process loads it instead of compiling again (where the cache cannot be written: for this process,
-    in a temporary folder)."""
+    """`TorchSteps` compiled by `torch.compile` (inductor: fused C++ on a CPU, Triton on a GPU), sizes dynamic so
+    that every batch shape shares one compilation; kept under $NMT_CACHE, so that a second process loads it
+    instead of compiling again (where the cache cannot be written: in a temporary folder, for this process)."""
     folder = cache_root() / "inductor"
     because = unwritable_folder(folder)
     if because is not None:
@@ -288,4 +269,4 @@ def compiled_steps() -> SimpleNamespace:
         folder = Path(tempfile.mkdtemp(prefix="nmt-inductor-"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
     return SimpleNamespace(**{name: torch.compile(getattr(TorchSteps, name), dynamic=True, fullgraph=True)
-                              for name in STEPS})
+                              for name in vars(TorchSteps) if not name.startswith("_")})
