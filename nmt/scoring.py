@@ -31,10 +31,8 @@ def score_files(hyp_path: Path, ref_paths: list[Path]) -> dict:
     for ref_path in ref_paths:
         refs = read_text_lines(Path(ref_path))
         if len(refs) != len(hypotheses):
-            raise NMTError(
-                f"{hyp_path} has {len(hypotheses)} lines but {ref_path} has {len(refs)}; "
-                f"line N of the hypotheses must translate line N of the references"
-            )
+            raise NMTError(f"{hyp_path} has {len(hypotheses)} lines but {ref_path} has {len(refs)}; "
+                           f"line N of the hypotheses must translate line N of the references")
         references.append(refs)
     if not hypotheses:
         raise NMTError(f"{hyp_path}: no lines to score (and its references are empty too)")

@@ -1,22 +1,17 @@
-"""Greedy and beam search, batched over sentences and beams in one tensor program.
+"""Greedy and beam search over a `DecodeStep`, batched over sentences and beams in one tensor program.
 
-Beam search keeps K live hypotheses per sentence in rows `sentence * K + beam`.
-Each step takes the 2K best extensions of each sentence: those among the first
-K that end in EOS are set aside as finished, and the best K that do not end
-in EOS live on. A sentence is done when it has K finished hypotheses (as in
-fairseq), or earlier, when it has `nbest` and the best of them can no longer be
-beaten: log-probabilities only fall as a hypothesis grows and the length
-penalty is largest at the length limit, so no live hypothesis can score above
-its log-probability / penalty(limit) (with alpha 0 this ends most sentences
-first). Done sentences leave the batch, and new ones may join it between steps (`BeamSearch`, the
-continuous batching of `nmt serve`). Greedy is the same search with K = 1, run through a leaner loop.
+Beam search keeps K live hypotheses per sentence in rows `sentence * K + beam`. Each step takes the 2K best
+extensions of each sentence: those among the first K that end in EOS are set aside as finished, and the best K
+that do not end in EOS live on. A sentence is done when it has K finished hypotheses (as in fairseq), or
+earlier, when it has `nbest` and the best of them can no longer be beaten: log-probabilities only fall as a
+hypothesis grows and the length penalty is largest at the length limit, so no live hypothesis can score above
+its log-probability / penalty(limit) (with alpha 0 this ends most sentences first). Done sentences leave the
+batch, and new ones may join it between steps (`BeamSearch`). Greedy is the same search with K = 1, run
+through a leaner loop.
 
-Search runs a `DecodeStep`: the model itself (the reference step) or the fast
-step `nmt.model.search_step.for_search(model)` builds once per translation job.
-
-Work saved without changing a result: a beam's candidates are its K + 1 best tokens (a step keeps at
-most K of one beam's non-EOS extensions and its one EOS), and the first step, where a sentence's K
-beams are still one hypothesis, runs once per sentence.
+Work saved without changing a result: a beam's candidates are its K + 1 best tokens (a step keeps at most K of
+one beam's non-EOS extensions and its one EOS), and the first step, where a sentence's K beams are still one
+hypothesis, runs once per sentence.
 """
 
 from __future__ import annotations
@@ -103,10 +98,8 @@ def greedy(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *,
             active, tokens = active[live], tokens[live]
             memory, state = memory.index_select(live), state.index_select(live)
     outputs, log_probs, lengths = outputs.tolist(), log_probs.tolist(), lengths.tolist()
-    return [
-        Hypothesis(outputs[i][: lengths[i]], log_probs[i] / length_penalty(lengths[i] + 1, alpha), log_probs[i])
-        for i in range(n)
-    ]
+    return [Hypothesis(outputs[i][: lengths[i]], log_probs[i] / length_penalty(lengths[i] + 1, alpha), log_probs[i])
+            for i in range(n)]
 
 
 class _Sentences:
@@ -147,15 +140,13 @@ def _widen(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
 
 
 class BeamSearch:
-    """Beam search as a running batch: `add` puts sentences in, every `step` extends each live one by a
-    token, and a sentence leaves as soon as it is done, its n-best list returned by that step.
+    """Beam search as a running batch: `add` puts sentences in, every `step` extends each live one by a token,
+    and a sentence leaves as soon as it is done, its n-best list returned by that step.
 
-    `beam_search` adds one batch and steps until it is empty. `nmt serve` adds the sentences of new
-    requests while others are being decoded (continuous batching): they join at the next step, so the batch
-    stays full and no request waits for the longest sentence of a batch it happened to share. Sentences of
-    different ages share a step: each keeps its own step count, length limit and length penalty.
-
-    Memory and state must also support `cat` (with padding) when sentences join a running search.
+    `beam_search` adds one batch and steps until it is empty. `nmt serve` adds the sentences of new requests
+    while others are being decoded (continuous batching): they join at the next step, so the batch stays full
+    and no request waits for the longest sentence of a batch it happened to share. Sentences of different ages
+    share a step: each keeps its own step count, length limit and length penalty.
     """
 
     def __init__(self, decoder: DecodeStep, *, beam_size: int, alpha: float, max_len_ratio: float,
@@ -215,26 +206,24 @@ class BeamSearch:
         for _, _, more_memory, more_state in groups[1:]:
             memory, state = memory.cat(more_memory), state.cat(more_state)
         n, k, device = len(keys), self.k, lengths.device
-        rows = n if one_row else n * k
         if not one_row:
             state = state.index_select(torch.arange(n, device=device).repeat_interleave(k))
-        tokens = torch.full((rows,), BOS, dtype=torch.long, device=device)
+        tokens = torch.full((n if one_row else n * k,), BOS, dtype=torch.long, device=device)
         sentences = _Sentences.new(lengths, k, self.alpha, self.max_len_ratio)
-        history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
-        attention = torch.zeros(n * k, 0, 0, device=device) if self.keep_attention else None
         self.keys += keys
         self.finished += [[] for _ in keys]
         if self.sentences is None:
             self.sentences, self.memory, self.state, self.tokens = sentences, memory, state, tokens
-            self.history, self.attention = history, attention
+            self.history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
+            self.attention = torch.zeros(n * k, 0, 0, device=device) if self.keep_attention else None
             return
         self.sentences = self.sentences.cat(sentences)
         self.memory, self.state = self.memory.cat(memory), self.state.cat(state)
         self.tokens = torch.cat([self.tokens, tokens])
-        self.history = torch.cat([self.history, _widen(history, 1, self.history.size(1))])
+        # the new rows have no history or attention yet
+        self.history = torch.cat([self.history, self.history.new_zeros(n * k, self.history.size(1))])
         if self.keep_attention:
-            attention = _widen(_widen(attention, 1, self.attention.size(1)), 2, self.attention.size(2))
-            self.attention = torch.cat([_widen(self.attention, 2, attention.size(2)), attention])
+            self.attention = torch.cat([self.attention, self.attention.new_zeros(n * k, *self.attention.shape[1:])])
 
     @torch.inference_mode()
     def step(self) -> list[tuple[object, list[Hypothesis]]]:
@@ -317,11 +306,10 @@ def beam_search(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tenso
     search = BeamSearch(decoder, beam_size=beam_size, alpha=alpha, max_len_ratio=max_len_ratio, nbest=nbest,
                         keep_attention=keep_attention)
     search.add(src, src_lengths, range(src.size(0)))
-    results: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    results = {}
     while search:
-        for sentence, hypotheses in search.step():
-            results[sentence] = hypotheses
-    return results
+        results.update(search.step())
+    return [results[i] for i in range(src.size(0))]
 
 
 def search(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_size: int, alpha: float,

@@ -1,10 +1,7 @@
-"""Translate lines of raw text: one result per input line, in input order.
-
-Lines are sorted by length and grouped into batches of about `batch_tokens`
-source pieces internally; results go back to their input positions. An empty
-line translates to an empty line; a line longer than the model's limit is
-truncated (with one warning for the whole input), never dropped.
-"""
+"""Translate lines of raw text: one result per input line, in input order. Lines are sorted by length and
+grouped into batches of about `batch_tokens` source pieces internally; results go back to their input positions.
+An empty line translates to an empty line; a line longer than the model's limit is truncated (with one warning
+for the whole input), never dropped."""
 
 from __future__ import annotations
 
@@ -46,9 +43,8 @@ def empty_hypotheses(count: int, nbest: int) -> list[list[Hypothesis]]:
 
 class Translator:
     """A model (or an ensemble: a list of models sharing `tokenizer`) ready to translate with the settings of
-    `decode` (validation, the test evaluation, bench and the commands each pass theirs, changed with
-    `dataclasses.replace`): in eval mode, its search step built once in the decoding precision
-    (`search_step.for_search`). Build a new one after the weights change."""
+    `decode`: in eval mode, its search step built once in the decoding precision (`search_step.for_search`).
+    Build a new one after the weights change."""
 
     def __init__(self, model, tokenizer: Tokenizer, decode: DecodeConfig, *, device: torch.device,
                  precision: str = "fp32"):

@@ -1,9 +1,6 @@
-"""Luong et al. (2015) global attention: dot, general and concat scores.
-
-The part of each score that depends only on the encoder (`W_a h_s` for
-general, `W_2 h_s` for concat) is computed once per batch by `keys`, not at
-every decoder step.
-"""
+"""Luong et al. (2015) global attention: dot, general and concat scores. The part of each score that depends
+only on the encoder (`W_a h_s` for general, `W_2 h_s` for concat) is computed once per batch by `keys`, not at
+every decoder step."""
 
 from __future__ import annotations
 
@@ -35,12 +32,9 @@ class Attention(nn.Module):
         return memory
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
-        """query: (N, H); keys, memory: (n, S, H); mask: (n, S) True at real positions; N = n * g.
-
-        Each sentence's memory serves g consecutive query rows (its beams), so beam
-        search never copies the memory per beam. Returns the context (N, H) and the
-        weights (N, S), which are zero at padding.
-        """
+        """query: (N, H); keys, memory: (n, S, H); mask: (n, S) True at real positions; N = n * g. Each
+        sentence's memory serves g consecutive query rows (its beams), so beam search never copies the memory
+        per beam. Returns the context (N, H) and the weights (N, S), which are zero at padding."""
         n, length, hidden = keys.shape
         queries = query.view(n, -1, hidden)  # (n, g, H)
         if self.kind == "concat":

@@ -1,17 +1,13 @@
 """LSTM decoder with Luong attention and input feeding, one time step at a time.
 
-Input feeding makes step t depend on the attentional vector of step t-1, so
-the decoder cannot run as one fused LSTM over the sequence. What does not
-depend on the previous step is hoisted out of the loop: the embedding part of
-the first layer's input projection is computed for all steps at once and
-enters each step as that step's bias, and the attention keys are computed once
-per batch (`Attention.keys`). The output projection runs after the loop, over
-all steps at once. The dropout masks of every step are drawn at once too.
+Input feeding makes step t depend on the attentional vector of step t-1, so the decoder cannot run as one fused
+LSTM over the sequence. What does not depend on the previous step is hoisted out of the loop: the embedding part
+of the first layer's input projection is computed for all steps at once and enters each step as that step's
+bias, the attention keys are computed once per batch (`Attention.keys`), the output projection runs after the
+loop and the dropout masks of every step are drawn at once.
 
-`_advance` defines a step. For training, `fused_recurrence` swaps autograd's
-step loop for `recurrence.Recurrence`, the same computation with its own
-backward pass (dot and general attention); search's fast step is
-`search_step.FastStep`. Both are held to `_advance` by the tests.
+`_advance` defines a step. `recurrence.Recurrence` (training with `fused_recurrence`: dot and general attention,
+its own backward pass) and search's `search_step.FastStep` compute the same, held to it by the tests.
 """
 
 from __future__ import annotations
@@ -46,8 +42,7 @@ class Memory:
         length = max(self.mask.size(1), other.mask.size(1))
 
         def padded(x: torch.Tensor) -> torch.Tensor:
-            return x if x.size(1) == length else torch.cat([x, x.new_zeros(x.size(0), length - x.size(1),
-                                                                           *x.shape[2:])], dim=1)
+            return torch.cat([x, x.new_zeros(x.size(0), length - x.size(1), *x.shape[2:])], dim=1)
 
         return Memory(*(torch.cat([padded(a), padded(b)]) for a, b in (
             (self.outputs, other.outputs), (self.keys, other.keys), (self.mask, other.mask))))
@@ -75,9 +70,8 @@ class Decoder(nn.Module):
         self.emb_dim, self.hidden_size, self.input_feed = emb_dim, hidden_size, input_feed
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
         first_input = emb_dim + (hidden_size if input_feed else 0)
-        self.cells = nn.ModuleList(
-            [nn.LSTMCell(first_input if i == 0 else hidden_size, hidden_size) for i in range(layers)]
-        )
+        self.cells = nn.ModuleList([nn.LSTMCell(first_input if i == 0 else hidden_size, hidden_size)
+                                    for i in range(layers)])
         self.attention = Attention(attention, hidden_size)
         self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)  # W_c [context; h]
         self.dropout_p = dropout
@@ -85,17 +79,11 @@ class Decoder(nn.Module):
         self.layers = layers
         self.fused_recurrence, self.compiled_steps = fused_recurrence, compiled_steps
 
-    def init_state(self, encoder_final: tuple[torch.Tensor, torch.Tensor]) -> DecoderState:
-        h, c = encoder_final  # (layers, N, H) each
-        feed_size = self.hidden_size if self.input_feed else 0
-        return DecoderState(list(h.unbind(0)), list(c.unbind(0)), h.new_zeros(h.size(1), feed_size))
-
     def _embedding_gates(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (...,) -> (..., 4H): the first layer's input projection of the embeddings, biases included."""
         cell = self.cells[0]
-        w_emb = cell.weight_ih[:, : self.emb_dim]
         embedded = dropout(self.embed(tokens), self.dropout_p, self.training)
-        return linear(embedded, w_emb, cell.bias_ih + cell.bias_hh)
+        return linear(embedded, cell.weight_ih[:, : self.emb_dim], cell.bias_ih + cell.bias_hh)
 
     def _first_layer(self, emb_gates: torch.Tensor, state: DecoderState):
         """The first LSTM layer, its embedding projection already in `emb_gates` (N, 4H)."""
@@ -108,13 +96,6 @@ class Decoder(nn.Module):
             return h, c
         # on the CPU, lstm_cell accepts the per-row embedding gates as its input bias
         return torch.lstm_cell(state.feed, (state.h[0], state.c[0]), w_feed, cell.weight_hh, emb_gates, None)
-
-    def _step_masks(self, steps: int, batch: int, device: torch.device) -> torch.Tensor | None:
-        """Scaled dropout masks (layers, T, B, H) for training: [l] between layers l and l + 1, [-1] on the
-        attentional vector. One draw per batch costs a fraction of one bernoulli call per step."""
-        if not self.training or self.dropout_p == 0.0:
-            return None
-        return keep_mask((self.layers, steps, batch, self.hidden_size), self.dropout_p, device)
 
     def _advance(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState,
                  masks: torch.Tensor | None = None):
@@ -142,18 +123,23 @@ class Decoder(nn.Module):
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced decoding: tgt_in (B, T) -> logits (B, T, V), or (n, V) for the n positions where
         `keep` (B, T) is True: the loss skips padding, so the output projection need not compute it."""
+        batch, steps = tgt_in.shape
         emb_gates = self._embedding_gates(tgt_in.t())  # (T, B, 4H), all steps at once, a step's rows together
-        masks = self._step_masks(tgt_in.size(1), tgt_in.size(0), tgt_in.device)
+        # scaled dropout masks (layers, T, B, H): [l] between layers l and l + 1, [-1] on the attentional vector;
+        # one draw per batch costs a fraction of one bernoulli call per step
+        masks = None
+        if self.training and self.dropout_p != 0.0:
+            masks = keep_mask((self.layers, steps, batch, self.hidden_size), self.dropout_p, tgt_in.device)
         if self.runs_recurrence:
             outputs = self._fused_steps(emb_gates, memory, state, masks)
         else:
-            steps = []
-            for t in range(tgt_in.size(1)):
+            outputs = []
+            for t in range(steps):
                 attentional, state, _ = self._advance(emb_gates[t], memory, state,
                                                       None if masks is None else masks[:, t])
-                steps.append(attentional)
-            outputs = torch.stack(steps, dim=1)  # (B, T, H)
-        return self._generate(outputs if keep is None else outputs[keep])
+                outputs.append(attentional)
+            outputs = torch.stack(outputs, dim=1)  # (B, T, H)
+        return linear(outputs if keep is None else outputs[keep], self.generator.weight, self.generator.bias)
 
     def _fused_steps(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState,
                      masks: torch.Tensor | None) -> torch.Tensor:
@@ -165,17 +151,12 @@ class Decoder(nn.Module):
             layer_masks=None if masks is None else masks[:-1], out_masks=None if masks is None else masks[-1],
             input_feed=self.input_feed, compiled=self.compiled_steps,
         )
-        weights = [self.cells[0].weight_ih[:, self.emb_dim:], self.cells[0].weight_hh]
-        for cell in self.cells[1:]:
-            weights += [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
-        weights.append(self.combine.weight)
+        upper = [w for cell in self.cells[1:] for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
         return recurrence.Recurrence.apply(spec, emb_gates, memory.keys, memory.outputs, *state.h, *state.c,
-                                           *weights)
-
-    def _generate(self, attentional: torch.Tensor) -> torch.Tensor:
-        return linear(attentional, self.generator.weight, self.generator.bias)  # (..., V)
+                                           self.cells[0].weight_ih[:, self.emb_dim:], self.cells[0].weight_hh,
+                                           *upper, self.combine.weight)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
         """The reference decoding step: tokens (N,) -> logits (N, V), the new state, attention (N, S)."""
         attentional, state, attention = self._advance(self._embedding_gates(tokens), memory, state)
-        return self._generate(attentional), state, attention
+        return linear(attentional, self.generator.weight, self.generator.bias), state, attention

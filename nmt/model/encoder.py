@@ -1,21 +1,16 @@
 """Bidirectional multi-layer LSTM encoder.
 
-On the CPU each layer runs as one padded call, which oneDNN computes: the packed
-sequences `nn.LSTM` takes fall back to ATen's step-by-step loop whenever a
-batch's sentences differ in length (batches are grouped by target length, so
-many do), and it is slower there, per sentence, than oneDNN computing the padding
-too. Padding must not leak into a sentence's states, so each layer's input gets
-one more feature, 1 at padding, whose weights drive the input gate to 0 and the
-forget gate to 1 there exactly (sigmoid of ∓`PAD_GATE` rounds to 0 and 1): the
-state passes padding unchanged. The backward direction meets the padding first,
-from a zero state, and so reaches each sentence's last token at zero; the forward
-direction carries its final cell state through the padding, and its final h is
-read at the last token. Elsewhere (CUDA, where cuDNN runs packed sequences
-natively) the layers run through `nn.LSTM` over packed sequences; both compute
-the same function, and the tests hold them to it. Where oneDNN has no bfloat16
-kernels (AVX2 CPUs) its LSTM cannot run in bf16, so under bf16 autocast there
-(an explicit bf16 decode, which `device.resolve_precision` warns about) the
-layers run in float32.
+On the CPU each layer runs as one padded call, which oneDNN computes: the packed sequences `nn.LSTM` takes fall
+back to ATen's step-by-step loop whenever a batch's sentences differ in length (batches are grouped by target
+length, so many do), slower there, per sentence, than oneDNN computing the padding too. Padding must not leak
+into a sentence's states, so each layer's input gets one more feature, 1 at padding, whose weights drive the
+input gate to 0 and the forget gate to 1 there exactly (`PAD_GATE`): the state passes padding unchanged. The
+backward direction meets the padding first, from a zero state, and so reaches each sentence's last token at
+zero; the forward direction carries its final cell state through the padding, and its final h is read at the
+last token. Elsewhere (CUDA, where cuDNN runs packed sequences natively) the layers run through `nn.LSTM` over
+packed sequences: the same function, which the tests hold them to. Where oneDNN has no bfloat16 kernels (AVX2
+CPUs) its LSTM cannot run in bf16, so under bf16 autocast there (an explicit bf16 decode, which
+`device.resolve_precision` warns about) the layers run in float32.
 """
 
 from __future__ import annotations
@@ -44,20 +39,13 @@ class Encoder(nn.Module):
         self.dropout_p = dropout
         self.lstm = nn.LSTM(emb_dim, hidden_size // 2, layers, batch_first=True, bidirectional=True,
                             dropout=dropout if layers > 1 else 0.0)
-        self.layers = layers
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, *, packed: bool | None = None):
         """src: (B, S), src_lengths: (B,) on the CPU. `packed`: run `nn.LSTM` over packed sequences (default:
-        off the CPU only).
-
-        Returns the outputs (B, S, H), zero at padding, and the final (h, c) per
-        layer with both directions concatenated: (layers, B, H) each, ready to
-        start a decoder of the same depth and hidden size H.
-        """
+        off the CPU only). Returns the outputs (B, S, H), zero at padding, and the final (h, c) per layer with
+        both directions concatenated: (layers, B, H) each, ready to start a decoder of the same depth and H."""
         embedded = dropout(self.embed(src), self.dropout_p, self.training)  # (B, S, E)
-        if packed is None:
-            packed = src.device.type != "cpu"
-        if packed:
+        if packed or (packed is None and src.device.type != "cpu"):
             return self._packed(embedded, src_lengths)
         return self._padded(embedded, src_lengths, src != PAD)
 
@@ -65,13 +53,8 @@ class Encoder(nn.Module):
         packed = pack_padded_sequence(embedded, src_lengths, batch_first=True, enforce_sorted=False)
         outputs, (h, c) = self.lstm(packed)
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=embedded.size(1))
-
-        def join_directions(state: torch.Tensor) -> torch.Tensor:
-            # (layers * 2, B, H/2) -> (layers, B, H), forward then backward
-            state = state.view(self.layers, 2, state.size(1), state.size(2))
-            return torch.cat([state[:, 0], state[:, 1]], dim=2)
-
-        return outputs, (join_directions(h), join_directions(c))
+        # (layers * 2, B, H/2), each layer's forward direction then its backward one -> (layers, B, H)
+        return outputs, (torch.cat([h[0::2], h[1::2]], dim=2), torch.cat([c[0::2], c[1::2]], dim=2))
 
     def _padded(self, embedded: torch.Tensor, src_lengths: torch.Tensor, mask: torch.Tensor):
         batch, half = embedded.size(0), self.lstm.hidden_size
@@ -80,7 +63,7 @@ class Encoder(nn.Module):
         x, hs, cs = embedded, [], []
         # bf16 autocast would hand oneDNN an LSTM it has no kernel for; the embeddings are float32
         float32_only = embedded.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not ONEDNN_BF16
-        for layer in range(self.layers):
+        for layer in range(self.lstm.num_layers):
             if layer:
                 x = dropout(x, self.dropout_p, self.training)
             zeros = x.new_zeros(2, batch, half)
@@ -94,8 +77,7 @@ class Encoder(nn.Module):
     def _layer_weights(self, layer: int) -> list[torch.Tensor]:
         """One layer's weights, both directions, in `_VF.lstm`'s order, each input weight with the padding
         feature's column: -PAD_GATE into the input gate, +PAD_GATE into the forget gate (gate order i, f, g, o)."""
-        half = self.lstm.hidden_size
-        weights = []
+        half, weights = self.lstm.hidden_size, []
         for suffix in (f"_l{layer}", f"_l{layer}_reverse"):
             w_ih = getattr(self.lstm, "weight_ih" + suffix)
             column = w_ih.new_zeros(4 * half, 1)

@@ -1,18 +1,16 @@
-"""The decoding step search runs: what search needs from a model, and a fast version of the step.
-
-Search calls two things, written down as `DecodeStep`: `encode` and `step`. `Seq2Seq` is one (its `step`
-is the reference, `Decoder._advance`). `FastStep` is another, built from a model once per translation
-job: it computes the same step in fewer operations, from the model's weights laid out once:
+"""The decoding step search runs, `DecodeStep`: `Seq2Seq` itself (its `step` is the reference,
+`Decoder._advance`), or `FastStep`, built from a model once per translation job, which computes the same step
+in fewer operations from the model's weights laid out once:
 
 - one product per LSTM layer on [input; h] (`layout.stacked_layers`);
-- the cell-input gate's rows doubled, so that tanh(x) = 2 sigmoid(2x) - 1 and one sigmoid covers all
-  four gates (float32 tanh is slow on the CPU; doubling is exact);
+- the cell-input gate's rows doubled, so that tanh(x) = 2 sigmoid(2x) - 1 and one sigmoid covers all four gates
+  (float32 tanh is slow on the CPU; doubling is exact);
 - a token's first-layer embedding gates are a row of a (V, 4H) table, a lookup instead of a product;
 - the matrices in oneDNN's blocked layout where this machine's products use it (`gemm.prepacked`).
 
-The weights are a snapshot: build a new `FastStep` after the model changes (training validates with a
-fresh one each time). `for_search` picks the reference where `FastStep` does not apply (concat attention,
-CUDA, whose fused LSTM cell already serves the reference step).
+The weights are a snapshot: build a new `FastStep` after the model changes (training validates with a fresh one
+each time). `for_search` picks the reference where `FastStep` does not apply (concat attention, CUDA, whose
+fused LSTM cell already serves the reference step).
 """
 
 from __future__ import annotations

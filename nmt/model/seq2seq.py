@@ -33,23 +33,22 @@ class Seq2Seq(nn.Module):
             self.decoder.generator.weight = self.decoder.embed.weight
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
-        outputs, final = self.encoder(src, src_lengths)
-        mask = src != PAD  # (B, S)
-        return Memory(outputs, self.decoder.attention.keys(outputs), mask), self.decoder.init_state(final)
+        outputs, (h, c) = self.encoder(src, src_lengths)  # h, c: (layers, B, H), the decoder's first state
+        feed = h.new_zeros(h.size(1), self.decoder.hidden_size if self.decoder.input_feed else 0)
+        state = DecoderState(list(h.unbind(0)), list(c.unbind(0)), feed)
+        return Memory(outputs, self.decoder.attention.keys(outputs), src != PAD), state
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) for the targets whose inputs are tgt_in (B, T); with `keep`
-        (B, T) bool, only the kept positions' logits (n, V), in row-major order."""
-        memory, state = self.encode(src, src_lengths)
-        return self.decoder(tgt_in, memory, state, keep)
+        """Teacher-forced logits of the targets whose inputs are tgt_in (B, T): see `Decoder.forward`."""
+        return self.decoder(tgt_in, *self.encode(src, src_lengths), keep)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
         """The reference decoding step: tokens (N,) -> logits (N, V), the new state, attention (N, S)."""
         return self.decoder.step(tokens, memory, state)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        return sum(p.numel() for p in self.parameters())  # a tied matrix once: parameters() skips duplicates
 
     def computed_by(self, device: torch.device, precision: str) -> dict:
         """Which code computes training on `device` in `precision`: the recurrence's path and, for float32 on a
