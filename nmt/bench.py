@@ -1,16 +1,13 @@
 """`nmt bench`: training tokens/s over a steady window, decoding sentences/s, and the FLOP bound.
 
-Tokens are real target pieces plus EOS (no padding), as the peers count them.
-The FLOP bound: a matrix product of the model's own shapes, timed here in the
-precision used, against the model's FLOPs per target token counted from its
-shapes (training = 3x the forward pass). The fraction says how much of what
-this machine can do the training loop gets.
+Tokens are real target pieces plus EOS (no padding), as the peers count them. The FLOP bound: a matrix product of
+the model's own shapes, timed in the precision used, against the model's FLOPs per target token counted from its
+shapes (training = 3x the forward pass); the fraction is how much of what this machine can do the training gets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import resource
 import statistics
 import tempfile
@@ -26,8 +23,6 @@ from nmt.distributed import World
 from nmt.model import gemm, kernels
 from nmt.scoring import bleu
 from nmt.translator import Translator, encode_sources
-
-log = logging.getLogger(__name__)
 
 
 def flops_per_target_token(cfg: Config, tgt_vocab: int, src_per_tgt: float, mean_src_len: float) -> float:
@@ -122,9 +117,9 @@ def run_bench(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), World(), None)
     device, precision = trainer.device, trainer.precision
-    data = trainer.data
-    mean_tgt = float(data.train.tgt_lengths.mean()) + 1
-    mean_src = float(data.train.src_lengths.mean()) + 1
+    train, test = trainer.data.train, trainer.data.test
+    mean_tgt = float(train.tgt_lengths.mean()) + 1
+    mean_src = float(train.src_lengths.mean()) + 1
     report = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
@@ -133,7 +128,6 @@ def run_bench(args) -> dict:
         "batch": f"{cfg.train.batch_sentences} sentences" if cfg.train.batch_sentences
         else f"{cfg.train.batch_tokens} tokens",
     }
-    test = data.test
     n = min(args.decode_sentences, len(test))
 
     def decode(model, tokenizer) -> None:
@@ -154,10 +148,8 @@ def run_bench(args) -> dict:
         flops_token = flops_per_target_token(cfg, len(trainer.tokenizer.tgt), mean_src / mean_tgt, mean_src)
         batch_rows = cfg.train.batch_sentences or max(1, cfg.train.batch_tokens // int(mean_tgt))
         peak = matmul_flops_per_second(cfg, device, precision, batch_rows)
-        report.update({
-            "flops_per_target_token": flops_token, "matmul_gflops": peak / 1e9,
-            "achieved_gflops": report["train_tokens_per_sec"] * flops_token / 1e9,
-        })
+        report.update(flops_per_target_token=flops_token, matmul_gflops=peak / 1e9,
+                      achieved_gflops=report["train_tokens_per_sec"] * flops_token / 1e9)
         report["fraction_of_flop_bound"] = report["achieved_gflops"] / report["matmul_gflops"]
     if not args.checkpoint:
         decode(trainer.model, trainer.tokenizer)

@@ -1,10 +1,9 @@
 """Where nmt keeps what it can rebuild or measure again: `$NMT_CACHE`, by default ~/.cache/nmt.
 
-Tokenizers, prepared data, compiled kernels and the timed product routes all live under it; deleting it
-loses no result, only the time to rebuild them. Each kind checks what it reads; a damaged entry is renamed
-`<name>.bad-<time>` (kept to look at, never read again) and rebuilt, because a cache that fails a command,
-or that is silently redone on every run, is worse than none. `nmt prepare --clean DAYS` removes what was
-set aside, with the unused prepared data.
+Tokenizers, prepared data, compiled kernels and the timed product routes live under it; deleting it loses no
+result, only the time to rebuild them. Each kind checks what it reads; a damaged entry is renamed `<name>.bad-<time>`
+(kept to look at, never read again) and rebuilt, because a cache that fails a command, or that is silently redone
+on every run, is worse than none. `nmt prepare --clean DAYS` removes what was set aside and unused prepared data.
 """
 
 from __future__ import annotations
@@ -83,10 +82,10 @@ def set_aside_before(cutoff: float) -> list[Path]:
     return found
 
 
-def file_lock(path: Path, waiting: str = "") -> contextlib.AbstractContextManager:
+def file_lock(path: Path, waiting: str) -> contextlib.AbstractContextManager:
     """An exclusive lock on the file `path` (created if need be), held by one process at a time while the
-    returned context's block runs; a process that must wait logs `waiting` first, if given. The file is
-    opened here, so that where it cannot be (OSError) the caller decides before any block runs."""
+    returned context's block runs; a process that must wait logs `waiting` first. The file is opened here,
+    so that where it cannot be (OSError) the caller decides before any block runs."""
     file = open(path, "a")
 
     @contextlib.contextmanager
@@ -95,8 +94,7 @@ def file_lock(path: Path, waiting: str = "") -> contextlib.AbstractContextManage
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if waiting:
-                    log.info("%s", waiting)
+                log.info("%s", waiting)
                 fcntl.flock(file, fcntl.LOCK_EX)
             yield
 

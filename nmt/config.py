@@ -1,9 +1,8 @@
 """Typed run configuration: dataclasses loaded from YAML, with `--set a.b=value` overrides.
 
-Every key is documented here, once, next to its default. The defaults are the
-packaged default run (`configs/multi30k_en_de.yaml`): Multi30k en->de from the
-hub with a GPU-sized model, so `nmt train` with no arguments trains it.
-Unknown keys and wrong types are rejected with the nearest valid key named.
+Every key is documented here, once, next to its default. The defaults are the packaged default run
+(`configs/multi30k_en_de.yaml`): Multi30k en->de from the hub with a GPU-sized model, so `nmt train` with no
+arguments trains it. Unknown keys and wrong types are rejected with the nearest valid key named.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ POSITIVE = ("a finite number above 0", lambda v: math.isfinite(v) and v > 0)
 AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
 AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
 _FRACTION_BELOW_1 = ("at least 0 and below 1", lambda v: 0 <= v < 1)
-# decoding settings, also given as translate's flags: bounded, since a huge ratio overflows the length limit
-# and a huge alpha the length penalty
+# decoding settings, also translate's flags; bounded: a huge ratio overflows the length limit, a huge alpha the penalty
 DECODE_RANGES = {"beam_size": AT_LEAST_1, "length_penalty": ("at least 0 and at most 10", lambda v: 0 <= v <= 10),
                  "max_len_ratio": ("above 0 and at most 100", lambda v: 0 < v <= 100), "batch_tokens": AT_LEAST_1,
                  "max_src_len": AT_LEAST_1, "valid_beam_size": AT_LEAST_1}
@@ -151,18 +149,15 @@ class TrainConfig:
     max_minutes: float | None = None
     #: validate every this many steps (and always at each epoch end); null = epoch ends only.
     valid_every: int | None = None
-    #: also save last.pt every this many minutes of training, so that a killed run loses at most this
-    #: much work; null = only at validations and epoch ends.
+    #: also save last.pt every this many minutes, so a killed run loses at most that; null = at validations, epoch ends.
     save_every_minutes: float | None = 10.0
-    #: also keep the checkpoints of the last N validations as `checkpoints/step_<step>.pt` (0 = none), for
-    #: `nmt average --last N`.
+    #: keep the last N validations' checkpoints as `checkpoints/step_<step>.pt` (0 = none), for `nmt average --last N`.
     keep_checkpoints: int = 0
-    #: `budget`: constant until `budget_decay_start` of the run's budget is spent, then multiplied by
-    #: `lr_decay` at `budget_decays` evenly spaced points before the end. The budget is whichever of
-    #: `max_minutes`, `max_steps` and `max_epochs` is nearer to ending the run, so the rate anneals on a slow
-    #: machine as on a fast one. `plateau`: multiply lr by `lr_decay` when validation perplexity stops
-    #: improving; `epoch`: multiply it every epoch from `decay_start_epoch` on (Luong et al.'s fixed-epoch
-    #: recipe); `none`: constant.
+    #: `budget`: constant until `budget_decay_start` of the budget (whichever of `max_minutes`, `max_steps` and
+    #: `max_epochs` is nearer to ending the run, so the rate anneals on a slow machine as on a fast one) is spent,
+    #: then times `lr_decay` at `budget_decays` evenly spaced points before the end. `plateau`: times `lr_decay`
+    #: when validation perplexity stops improving; `epoch`: every epoch from `decay_start_epoch` on (Luong et al.'s
+    #: fixed-epoch recipe); `none`: constant.
     lr_schedule: Literal["budget", "plateau", "epoch", "none"] = "plateau"
     #: the factor each decay multiplies the rate by, the first epoch that decays, and the floor.
     lr_decay: float = 0.5
@@ -262,23 +257,19 @@ def _coerce(value, hint, where: str):
         if value is None and type(None) in options:
             return None
         errors = []
-        for option in options:
-            if option is type(None):
-                continue
+        for option in (option for option in options if option is not type(None)):
             try:
                 return _coerce(value, option, where)
             except NMTError as error:
                 errors.append(str(error).removeprefix(f"{where}: "))
-        raise NMTError(f"{where}: {'; or '.join(errors)}" if errors else f"{where}: must not be null")
+        raise NMTError(f"{where}: {'; or '.join(errors)}")
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
             raise NMTError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str) and _looks_numeric(value):  # YAML 1.1 reads 1e-3 as text
-        return float(value)
+    if hint is float and (type(value) is int or isinstance(value, str) and _looks_numeric(value)):
+        return float(value)  # an int, or text: YAML 1.1 reads 1e-3 as text
     if hint is str and isinstance(value, bool):
         raise NMTError(f"{where}: expected text, got {str(value).lower()} (YAML reads no, yes, on and off as "
                        f"true or false); quote it, e.g. '{'yes' if value else 'no'}'")
@@ -339,13 +330,9 @@ def _looks_numeric(raw: str) -> bool:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """The dataclass defaults, then the YAML file, then `--set` overrides, validated together."""
-    values: dict = {}
-    source = "config"
-    if path is not None:
-        source = str(path)
-        values = read_config_file(Path(path))
-    file_values = copy.deepcopy(values)
-    values = apply_overrides(values, overrides)
+    source = "config" if path is None else str(path)
+    file_values = {} if path is None else read_config_file(Path(path))
+    values = apply_overrides(copy.deepcopy(file_values), overrides)
     try:
         return config_from_dict(values, source)
     except NMTError as error:

@@ -29,7 +29,10 @@ def read_config_file(path: Path) -> dict:
                        "or leave out --config for the defaults")
     if not isinstance(values, dict):
         raise NMTError(f"{path}: expected a mapping of sections (data:, model:, train:, ...)")
-    _resolve_relative_dataset(values, path.parent)
+    data = values.get("data")  # a relative `data.dataset` means a folder beside the file, when there is one
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    if isinstance(dataset, str) and not Path(dataset).is_absolute() and (path.parent / dataset).is_dir():
+        data["dataset"] = str((path.parent / dataset).resolve())
     return values
 
 
@@ -49,11 +52,3 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                         problem_mark=key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
-
-
-def _resolve_relative_dataset(values: dict, folder: Path) -> None:
-    """A relative `data.dataset` in a YAML file means a folder beside that file, when there is one."""
-    data = values.get("data")
-    dataset = data.get("dataset") if isinstance(data, dict) else None
-    if isinstance(dataset, str) and not Path(dataset).is_absolute() and (folder / dataset).is_dir():
-        data["dataset"] = str((folder / dataset).resolve())

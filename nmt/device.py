@@ -164,11 +164,6 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
 @functools.cache
 def _malloc_trim():
     try:

@@ -2,12 +2,9 @@
 
 
 class NMTError(Exception):
-    """A problem the user can fix: bad input, bad config, missing file.
-
-    The message must name the file (and line) when there is one, say what is
-    wrong and what to do. The CLI prints it on one line and exits non-zero;
-    `--debug` shows the traceback as well.
-    """
+    """A problem the user can fix: bad input, bad config, missing file. The message must name the file (and
+    line) when there is one, say what is wrong and what to do. The CLI prints it on one line and exits non-zero;
+    `--debug` shows the traceback as well."""
 
 
 class Diverged(NMTError):

@@ -1,14 +1,12 @@
-"""Files the commands write: checked before any work starts, written whole or not at all, and recorded as nmt's.
+"""Files the commands write: checked before any work starts, written whole (`cache.written_whole`), recorded as nmt's.
 
-An output may not be a file the command reads (its input, the checkpoint), a folder, or a symbolic link
-(replacing a link's target silently is how a mistyped path destroys a file elsewhere), and its folder must
-exist. A file that already exists is replaced only if nmt wrote it and its content has not changed since, so
-running a command again replaces its own output, while a file the user wrote or edited needs `--overwrite`.
-What nmt wrote is recorded beside it, in the folder's hidden `RECORD` (names, sizes and SHA-256 of the
-content; a run directory's also marks it as a run, `run_dir`): a translation cannot carry a marker of its
-own, and a record of names and content, unlike one of paths, inodes or times, stays true when the folder is
-moved or copied and needs no cache. Content goes to a temporary file beside the target, renamed over it when
-complete, so an interrupted write leaves the previous file, never half of a new one (`cache.written_whole`).
+An output may not be a file the command reads (its input, the checkpoint), a folder, or a symbolic link (replacing a
+link's target silently is how a mistyped path destroys a file elsewhere), and its folder must exist. A file that
+already exists is replaced only if nmt wrote it and its content has not changed since, so running a command again
+replaces its own output, while a file the user wrote or edited needs `--overwrite`. What nmt wrote is recorded beside
+it, in the folder's hidden `RECORD` (names, sizes and SHA-256 of the content; a run directory's also marks it as a
+run, `run_dir`): a translation cannot carry a marker of its own, and a record of names and content, unlike one of
+paths, inodes or times, stays true when the folder is moved or copied and needs no cache.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ def _fingerprint(path: Path) -> list:
 
 
 def _record_problem(content: object) -> str | None:
-    """What is wrong with a record's parsed content, or None."""
     if not (isinstance(content, dict) and isinstance(content.get("files"), dict)
             and isinstance(content.get("run", False), bool)):
         return "not a JSON object with a \"files\" object"
@@ -58,28 +55,22 @@ def read_record(folder: Path) -> dict:
                      "starting a new record (replacing a file written before needs --overwrite)") or {"files": {}}
 
 
-@contextlib.contextmanager
-def _folder_locked(folder: Path) -> Iterator[None]:
-    """Held while the record is rewritten, so that two commands finishing in one folder lose neither's entry.
-    The folder itself is locked: no lock file beside the user's files. Where the file system has no locks,
-    the record is still replaced whole (at worst without the other's entry: the safe side, --overwrite)."""
+def update_record(folder: Path, change: Callable[[dict], None]) -> None:
+    """Apply `change` to the record of `folder` and write it whole; files deleted since are forgotten. The folder
+    itself (no lock file beside the user's files) is locked meanwhile, so that two commands finishing in one folder
+    lose neither's entry; where the file system has no locks, the record is still replaced whole (at worst without
+    the other's entry: the safe side, --overwrite)."""
     handle = os.open(folder, os.O_RDONLY)
     try:
         with contextlib.suppress(OSError):
             fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)
-
-
-def update_record(folder: Path, change: Callable[[dict], None]) -> None:
-    """Apply `change` to the record of `folder` and write it whole; files deleted since are forgotten."""
-    with _folder_locked(folder):
         record = read_record(folder)
         record["files"] = {name: known for name, known in record["files"].items() if (folder / name).is_file()}
         change(record)
         with written_whole(folder / RECORD) as partial:
             partial.write_text(json.dumps(record), encoding="utf-8")
+    finally:
+        os.close(handle)
 
 
 def written_by_nmt(path: Path) -> bool:

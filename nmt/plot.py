@@ -32,9 +32,8 @@ def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) ->
     valid = [r for r in records if "valid_loss" in r]
     if not steps and not valid:
         raise NMTError(f"{path}: no logged steps yet")
-    threshold = None
-    if (run_dir / "config.yaml").exists():
-        threshold = load_config(run_dir / "config.yaml").train.max_grad_norm
+    config = run_dir / "config.yaml"
+    threshold = load_config(config).train.max_grad_norm if config.exists() else None
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     fig.suptitle(f"Training curves: {run_dir.name}")
 
@@ -71,12 +70,7 @@ def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) ->
     ax.set(title="Gradient norm before clipping", xlabel="step", ylabel="L2 norm (log scale)")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
-
-    fig.tight_layout()
-    with replacing(out) as partial:
-        fig.savefig(partial, dpi=110, format=image_format)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110, format=image_format)
 
 
 def plot_attention(weights, src_pieces: list[str], tgt_pieces: list[str], out: Path, title: str = "") -> None:
@@ -90,7 +84,13 @@ def plot_attention(weights, src_pieces: list[str], tgt_pieces: list[str], out: P
     ax.set_yticks(range(len(tgt_pieces)), tgt_pieces, fontsize=10)
     ax.set(xlabel="source pieces", ylabel="target pieces", title=f"Attention weights {title}".strip())
     fig.colorbar(image, ax=ax, fraction=0.03, label="weight")
+    save_figure(fig, out, dpi=100)
+
+
+def save_figure(fig, path: Path, **savefig) -> Path:
+    """Lay `fig` out, write it whole as nmt's output `path` and close it."""
     fig.tight_layout()
-    with replacing(out) as partial:
-        fig.savefig(partial, dpi=100)
+    with replacing(path) as partial:
+        fig.savefig(partial, **savefig)
     plt.close(fig)
+    return path

@@ -1,13 +1,11 @@
 """`nmt study clipping`: the same model, data and seed under several optimizer and clipping settings.
 
-Each setting trains for the same wall-clock budget with a constant learning rate
-and logs every step, so the study can show the pre-clip gradient norm of every
-batch against that batch's target length. A setting diverges at the first step
-whose loss is not finite, or where the moving average of the per-token training
-loss over DIVERGENCE_WINDOW steps exceeds DIVERGENCE_FACTOR x the first step's
-loss (at initialisation about ln(vocabulary), the loss of uniform guessing; the
-brief spikes of a healthy SGD run stay well below it). It is recorded as
-diverged at that step, and the study goes on with the next setting.
+Each setting trains for the same wall-clock budget with a constant learning rate and logs every step, so the study
+can show the pre-clip gradient norm of every batch against that batch's target length. A setting diverges at the
+first step whose loss is not finite, or where the moving average of the per-token training loss over
+DIVERGENCE_WINDOW steps exceeds DIVERGENCE_FACTOR x the first step's loss (at initialisation about ln(vocabulary),
+the loss of uniform guessing; the brief spikes of a healthy SGD run stay well below it). It is recorded as diverged
+at that step, and the study goes on with the next setting.
 """
 
 from __future__ import annotations
@@ -36,10 +34,6 @@ class Setting:
     optimizer: str
     lr: float
     max_grad_norm: float | None
-
-    def overrides(self) -> list[str]:
-        clip = "null" if self.max_grad_norm is None else repr(self.max_grad_norm)
-        return [f"train.optimizer={self.optimizer}", f"train.lr={self.lr!r}", f"train.max_grad_norm={clip}"]
 
 
 DEFAULT_SETTINGS = [
@@ -100,13 +94,20 @@ def run_setting(setting: Setting, args, out: Path) -> dict:
 
 
 def setting_overrides(setting: Setting, args) -> list[str]:
-    return [*args.overrides, *setting.overrides(), f"train.max_minutes={args.minutes}", "train.log_every=1",
+    clip = "null" if setting.max_grad_norm is None else repr(setting.max_grad_norm)
+    return [*args.overrides, f"train.optimizer={setting.optimizer}", f"train.lr={setting.lr!r}",
+            f"train.max_grad_norm={clip}", f"train.max_minutes={args.minutes}", "train.log_every=1",
             "train.lr_schedule=none", "train.patience=null", "data.test_split=null"]
 
 
-def summarize(setting: Setting, run_dir: Path, error: str | None) -> dict:
+def logged(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """A setting's metrics records (none where it stopped before writing any), and those of its steps."""
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    steps = [r for r in records if "grad_norm" in r and r.get("event") is None]
+    return records, [r for r in records if "grad_norm" in r and r.get("event") is None]
+
+
+def summarize(setting: Setting, run_dir: Path, error: str | None) -> dict:
+    records, steps = logged(run_dir)
     valid = [r for r in records if "valid_ppl" in r]
     diverged_at, bound = divergence(records)
     norms = [r["grad_norm"] for r in steps if r["grad_norm"] is not None]

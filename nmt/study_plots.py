@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
-import matplotlib
+from matplotlib.ticker import FuncFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-
-from nmt.metrics_log import read_metrics  # noqa: E402
-from nmt.outputs import replacing  # noqa: E402
+from nmt.plot import plt, save_figure  # pyplot, on the Agg backend nmt.plot selects
+from nmt.study import logged
 
 FIGURES = ("loss.png", "grad_norm.png", "norm_vs_length.png")  # what plot_study writes, in its order
 
 
-def _steps(row: dict) -> list[dict]:
-    path = Path(row["run_dir"]) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [r for r in read_metrics(path) if "grad_norm" in r and r.get("event") is None]
-
-
 def _smooth(values: list[float], window: int) -> list[float]:
-    out, total, queue = [], 0.0, []
-    for value in values:
-        queue.append(value)
-        total += value
-        if len(queue) > window:
-            total -= queue.pop(0)
-        out.append(total / len(queue))
-    return out
+    """Each value's mean with the `window - 1` before it (fewer at the start), as the divergence test takes it."""
+    return [sum(values[max(0, i + 1 - window):i + 1]) / min(i + 1, window) for i in range(len(values))]
 
 
 def _grid(n: int):
@@ -44,18 +28,10 @@ def _grid(n: int):
     return fig, list(axes.flat[:n])
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with replacing(path) as partial:
-        fig.savefig(partial, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def plot_study(rows: list[dict], out: Path) -> list[Path]:
-    data = {row["setting"]: _steps(row) for row in rows}
+    data = {row["setting"]: logged(Path(row["run_dir"]))[1] for row in rows}
     figures = (_loss_figure, _norms_figure, _norm_vs_length_figure)  # each drawn, saved and closed in turn
-    return [_save(draw(rows, data), out / name) for draw, name in zip(figures, FIGURES)]
+    return [save_figure(draw(rows, data), out / name, dpi=100) for draw, name in zip(figures, FIGURES)]
 
 
 def _loss_figure(rows: list[dict], data: dict):
@@ -113,7 +89,8 @@ def _norm_vs_length_figure(rows: list[dict], data: dict):
         norms = [r["grad_norm"] for r in steps]
         ax.scatter(lengths, norms, s=4, alpha=0.4, color="tab:blue", label="one batch")
         if max(lengths) > min(lengths):
-            slope, intercept, r = _fit(lengths, norms)
+            slope, intercept = statistics.linear_regression(lengths, norms)
+            r = statistics.correlation(lengths, norms) if max(norms) > min(norms) else 0.0
             xs = [min(lengths), max(lengths)]
             ax.plot(xs, [intercept + slope * x for x in xs], color="tab:red", lw=2,
                     label=f"least squares: {slope:+.2f} per token, r = {r:.2f}")
@@ -121,14 +98,3 @@ def _norm_vs_length_figure(rows: list[dict], data: dict):
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("Gradient norm against target length, second half of each run (past the early transient)")
     return fig
-
-
-def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
-    """Least-squares line and Pearson correlation."""
-    n = len(xs)
-    mean_x, mean_y = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mean_x) ** 2 for x in xs)
-    syy = sum((y - mean_y) ** 2 for y in ys)
-    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
-    slope = sxy / sxx
-    return slope, mean_y - slope * mean_x, sxy / math.sqrt(sxx * syy) if syy else 0.0

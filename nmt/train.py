@@ -27,7 +27,7 @@ from nmt.batching import collate, plan_batches, shard
 from nmt.checkpoint import Progress
 from nmt.config import Config
 from nmt.data.prepare import PreparedData, prepare_on_each_node
-from nmt.device import autocast, precision_reason, release_free_memory, resolve_device, resolve_precision, set_threads
+from nmt.device import autocast, precision_reason, release_free_memory, resolve_device, resolve_precision
 from nmt.distributed import World, any_rank, barrier, broadcast_object
 from nmt.errors import Diverged, NMTError
 from nmt.interrupt import Interrupted, StopSignals
@@ -50,7 +50,8 @@ class Trainer:
         """`payload`: a checkpoint to resume from. `data`: prepared data to train on instead of preparing
         `cfg.data` (tests build small trainers this way)."""
         self.cfg, self.run_dir, self.world = cfg, run_dir, world
-        set_threads(cfg.train.threads)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", world.local_rank)
