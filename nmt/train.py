@@ -59,7 +59,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         if self.device.type == "cpu":
             gemm.routes()  # a first run on a machine times the product routes: not inside the training budget
-        self.data = data or prepare_on_each_node(
+        self.data = data if data is not None else prepare_on_each_node(
             cfg, Tokenizer.from_state_dict(payload["tokenizer"]) if payload else None, world)
         self.tokenizer = self.data.tokenizer
         torch.manual_seed(cfg.train.seed)

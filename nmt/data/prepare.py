@@ -70,7 +70,7 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
     except OSError as error:
         raise NMTError(f"cannot create {store_root()} ({error.strerror or error}); "
                        "set NMT_CACHE to a writable folder") from None
-    unpruned = tokenizer or train_on_sample(cfg.tokenizer, stream, limit)
+    unpruned = tokenizer if tokenizer is not None else train_on_sample(cfg.tokenizer, stream, limit)
     info = build_or_find_store(cfg, stream, limit, unpruned)
     meta = info.meta
     if tokenizer is None:
