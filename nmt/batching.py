@@ -78,11 +78,9 @@ class BatchPlan:
 
 def plan_batches(src_lengths, tgt_lengths, *, batch_tokens: int, batch_sentences: int | None, seed: int, epoch: int,
                  shuffle: bool = True) -> BatchPlan:
-    """Group pairs of similar length into batches; shuffle pairs within a length and the batch order.
-
-    A batch holds `batch_sentences` pairs when that is set, else as many as keep (pairs x longest side, EOS
-    included, padding included) within `batch_tokens`.
-    """
+    """Group pairs of similar length into batches; shuffle pairs within a length and the batch order. A batch
+    holds `batch_sentences` pairs when that is set, else as many as keep (pairs x longest side, EOS included,
+    padding included) within `batch_tokens`."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     src, tgt = np.asarray(src_lengths), np.asarray(tgt_lengths)
     n = len(tgt)
@@ -102,12 +100,11 @@ def _token_budget_starts(longest_side: np.ndarray, batch_tokens: int) -> list[in
     starts, count, longest = [0], 0, 0
     for position, width in enumerate(longest_side.tolist()):
         width += 1
-        longest_if_added = longest if longest > width else width
-        if count and longest_if_added * (count + 1) > batch_tokens:
+        longest = longest if longest > width else width
+        if count and longest * (count + 1) > batch_tokens:
             starts.append(position)
-            count, longest_if_added = 0, width
+            count, longest = 0, width
         count += 1
-        longest = longest_if_added
     return starts
 
 

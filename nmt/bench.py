@@ -2,8 +2,7 @@
 
 Tokens are real target pieces plus EOS (no padding), as the peers count them. The FLOP bound: a matrix product of
 the model's own shapes, timed in the precision used, against the model's FLOPs per target token counted from its
-shapes (training = 3x the forward pass); the fraction is how much of what this machine can do the training gets.
-"""
+shapes (training = 3x the forward pass); the fraction is how much of what this machine can do the training gets."""
 
 from __future__ import annotations
 
@@ -64,8 +63,7 @@ def matmul_flops_per_second(cfg: Config, device: torch.device, precision: str, b
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    torch.get_device_module(device).synchronize(device)  # on a CPU: nothing
 
 
 def bench_training(trainer, warmup: int, steps: int) -> dict:
@@ -74,7 +72,6 @@ def bench_training(trainer, warmup: int, steps: int) -> dict:
                         batch_sentences=cfg.batch_sentences, seed=cfg.seed, epoch=1)
     trainer.model.train()
     tokens, step_times = 0, []
-    window_start = None
     for index in range(warmup + steps):
         if index == warmup:
             _sync(trainer.device)
@@ -101,9 +98,8 @@ def bench_decoding(model, tokenizer, cfg: Config, lines: list[str], refs: list[s
         hyps = Translator(model, tokenizer, decode, device=device, precision=precision).translate_ids(sources)
         _sync(device)
         seconds = time.perf_counter() - started
-        texts = [tokenizer.tgt.decode(h[0].tokens) for h in hyps]
         result[f"{name}_sentences_per_sec"] = len(lines) / seconds
-        result[f"{name}_bleu"] = bleu(texts, refs)
+        result[f"{name}_bleu"] = bleu([tokenizer.tgt.decode(h[0].tokens) for h in hyps], refs)
     return result
 
 

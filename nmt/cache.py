@@ -33,11 +33,10 @@ def cache_root() -> Path:
 def set_aside(path: Path, problem: str, remedy: str) -> None:
     """Rename the damaged cache entry `path` (a file or a folder) out of the way and say so in one line:
     `problem` is what is wrong with it, `remedy` what happens instead ("measuring them again")."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}{SET_ASIDE}{stamp}")
-    count = 1
+    name = f"{path.name}{SET_ASIDE}{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, count = path.with_name(name), 1
     while aside.exists():
-        aside, count = path.with_name(f"{path.name}{SET_ASIDE}{stamp}-{count}"), count + 1
+        aside, count = path.with_name(f"{name}-{count}"), count + 1
     try:
         os.rename(path, aside)
     except FileNotFoundError:

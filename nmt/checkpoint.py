@@ -76,7 +76,6 @@ def restore_training(trainer, payload: dict) -> Progress:
 
 
 def save(payload: dict, path: Path) -> None:
-    """Write atomically; on failure the previous file at `path` is untouched and NMTError is raised."""
     buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of Python's own write
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     try:
@@ -89,7 +88,7 @@ def save(payload: dict, path: Path) -> None:
                        "--resume") from None
 
 
-def load(path: Path) -> dict:
+def load(path: Path, needs: tuple[str, ...] = ()) -> dict:
     if not path.is_file():
         raise NMTError(f"{path}: checkpoint not found")
     try:
@@ -110,26 +109,28 @@ def load(path: Path) -> dict:
     if payload.get("version") != VERSION:
         raise NMTError(f"{path}: checkpoint format version {payload.get('version')} but this nmt reads version "
                        f"{VERSION}; use the nmt release that wrote it")
+    missing = [key for key in needs if key not in payload]
+    if missing:
+        raise NMTError(f"{path}: an incomplete nmt checkpoint (no {', '.join(missing)}); use another checkpoint")
     return payload
 
 
 def latest_intact(folder: Path) -> tuple[Path, dict] | None:
     """The intact checkpoint in `folder` with the most training steps (last.pt on a tie), or None when there is
     none; unreadable ones are named and skipped."""
-    found = []
+    found = {}
     for path in sorted(folder.glob("*.pt"), key=lambda p: p.name != "last.pt"):
         try:
-            payload = load(path)
+            found[path] = load(path)
         except NMTError as error:
             log.warning("%s; skipping it", error)
-            continue
-        found.append((payload.get("progress", {}).get("step", -1), path, payload))
     if not found:
         return None
-    step, path, payload = max(found, key=lambda item: item[0])  # max keeps the first (last.pt) on ties
-    others = [f"{p.name} at step {s}" for s, p, _ in sorted(found, key=lambda item: item[0]) if p != path]
-    log.info("resuming from %s at step %d%s", path, step, f" (also found: {', '.join(others)})" if others else "")
-    return path, payload
+    step = {path: payload.get("progress", {}).get("step", -1) for path, payload in found.items()}
+    path = max(step, key=step.get)  # max keeps the first (last.pt) on ties
+    others = [f"{p.name} at step {s}" for p, s in sorted(step.items(), key=lambda item: item[1]) if p != path]
+    log.info("resuming from %s at step %d%s", path, step[path], f" (also found: {', '.join(others)})" if others else "")
+    return path, found[path]
 
 
 def step_checkpoints(folder: Path) -> list[Path]:
@@ -142,16 +143,12 @@ def average(paths: list[Path]) -> dict:
     with the first one's config and tokenizer; without training state, so it is for decoding only."""
     if len(paths) < 2:
         raise NMTError("averaging needs at least two checkpoints")
-    payloads = [load(path) for path in paths]
+    payloads = [load(path, needs=("model", "tokenizer", "config")) for path in paths]
     first, reference = payloads[0], paths[0]
-    for path, payload in zip(paths, payloads):
-        if any(key not in payload for key in ("model", "tokenizer", "config")):
-            raise NMTError(f"{path}: an incomplete nmt checkpoint (no model, tokenizer or config)")
-    expected = {k: tuple(v.shape) for k, v in first["model"].items()}
-    for path, payload in zip(paths[1:], payloads[1:]):
-        shapes = {k: tuple(v.shape) for k, v in payload["model"].items()}
-        if shapes != expected:
-            differ = sorted(set(shapes.items()) ^ set(expected.items()))[0][0]
+    shapes = [{k: tuple(v.shape) for k, v in payload["model"].items()} for payload in payloads]
+    for path, payload, shape in zip(paths[1:], payloads[1:], shapes[1:]):
+        if shape != shapes[0]:
+            differ = sorted(set(shape.items()) ^ set(shapes[0].items()))[0][0]
             raise NMTError(f"{path}: its model differs from {reference}'s (first difference: {differ}); "
                            "average checkpoints of one run or of runs with the same model settings")
         if tokenizer_difference(payload["tokenizer"], first["tokenizer"]):
@@ -169,8 +166,7 @@ def average(paths: list[Path]) -> dict:
 
 
 def tokenizer_difference(a: dict, b: dict) -> str | None:
-    """Which side of two checkpoints' tokenizers (state dicts) differs in sentencepiece model or
-    vocabulary: "target vocabulary", "source tokenizer", or None when they are the same."""
+    """Which side of two tokenizer state dicts differs: "target vocabulary", "source tokenizer", or None."""
     for side, prefix in (("target vocabulary", "tgt"), ("source tokenizer", "src")):
         if a[f"{prefix}_keep"] != b[f"{prefix}_keep"] or not torch.equal(a[f"{prefix}_model"], b[f"{prefix}_model"]):
             return side
@@ -187,10 +183,7 @@ class Loaded:
 
 def load_for_inference(path: Path, device: torch.device) -> Loaded:
     """Model in eval mode, tokenizer and config, from the checkpoint alone."""
-    payload = load(path)
-    missing = [key for key in ("config", "tokenizer", "model") if key not in payload]
-    if missing:
-        raise NMTError(f"{path}: an incomplete nmt checkpoint (no {', '.join(missing)}); use another checkpoint")
+    payload = load(path, needs=("config", "tokenizer", "model"))
     config = config_from_dict(payload["config"], f"{path} (embedded config)")
     tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
     model = Seq2Seq(config.model, len(tokenizer.src), len(tokenizer.tgt))

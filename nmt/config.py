@@ -48,8 +48,7 @@ def _check_ranges(section: str, config, rules: dict) -> None:
 
 @dataclass
 class DataConfig:
-    #: hub dataset name (`bentrevett/multi30k`), a local folder in a hub dataset's layout,
-    #: or a local folder of plain-text files `{split}.{lang}`, one sentence a line.
+    #: a hub dataset, or a local folder in a hub dataset's layout or of text files `{split}.{lang}`, a sentence a line.
     dataset: str = "bentrevett/multi30k"
     #: hub configuration name, e.g. `de-en` for `wmt/wmt14`, `en-ko` for `Helsinki-NLP/opus-100`.
     dataset_config: str | None = None
@@ -153,18 +152,14 @@ class TrainConfig:
     save_every_minutes: float | None = 10.0
     #: keep the last N validations' checkpoints as `checkpoints/step_<step>.pt` (0 = none), for `nmt average --last N`.
     keep_checkpoints: int = 0
-    #: `budget`: constant until `budget_decay_start` of the budget (whichever of `max_minutes`, `max_steps` and
-    #: `max_epochs` is nearer to ending the run, so the rate anneals on a slow machine as on a fast one) is spent,
-    #: then times `lr_decay` at `budget_decays` evenly spaced points before the end. `plateau`: times `lr_decay`
-    #: when validation perplexity stops improving; `epoch`: every epoch from `decay_start_epoch` on (Luong et al.'s
-    #: fixed-epoch recipe); `none`: constant.
+    #: when the rate decays: `budget` (below), `plateau` (validation perplexity stalls), `epoch` (Luong et al.), `none`.
     lr_schedule: Literal["budget", "plateau", "epoch", "none"] = "plateau"
-    #: the factor each decay multiplies the rate by, the first epoch that decays, and the floor.
+    #: the factor each decay multiplies the rate by, the first epoch that decays (`epoch`: each from it on), the floor.
     lr_decay: float = 0.5
     decay_start_epoch: int = 8
     min_lr: float = 1e-4
-    #: budget schedule: the fraction of the budget spent at the first decay (0.5: constant for the first
-    #: half), and the number of decays (5: at 50, 60, 70, 80 and 90%, ending at lr x lr_decay^5).
+    #: `budget`: the fraction of the budget (the first of max_minutes, max_steps and max_epochs to end the run: a slow
+    #: machine anneals as a fast one) spent at the first decay, and the decays (0.5 and 5: at 50, 60, 70, 80 and 90%).
     budget_decay_start: float = 0.5
     budget_decays: int = 5
     #: stop after this many validations without a better BLEU; null = never.
@@ -181,9 +176,8 @@ class TrainConfig:
     #: the decoder's time loop as one autograd function with its own backward (same results, faster):
     #: `auto` = on the CPU; on a GPU autograd's loop with the fused CUDA LSTM cell is kept.
     fused_recurrence: Literal["auto"] | bool = "auto"
-    #: that loop's element-wise steps compiled by torch.compile (inductor), kept under $NMT_CACHE so that
-    #: only a machine's first run compiles; `true` turns the fused loop on, on a GPU too. `auto` = off: on a
-    #: CPU the C kernels are faster (docs/performance.md); on a GPU scripts/gpu_check.sh measures it.
+    #: that loop's element-wise steps by torch.compile (cached in $NMT_CACHE); `true` turns the fused loop on, on a GPU
+    #: too. `auto` = off: the C kernels are faster on a CPU (docs/performance.md); scripts/gpu_check.sh measures a GPU.
     compile: Literal["auto"] | bool = "auto"
     #: write a metrics.jsonl record (and a log line) every this many steps.
     log_every: int = 50
@@ -200,20 +194,16 @@ class TrainConfig:
             raise NMTError("train.compile=true compiles the fused recurrence: set train.fused_recurrence to "
                            "true or auto, or train.compile to auto")
         _check_ranges("train", self, {
-            "lr": POSITIVE, "max_grad_norm": POSITIVE, "label_smoothing": _FRACTION_BELOW_1,
-            "batch_tokens": AT_LEAST_1, "batch_sentences": AT_LEAST_1, "max_epochs": AT_LEAST_1,
-            "max_steps": AT_LEAST_1, "max_minutes": POSITIVE, "valid_every": AT_LEAST_1,
-            "lr_decay": ("above 0 and at most 1", lambda v: 0 < v <= 1), "decay_start_epoch": AT_LEAST_1,
-            "min_lr": AT_LEAST_0, "budget_decay_start": _FRACTION_BELOW_1, "patience": AT_LEAST_1,
-            "threads": AT_LEAST_1, "log_every": AT_LEAST_1, "max_bad_steps": AT_LEAST_1,
-            "max_oom_batches": AT_LEAST_1, "save_every_minutes": POSITIVE, "keep_checkpoints": AT_LEAST_0,
-        })
+            "lr": POSITIVE, "max_grad_norm": POSITIVE, "label_smoothing": _FRACTION_BELOW_1, "batch_tokens": AT_LEAST_1,
+            "batch_sentences": AT_LEAST_1, "max_epochs": AT_LEAST_1, "max_steps": AT_LEAST_1, "max_minutes": POSITIVE,
+            "valid_every": AT_LEAST_1, "lr_decay": ("above 0 and at most 1", lambda v: 0 < v <= 1),
+            "decay_start_epoch": AT_LEAST_1, "min_lr": AT_LEAST_0, "budget_decay_start": _FRACTION_BELOW_1,
+            "patience": AT_LEAST_1, "threads": AT_LEAST_1, "log_every": AT_LEAST_1, "max_bad_steps": AT_LEAST_1,
+            "max_oom_batches": AT_LEAST_1, "save_every_minutes": POSITIVE, "keep_checkpoints": AT_LEAST_0})
 
 
 @dataclass
 class DecodeConfig:
-    """How validation, the final test evaluation and `nmt translate` decode by default."""
-
     #: beam size for the test evaluation and `nmt translate` (1 = greedy).
     beam_size: int = 5
     #: GNMT length penalty alpha: scores are divided by ((5 + len) / 6) ** alpha; 0 = raw log-prob.
@@ -243,12 +233,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _nearest(name: str, valid: list[str], prefix: str = "") -> str:
-    """The closest valid key, spelt in full (`train.lr_schedule`) as a user writes it after --set."""
-    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    return f"did you mean '{prefix}{match[0]}'?" if match else f"valid keys: {', '.join(valid)}"
-
-
 def _coerce(value, hint, where: str):
     """Check `value` against a field's type hint; ints pass as floats, nothing else is converted."""
     origin = typing.get_origin(hint)
@@ -273,12 +257,9 @@ def _coerce(value, hint, where: str):
     if hint is str and isinstance(value, bool):
         raise NMTError(f"{where}: expected text, got {str(value).lower()} (YAML reads no, yes, on and off as "
                        f"true or false); quote it, e.g. '{'yes' if value else 'no'}'")
-    if hint is bool and not isinstance(value, bool):
-        raise NMTError(f"{where}: expected true or false, got {value!r}")
-    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise NMTError(f"{where}: expected an integer, got {value!r}")
-    if not isinstance(value, hint):
-        raise NMTError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):  # a bool is an int to Python
+        expected = {bool: "true or false", int: "an integer"}.get(hint, hint.__name__)
+        raise NMTError(f"{where}: expected {expected}, got {value!r}")
     return value
 
 
@@ -289,13 +270,13 @@ def _build(cls, values: dict, prefix: str, source: str):
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
-        if key not in names:
-            raise NMTError(f"{source}: unknown key '{prefix}{key}'; {_nearest(str(key), names, prefix)}")
+        if key not in names:  # named in full (`train.lr_schedule`), as a user writes it after --set
+            match = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            nearest = f"did you mean '{prefix}{match[0]}'?" if match else f"valid keys: {', '.join(names)}"
+            raise NMTError(f"{source}: unknown key '{prefix}{key}'; {nearest}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.", source)
-        else:
-            kwargs[key] = _coerce(value, hint, f"{source}: {prefix}{key}")
+        kwargs[key] = (_build(hint, value or {}, f"{prefix}{key}.", source) if dataclasses.is_dataclass(hint)
+                       else _coerce(value, hint, f"{source}: {prefix}{key}"))
     try:
         return cls(**kwargs)
     except NMTError as error:  # a range check: name where the value came from

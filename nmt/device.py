@@ -4,7 +4,8 @@ handing freed memory back to the system.
 CPUs differ: bfloat16 arithmetic is native on CPUs with AVX-512-BF16 or AMX (oneDNN runs bf16 products and
 LSTMs there at about twice the float32 rate); other AVX-512 CPUs emulate it, slower than float32; on AVX2-only
 CPUs oneDNN has no bf16 LSTM, and training in bf16 would die in its first step. So `auto` picks bf16 only where
-it is native, and an explicit bf16 is refused (training) or warned about (decoding) where it is not.
+it is native (on a GPU: where it is supported), and an explicit bf16 where it is not is warned about (it runs,
+several times slower than fp32), or refused for training where oneDNN has no bf16 kernels at all.
 """
 
 from __future__ import annotations
@@ -66,12 +67,12 @@ def _name_from_cpuinfo(text: str) -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The vector-instruction flags that decide nmt's CPU paths, of those /proc/cpuinfo lists."""
+    """The first processor's flags in /proc/cpuinfo ("Features" on ARM); [] where it cannot be read."""
     try:
-        flags = set(_first_processor(Path("/proc/cpuinfo").read_text()).get("flags", "").split())
+        fields = _first_processor(Path("/proc/cpuinfo").read_text())
     except OSError:
         return []
-    return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni"})
+    return (fields.get("flags") or fields.get("Features", "")).split()
 
 
 def cpu_capability() -> str:
@@ -104,11 +105,8 @@ def _warn_once(message: str) -> None:
 
 def resolve_precision(name: str, device: torch.device, *, setting: str = "train.precision",
                       training: bool = True) -> str:
-    """The precision to run in, from `auto`, fp32, bf16 or fp16 (`setting` names the option in messages).
-
-    `auto`: bf16 on a GPU that supports it and on a CPU with native bfloat16, fp32 elsewhere. An explicit
-    bf16 on a CPU without oneDNN bf16 kernels is an error for training (its LSTM cannot run) and a warning
-    for decoding (it runs, several times slower than fp32); emulated bf16 is a warning for both."""
+    """The precision to run in, from `auto`, fp32, bf16 or fp16, as the module docstring says (`setting` names
+    the option in messages)."""
     if device.type == "cuda":
         if name == "auto":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -142,8 +140,9 @@ def describe_machine() -> str:
     else:
         unseen = f"; no CUDA GPU visible to this torch (built for CUDA {torch.version.cuda})" if torch.version.cuda \
             else ""
-        lines.append(f"device (train.device auto): cpu, {describe_cpu()}, flags {' '.join(cpu_flags()) or 'none'}"
-                     f"{unseen}")
+        # the vector-instruction flags that decide nmt's CPU paths
+        paths = sorted(set(cpu_flags()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx_vnni"})
+        lines.append(f"device (train.device auto): cpu, {describe_cpu()}, flags {' '.join(paths) or 'none'}{unseen}")
     lines.append(f"precision (train.precision auto): {resolve_precision('auto', device)}")
     return "\n".join(lines)
 

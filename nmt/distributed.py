@@ -49,12 +49,6 @@ def any_rank(flag: bool, world: World) -> bool:
     return bool(tensor.item())
 
 
-def broadcast_object(value):
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

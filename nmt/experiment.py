@@ -27,10 +27,6 @@ from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
 
-# Beyond this many parameters a run on a CPU takes days rather than minutes: the default config is sized for
-# a GPU, and a user who starts it on a laptop should hear so before the first step.
-GPU_SIZED_PARAMETERS = 20_000_000
-
 
 def open_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: bool):
     """The run's config and directory, and the checkpoint payload to resume from (None: from the start)."""
@@ -72,14 +68,13 @@ def train_and_test(config_path: str | None = None, overrides: list[str] = (), ru
     lock = None
     try:
         new_folder = not folder.exists()
-        lock = run_dir_rules.RunLock(folder) if world.is_main else None  # before anything in it is read or written
+        lock = run_dir_rules.lock(folder) if world.is_main else None  # before anything in it is read or written
         started = time.time()
         try:
             trainer = Trainer(cfg, folder, world, payload)  # loads the data: bad input fails before writing
         except NMTError:
             if new_folder and lock is not None:  # leave no empty run directory behind
-                lock.release()
-                lock = None
+                lock.close()  # closing twice (again below) is harmless
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         if world.is_main:
@@ -95,13 +90,15 @@ def train_and_test(config_path: str | None = None, overrides: list[str] = (), ru
         return results
     finally:
         if lock is not None:
-            lock.release()
+            lock.close()
         shutdown(world)
 
 
 def warn_if_sized_for_a_gpu(trainer) -> None:
+    """Beyond 20 M parameters a run on a CPU takes days rather than minutes: the default config is sized for a
+    GPU, and a user who starts it on a laptop should hear so before the first step."""
     parameters = trainer.model.num_parameters()
-    if trainer.device.type == "cpu" and parameters > GPU_SIZED_PARAMETERS:
+    if trainer.device.type == "cpu" and parameters > 20_000_000:
         log.warning("this model (%.1f M parameters) is sized for a GPU and trains slowly on a CPU; the "
                     "repository's configs/multi30k_en_de_cpu.yaml (4.3 M parameters; /app/configs/ in the Docker "
                     "image) is sized for one: about 37 BLEU on test2016 with --set train.max_minutes=20 on 2 cores "
@@ -118,8 +115,7 @@ def final_test_evaluation(trainer, stop_reason: str, wall_seconds: float) -> dic
     if trainer.device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(trainer.device)
         results["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(trainer.device) / 2**20)
-    test = trainer.data.test
-    if test is not None:
+    if (test := trainer.data.test) is not None:
         best = run_dir / "checkpoints" / "best.pt"
         trainer.model.load_state_dict(checkpoint.load(best)["model"])
         decode = cfg.decode

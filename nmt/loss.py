@@ -1,5 +1,4 @@
-"""The training loss: the negative log-likelihood of the target tokens, summed (the trainer divides it by
-the batch's sentences, or its tokens), optionally label-smoothed."""
+"""The training loss: the negative log-likelihood of the target tokens, summed, optionally label-smoothed."""
 
 from __future__ import annotations
 
@@ -10,10 +9,9 @@ CHUNK_ELEMENTS = 2**20
 
 
 class SummedNLL(torch.autograd.Function):
-    """The summed, optionally label-smoothed, NLL of logits (n, V). When a gradient is wanted, the forward
-    pass also forms it, a chunk of rows at a time while that chunk's float32 log-probabilities are still in
-    the cache, and keeps it in the logits' dtype; the backward pass only scales it. Autograd's log_softmax +
-    nll_loss keeps the (n, V) log-probabilities in float32 and makes four more passes over them in memory."""
+    """When a gradient is wanted, the forward pass also forms it, a chunk of rows at a time while their float32
+    log-probabilities are still in the cache, in the logits' dtype; the backward pass only scales it. Autograd's
+    log_softmax + nll_loss keeps the (n, V) float32 log-probabilities and makes four more passes over them in memory."""
 
     @staticmethod
     def forward(ctx, logits, targets, label_smoothing):

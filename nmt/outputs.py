@@ -29,13 +29,11 @@ RECORD = ".nmt-outputs.json"
 
 
 def _fingerprint(path: Path) -> list:
-    """[size, SHA-256 of the content]."""
-    digest, size = hashlib.sha256(), 0
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-            size += len(block)
-    return [size, digest.hexdigest()]
+        return [handle.tell(), digest.hexdigest()]  # [size, SHA-256]: the position at the end is the size read
 
 
 def _record_problem(content: object) -> str | None:
@@ -49,8 +47,7 @@ def _record_problem(content: object) -> str | None:
 
 
 def read_record(folder: Path) -> dict:
-    """The record of `folder` (`{"files": {name: [size, sha256]}, "run": true}` in a run directory); a damaged
-    one is set aside, and every file in the folder then counts as the user's."""
+    """The record of `folder`; a damaged one is set aside, and every file in the folder then counts as the user's."""
     return read_json(folder / RECORD, _record_problem, "files nmt wrote there count as yours",
                      "starting a new record (replacing a file written before needs --overwrite)") or {"files": {}}
 
@@ -101,9 +98,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_output(path: str | Path, *, reads: Iterable[str | Path] = (), flag: str = "--output",
                  folder_checked: bool = False, overwrite: bool = False) -> Path:
-    """`path`, if it is safe to write; else one line naming it, why, and what to do. `folder_checked`: its
-    folder may not exist yet, the command creates it (`check_output_folder` approved it). `overwrite`: the
-    user allowed replacing an existing file nmt did not write."""
+    """`path`, if it is safe to write; else one line naming it, why, and what to do. `folder_checked`: its folder,
+    approved by `check_output_folder`, may not exist yet. `overwrite`: replace an existing file nmt did not write."""
     path = Path(path)
     if path.is_symlink():
         raise NMTError(f"{flag} {path}: is a symbolic link; give the path of the file itself")
@@ -126,12 +122,11 @@ def check_output(path: str | Path, *, reads: Iterable[str | Path] = (), flag: st
 def check_output_folder(folder: str | Path, *, flag: str) -> Path:
     """A folder the command will create or add files to."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if existing is folder and not folder.is_dir():
         raise NMTError(f"{flag} {folder}: is a file, not a folder; give a folder path")
-    if not folder.exists():
-        existing = next(parent for parent in folder.absolute().parents if parent.exists())
-        if not existing.is_dir():
-            raise NMTError(f"{flag} {folder}: {existing} is a file, not a folder")
+    if not existing.is_dir():
+        raise NMTError(f"{flag} {folder}: {existing} is a file, not a folder")
     return folder
 
 

@@ -15,8 +15,6 @@ from nmt.errors import NMTError  # noqa: E402
 from nmt.metrics_log import read_metrics  # noqa: E402
 from nmt.outputs import check_output, replacing  # noqa: E402
 
-IMAGE_FORMATS = {"png", "svg", "pdf", "jpg", "jpeg"}
-
 
 def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) -> Path:
     """Loss, validation BLEU, learning rate and pre-clip gradient norm against steps, in one PNG."""
@@ -25,7 +23,7 @@ def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) ->
         raise NMTError(f"{path}: not found; is {run_dir} a run directory?")
     out = check_output(out or run_dir / "curves.png", reads=[path], flag="--out", overwrite=overwrite)
     image_format = out.suffix[1:].lower() or "png"
-    if image_format not in IMAGE_FORMATS:
+    if image_format not in {"png", "svg", "pdf", "jpg", "jpeg"}:
         raise NMTError(f"--out {out}: ends in .{image_format}; give a .png, .svg, .pdf or .jpg file")
     records = read_metrics(path)
     steps = [r for r in records if "loss" in r and r.get("event") is None and r["loss"] is not None]
@@ -36,49 +34,36 @@ def plot_run(run_dir: Path, out: Path | None = None, overwrite: bool = False) ->
     threshold = load_config(config).train.max_grad_norm if config.exists() else None
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     fig.suptitle(f"Training curves: {run_dir.name}")
-
-    ax = axes[0, 0]
-    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (per token)", lw=1)
+    loss_ax, bleu_ax, lr_ax, norm_ax = axes.flat
+    loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (per token)", lw=1)
     if valid:
-        ax.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="validation (per token)")
-    ax.set(title="Loss", xlabel="step", ylabel="cross-entropy (nats per target token)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-
-    ax = axes[0, 1]
-    if valid:
-        ax.plot([r["step"] for r in valid], [r["valid_bleu"] for r in valid], "o-", color="tab:green")
-    ax.set(title="Validation BLEU (greedy)", xlabel="step", ylabel="BLEU")
-    ax.grid(alpha=0.3)
-
-    ax = axes[1, 0]
-    ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], color="tab:purple")
-    ax.set(title="Learning rate", xlabel="step", ylabel="learning rate")
-    ax.grid(alpha=0.3)
-
-    ax = axes[1, 1]
+        loss_ax.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="validation (per token)")
+        bleu_ax.plot([r["step"] for r in valid], [r["valid_bleu"] for r in valid], "o-", color="tab:green")
+    lr_ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], color="tab:purple")
     norms = [(r["step"], r["grad_norm"], r.get("clipped")) for r in steps if r.get("grad_norm")]
     if norms:
-        ax.plot([s for s, _, _ in norms], [n for _, n, _ in norms], lw=1, label="pre-clip norm")
+        norm_ax.plot([s for s, _, _ in norms], [n for _, n, _ in norms], lw=1, label="pre-clip norm")
         clipped = [(s, n) for s, n, c in norms if c]
         if clipped:
-            ax.scatter(*zip(*clipped), s=10, color="tab:red", zorder=3, label="clipped step")
+            norm_ax.scatter(*zip(*clipped), s=10, color="tab:red", zorder=3, label="clipped step")
     if threshold is not None:
-        ax.axhline(threshold, color="black", ls="--", label=f"threshold {threshold:g}")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.set(title="Gradient norm before clipping", xlabel="step", ylabel="L2 norm (log scale)")
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
+        norm_ax.axhline(threshold, color="black", ls="--", label=f"threshold {threshold:g}")
+    norm_ax.set_yscale("log")
+    norm_ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    panels = (("Loss", "cross-entropy (nats per target token)"), ("Validation BLEU (greedy)", "BLEU"),
+              ("Learning rate", "learning rate"), ("Gradient norm before clipping", "L2 norm (log scale)"))
+    for ax, (title, ylabel) in zip(axes.flat, panels):
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")  # minor lines where there are minor ticks: on the log scale
+    loss_ax.legend()
+    norm_ax.legend()
     return save_figure(fig, out, dpi=110, format=image_format)
 
 
 def plot_attention(weights, src_pieces: list[str], tgt_pieces: list[str], out: Path, title: str = "") -> None:
     """weights: (target steps, source positions); source along x, target down y."""
     weights = weights[: len(tgt_pieces), : len(src_pieces)].float().numpy()
-    width = max(5.0, 0.42 * len(src_pieces) + 2.5)
-    height = max(4.0, 0.36 * len(tgt_pieces) + 2.0)
-    fig, ax = plt.subplots(figsize=(width, height))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * len(src_pieces) + 2.5), max(4.0, 0.36 * len(tgt_pieces) + 2.0)))
     image = ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(src_pieces)), src_pieces, rotation=60, ha="right", fontsize=10)
     ax.set_yticks(range(len(tgt_pieces)), tgt_pieces, fontsize=10)

@@ -68,26 +68,22 @@ def check_resume_changes(embedded: dict, wanted: dict, source: str) -> None:
                        "continues); start a new run with another --run-dir instead")
 
 
-class RunLock:
-    """Held by the one process that trains in `folder` (rank 0 under torchrun) until `release`."""
-
-    def __init__(self, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.handle = open(folder / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "unknown"
-            self.handle.close()
-            raise NMTError(f"{folder}: another nmt process (pid {holder}) is training in this run directory; "
-                           "wait for it to finish, or choose another --run-dir") from None
-        self.handle.truncate(0)  # "a+": the write goes to the end, now the start
-        self.handle.write(f"{os.getpid()}\n")
-        self.handle.flush()
-        update_record(folder, lambda record: record.update(run=True))
-        for stale in [*folder.glob(".*.partial*"), *(folder / "checkpoints").glob(".*.partial*")]:
-            stale.unlink(missing_ok=True)  # a killed process's unfinished writes: never read
-
-    def release(self) -> None:
-        self.handle.close()
+def lock(folder: Path):
+    """Lock `folder` for the one process training in it (rank 0 under torchrun) until the returned file closes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise NMTError(f"{folder}: another nmt process (pid {holder}) is training in this run directory; "
+                       "wait for it to finish, or choose another --run-dir") from None
+    handle.truncate(0)  # "a+": the write goes to the end, now the start
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    update_record(folder, lambda record: record.update(run=True))
+    for stale in [*folder.glob(".*.partial*"), *(folder / "checkpoints").glob(".*.partial*")]:
+        stale.unlink(missing_ok=True)  # a killed process's unfinished writes: never read
+    return handle

@@ -26,15 +26,6 @@ def budget_fraction(cfg: TrainConfig, step: int, elapsed_seconds: float, epochs_
     return min(1.0, max(epochs_done / cfg.max_epochs, steps, minutes))
 
 
-def budget_spent(cfg: TrainConfig, step: int, elapsed_seconds: float) -> str | None:
-    """Why `max_steps` or `max_minutes` ends the run now, or None while both leave time."""
-    if cfg.max_steps is not None and step >= cfg.max_steps:
-        return f"train.max_steps={cfg.max_steps} reached"
-    if cfg.max_minutes is not None and elapsed_seconds >= cfg.max_minutes * 60:
-        return f"train.max_minutes={cfg.max_minutes} reached"
-    return None
-
-
 def seconds_left(cfg: TrainConfig, step: int, elapsed_seconds: float) -> float:
     """Training seconds before `max_minutes` or `max_steps` ends the run (inf with neither), the steps left at
     the run's mean pace so far."""

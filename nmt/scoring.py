@@ -11,10 +11,7 @@ from nmt.errors import NMTError
 
 
 def score(hypotheses: list[str], references: list[list[str]]) -> dict:
-    """references: one list per reference set, each as long as `hypotheses`."""
-    for refs in references:
-        if len(refs) != len(hypotheses):
-            raise NMTError(f"{len(hypotheses)} hypotheses but {len(refs)} references")
+    """references: one list per reference set, each as long as `hypotheses` (every caller has checked that)."""
     result = {}
     for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
         corpus_score = metric.corpus_score(hypotheses, references)

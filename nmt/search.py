@@ -1,17 +1,16 @@
 """Greedy and beam search over a `DecodeStep`, batched over sentences and beams in one tensor program.
 
-Beam search keeps K live hypotheses per sentence in rows `sentence * K + beam`. Each step takes the 2K best
-extensions of each sentence: those among the first K that end in EOS are set aside as finished, and the best K
-that do not end in EOS live on. A sentence is done when it has K finished hypotheses (as in fairseq), or
-earlier, when it has `nbest` and the best of them can no longer be beaten: log-probabilities only fall as a
-hypothesis grows and the length penalty is largest at the length limit, so no live hypothesis can score above
-its log-probability / penalty(limit) (with alpha 0 this ends most sentences first). Done sentences leave the
-batch, and new ones may join it between steps (`BeamSearch`). Greedy is the same search with K = 1, run
-through a leaner loop.
+Beam search keeps K live hypotheses per sentence in rows `sentence * K + beam`. Each step takes the 2K best extensions
+of each sentence: those among the first K that end in EOS are set aside as finished, and the best K that do not end in
+EOS live on. A sentence is done when it has K finished hypotheses (as in fairseq), or earlier, when it has `nbest` and
+the best of them can no longer be beaten: log-probabilities only fall as a hypothesis grows and the length penalty is
+largest at the length limit, so no live hypothesis can score above its log-probability / penalty(limit) (with alpha 0
+this ends most sentences first). Done sentences leave the batch, and new ones may join it between steps
+(`BeamSearch`). Greedy is the same search with K = 1, run through a leaner loop.
 
-Work saved without changing a result: a beam's candidates are its K + 1 best tokens (a step keeps at most K of
-one beam's non-EOS extensions and its one EOS), and the first step, where a sentence's K beams are still one
-hypothesis, runs once per sentence.
+Work saved without changing a result: a beam's candidates are its K + 1 best tokens (a step keeps at most K of one
+beam's non-EOS extensions and its one EOS, and K better extensions of one beam outrank the rest), and the first step,
+where a sentence's K beams are still one hypothesis, runs once per sentence.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from nmt.model.search_step import DecodeStep
 from nmt.tokenizer import BOS, EOS
@@ -48,10 +48,10 @@ _BLOCK_ROWS = 64  # CPU rows scored per pass: a block's float32 log-softmax stay
 def _best_extensions(logits: torch.Tensor, count: int, at_limit: torch.Tensor):
     """The `count` best next tokens of each row and their log-probabilities (float32 at least): (N, count).
 
-    The ranking is taken on the logits (normalising does not reorder a row). On the CPU the log-softmax
-    runs over blocks of rows, each converted to float32 in one fused pass and read only at the chosen
-    tokens: a float32 copy of the whole (N, V) matrix per step cost more than the output projection
-    itself. Where a row has reached its length limit, only EOS may follow.
+    The ranking is taken on the logits (normalising does not reorder a row). On the CPU the log-softmax runs over
+    blocks of rows, each converted to float32 in one fused pass and read only at the chosen tokens: a float32 copy of
+    the whole (N, V) matrix per step cost more than the output projection itself. Where a row has reached its length
+    limit, only EOS may follow.
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)
     count = min(count, logits.size(1))
@@ -85,8 +85,7 @@ def greedy(decoder: DecodeStep, src: torch.Tensor, src_lengths: torch.Tensor, *,
     lengths = limits.clone()
     for t in range(int(limits.max())):
         logits, state, _ = decoder.step(tokens, memory, state)
-        best, tokens = _best_extensions(logits, 1, limits[active] <= t + 1)
-        best, tokens = best.squeeze(1), tokens.squeeze(1)
+        best, tokens = (x.squeeze(1) for x in _best_extensions(logits, 1, limits[active] <= t + 1))
         outputs[active, t] = tokens
         log_probs[active] += best
         finished = tokens == EOS
@@ -130,23 +129,14 @@ class _Sentences:
         return _Sentences(**{f: torch.cat([getattr(self, f), getattr(other, f)]) for f in self.FIELDS})
 
 
-def _widen(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """x zero-padded along `dim` to at least `size`."""
-    if x.size(dim) >= size:
-        return x
-    shape = list(x.shape)
-    shape[dim] = size - x.size(dim)
-    return torch.cat([x, x.new_zeros(shape)], dim=dim)
-
-
 class BeamSearch:
-    """Beam search as a running batch: `add` puts sentences in, every `step` extends each live one by a token,
-    and a sentence leaves as soon as it is done, its n-best list returned by that step.
+    """Beam search as a running batch: `add` puts sentences in, every `step` extends each live one by a token, and a
+    sentence leaves as soon as it is done, its n-best list returned by that step.
 
-    `beam_search` adds one batch and steps until it is empty. `nmt serve` adds the sentences of new requests
-    while others are being decoded (continuous batching): they join at the next step, so the batch stays full
-    and no request waits for the longest sentence of a batch it happened to share. Sentences of different ages
-    share a step: each keeps its own step count, length limit and length penalty.
+    `beam_search` adds one batch and steps until it is empty. `nmt serve` adds the sentences of new requests while
+    others are being decoded (continuous batching): they join at the next step, so the batch stays full and no request
+    waits for the longest sentence of a batch it happened to share. Sentences of different ages share a step: each
+    keeps its own step count, length limit and length penalty.
     """
 
     def __init__(self, decoder: DecodeStep, *, beam_size: int, alpha: float, max_len_ratio: float,
@@ -197,8 +187,7 @@ class BeamSearch:
         self.joining.append((list(keys), src_lengths.to(src.device), memory, state))
 
     def _join(self, one_row: bool) -> None:
-        """Make the joining sentences live: k rows each, or one row each when every live sentence is new
-        (a sentence's k beams are one hypothesis until its first step, which is then computed once)."""
+        """Make the joining sentences live: k rows each, or one row each when every live sentence is new."""
         groups, self.joining = self.joining, []
         keys = [key for g in groups for key in g[0]]
         lengths = torch.cat([g[1] for g in groups])
@@ -236,16 +225,16 @@ class BeamSearch:
         s, m = self.sentences, len(self.keys)
         logits, state, weights = self.decoder.step(self.tokens, self.memory, self.state)  # (rows, V)
         at_limit = s.limits <= s.ages + 1  # (m,)
-        # what the step keeps, its k best extensions and those of the first k that end in EOS, are among
-        # its beams' k + 1 best each: a beam has one EOS, and k better extensions of one beam outrank the rest
         row_log_probs, row_tokens = _best_extensions(logits, k + 1, at_limit.repeat_interleave(logits.size(0) // m))
         if fresh:  # one row per sentence ran: each of its k beams starts from it
             copies = torch.arange(m, device=logits.device).repeat_interleave(k)
             row_log_probs, row_tokens, weights = row_log_probs[copies], row_tokens[copies], weights[copies]
             state = state.index_select(copies)
         oldest = int(s.ages.max())
-        if self.keep_attention:  # (m * k, steps, S): this step's weights at each sentence's own step
-            self.attention = _widen(_widen(self.attention, 1, oldest + 1), 2, weights.size(1))
+        # history, attention (m * k, steps[, S]) at each sentence's own step: none is past `oldest`, sources only grow
+        if self.keep_attention:
+            attention = self.attention[:, :oldest]
+            self.attention = F.pad(attention, (0, weights.size(1) - attention.size(2), 0, 1))
             self.attention[torch.arange(m * k), s.ages.repeat_interleave(k)] = weights.float()
         per_row = row_tokens.size(1)
         candidates = (s.scores.unsqueeze(2) + row_log_probs.view(m, k, per_row)).view(m, k * per_row)
@@ -275,9 +264,8 @@ class BeamSearch:
             kept = keep.tolist()
             self.keys, self.finished = [self.keys[i] for i in kept], [self.finished[i] for i in kept]
         self.tokens = token.gather(1, live_rank)[keep].view(-1)
-        history = _widen(self.history.index_select(0, beam_rows)[:, :oldest], 1, oldest + 1)
-        history[torch.arange(history.size(0)), s.ages.repeat_interleave(k)] = self.tokens
-        self.history = history
+        self.history = F.pad(self.history.index_select(0, beam_rows)[:, :oldest], (0, 1))
+        self.history[torch.arange(self.history.size(0)), s.ages.repeat_interleave(k)] = self.tokens
         if self.keep_attention:
             self.attention = self.attention[beam_rows]
         s.scores = live_scores[keep]

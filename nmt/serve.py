@@ -9,7 +9,6 @@ import asyncio
 import logging
 import math
 import queue
-import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -65,8 +64,7 @@ class _Job:
 
 
 class Batcher:
-    """Continuous batching (see `BeamSearch`): each request is answered as soon as its last sentence is done.
-    The searches hold at most `batch_tokens` source pieces; more sentences wait in arrival order."""
+    """Continuous batching (see `BeamSearch`): each request is answered as soon as its last sentence is done."""
 
     def __init__(self, translator: Translator, limits: Limits):
         self.translator, self.limits = translator, limits
@@ -74,7 +72,6 @@ class Batcher:
         self.waiting = 0  # sentences of requests not yet answered; beyond max_queue new ones get 503
         self.batches = 0  # groups of requests that joined a search together
         self.steps = 0
-        self.thread: threading.Thread | None = None
         self.decoding = 0  # sentences in the searches
         self.abandons = 0  # requests left unanswered (timed out, client gone): their sentences leave the search
 
@@ -93,15 +90,8 @@ class Batcher:
                 self.abandons += 1
                 job.future.cancel()  # nobody reads it: a failure settled on it later would be logged as unread
 
-    def start_thread(self) -> None:
-        """Decode in a thread of its own (`run` in the main thread is faster: see `serve_until_stopped`)."""
-        self.thread = threading.Thread(target=self.run, name="decode", daemon=True)
-        self.thread.start()
-
     def stop(self) -> None:
         self.incoming.put(None)
-        if self.thread is not None:
-            self.thread.join()
 
     def run(self) -> None:
         """Decode until `stop`."""
@@ -212,16 +202,15 @@ class Batcher:
         log.error("%s failed (%s: %s); %s", what, type(error).__name__, error, then, exc_info=self.limits.debug)
 
     def _settle(self, job: _Job, failed: bool = False) -> None:
-        job.future.get_loop().call_soon_threadsafe(_settle, job.future, job.results, failed)
+        def settle() -> None:  # on the event loop
+            if job.future.done():  # the request timed out meanwhile
+                return
+            if failed:
+                job.future.set_exception(RuntimeError("decoding failed"))
+            else:
+                job.future.set_result(job.results)
 
-
-def _settle(future: asyncio.Future, results, failed: bool) -> None:
-    if future.done():  # the request timed out meanwhile
-        return
-    if failed:
-        future.set_exception(RuntimeError("decoding failed"))
-    else:
-        future.set_result(results)
+        job.future.get_loop().call_soon_threadsafe(settle)
 
 
 def answer_lines(tokenizer, lines: list[list[str]], sources: list[list[int]], hypotheses, nbest: int,

@@ -2,7 +2,7 @@
 package, so it works offline), and the bounds that keep a hostile or broken client from costing the server
 memory, sockets or its shutdown: a server published with `--host 0.0.0.0` (as in Docker) meets clients that
 send bodies of any size, send half a request and stall, or open sockets and say nothing. Bodies are bounded
-in size and time (`BoundedBodies`), request heads and connections too (`bounded_protocol`), and so is the
+in size and time (`bounded_bodies`), request heads and connections too (`bounded_protocol`), and so is the
 shutdown (`SHUTDOWN_GRACE_S`). Every answer that is not 2xx is one line of JSON, `{"error": "..."}`."""
 
 from __future__ import annotations
@@ -62,24 +62,21 @@ async def _refuse(send, status: int, reason: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class BoundedBodies:
+def bounded_bodies(app, max_bytes: int, timeout_s: float, stopping):
     """ASGI middleware: a request body over `max_bytes` is refused (413) from its Content-Length before any of
     it is read, or, sent in chunks, as soon as its total passes the limit; a body not complete within
     `timeout_s` of the request's start is answered 408; once `stopping()` is true a body still arriving is
     answered 503. The app reads the body through this; the rest stays in the socket's buffers."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float, stopping):
-        self.app, self.max_bytes, self.timeout_s, self.stopping = app, max_bytes, timeout_s, stopping
-
-    async def __call__(self, scope, receive, send):
+    async def bounded(scope, receive, send):
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return await app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit():
             return await _refuse(send, 400, "Content-Length is not a number")
-        if int(declared) > self.max_bytes:
-            return await _refuse(send, 413, f"a body of {int(declared)} bytes; at most {self.max_bytes}")
-        deadline, received, complete = time.monotonic() + self.timeout_s, 0, False
+        if int(declared) > max_bytes:
+            return await _refuse(send, 413, f"a body of {int(declared)} bytes; at most {max_bytes}")
+        deadline, received, complete = time.monotonic() + timeout_s, 0, False
         pending: asyncio.Future | None = None
 
         async def bounded_receive():
@@ -88,23 +85,25 @@ class BoundedBodies:
                 return await receive()
             pending = pending or asyncio.ensure_future(receive())
             while not pending.done():  # waits in slices, to see a shutdown
-                if self.stopping():
+                if stopping():
                     raise HTTPException(503, "the server is shutting down", CLOSE)
                 if time.monotonic() > deadline:
-                    raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s", CLOSE)
+                    raise HTTPException(408, f"the request body did not arrive within {timeout_s:g} s", CLOSE)
                 await asyncio.wait({pending}, timeout=min(0.25, max(0.0, deadline - time.monotonic())))
             message, pending = pending.result(), None
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, f"a body of more than {self.max_bytes} bytes", CLOSE)
+            if received > max_bytes:
+                raise HTTPException(413, f"a body of more than {max_bytes} bytes", CLOSE)
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         try:
-            await self.app(scope, bounded_receive, send)
+            await app(scope, bounded_receive, send)
         finally:
             if pending is not None:
                 pending.cancel()
+
+    return bounded
 
 
 def create_app(translator, info: dict, limits: Limits, decode_thread: bool = True):
@@ -115,17 +114,20 @@ def create_app(translator, info: dict, limits: Limits, decode_thread: bool = Tru
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if decode_thread:
-            batcher.start_thread()
+            decoder = threading.Thread(target=batcher.run, name="decode", daemon=True)
+            decoder.start()
         log.info("serving %s; limits: %s", ", ".join(info["checkpoints"]),
                  ", ".join(f"{name} {value}" for name, value in asdict(limits).items()))
         yield
         batcher.stop()
+        if decode_thread:
+            decoder.join()
 
     app = FastAPIOffline(title="nmt", summary=f"{info['source_language']}→{info['target_language']} translation",
                          lifespan=lifespan, redoc_url=None)
     app.state.batcher, app.state.stopping = batcher, False
     # JSON may spend 12 bytes on one character (an escaped surrogate pair); the rest of a request is small
-    app.add_middleware(BoundedBodies, max_bytes=12 * limits.max_chars + 64 * 1024, timeout_s=limits.client_timeout_s,
+    app.add_middleware(bounded_bodies, max_bytes=12 * limits.max_chars + 64 * 1024, timeout_s=limits.client_timeout_s,
                        stopping=lambda: app.state.stopping)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -155,7 +157,6 @@ def create_app(translator, info: dict, limits: Limits, decode_thread: bool = Tru
 
 
 def _error(status: int, reason: str, **headers):
-    """Every answer that is not 2xx: one line of JSON."""
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
@@ -170,7 +171,7 @@ async def _invalid(request: Request, error):
 
 
 async def _http_error(request: Request, error):
-    """404, 405, and the bounds of `BoundedBodies`."""
+    """404, 405, and the bounds of `bounded_bodies`."""
     return _error(error.status_code, str(error.detail), **(error.headers or {}))
 
 
@@ -209,19 +210,18 @@ async def _translate(request: TranslateRequest, raw: Request, translator, batche
 async def _unless_gone(raw, translation):
     """The translation's result, or None when the client disconnects first (its sentences then leave the
     search at its next step, as a timed-out request's do)."""
+    async def disconnected() -> None:
+        while (await raw.receive())["type"] != "http.disconnect":
+            pass
+
     work = asyncio.ensure_future(translation)
-    gone = asyncio.ensure_future(_disconnected(raw))
+    gone = asyncio.ensure_future(disconnected())
     try:
         done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:  # also when cancelled: the server is stopping
         gone.cancel()
         work.cancel()  # nothing once it is done
     return work.result() if work in done else None
-
-
-async def _disconnected(raw) -> None:
-    while (await raw.receive())["type"] != "http.disconnect":
-        pass
 
 
 def bounded_protocol(limits: Limits):
@@ -235,27 +235,24 @@ def bounded_protocol(limits: Limits):
         def connection_made(self, transport):
             nonlocal refused
             super().connection_made(transport)
+            self._wait_for_request()  # also on a refused connection: `connection_lost` cancels it
             if len(self.connections) > limits.max_connections:
                 refused += 1
                 if refused in (1, 10) or refused % 1000 == 0:  # a flood is a few lines, not one per socket
                     log.warning("%d connection(s) beyond --max-connections %d closed so far", refused,
                                 limits.max_connections)
                 transport.close()
-                return
-            self._wait_for_request()
 
         def on_response_complete(self):
             super().on_response_complete()
+            self._request_timer.cancel()
             self._wait_for_request()
 
         def connection_lost(self, exc):
-            if getattr(self, "_request_timer", None) is not None:
-                self._request_timer.cancel()
+            self._request_timer.cancel()
             super().connection_lost(exc)
 
         def _wait_for_request(self):
-            if getattr(self, "_request_timer", None) is not None:
-                self._request_timer.cancel()
             self._request_timer = self.loop.call_later(limits.client_timeout_s, self._close_unless_asked, self.cycle)
 
         def _close_unless_asked(self, cycle_then):
@@ -280,11 +277,10 @@ def raise_file_limit(max_connections: int) -> None:
 
 
 def serve_until_stopped(app, host: str, port: int, limits: Limits) -> bool:
-    """Serve `app` (made with `decode_thread=False`) until SIGINT or SIGTERM; False if it could not start.
-    Decoding takes the main thread and HTTP a second one: the encoder's LSTM ran about three times slower in
-    a thread other than the main one. Signals reach the main thread: they ask the server to stop taking
-    requests; it finishes those in flight within SHUTDOWN_GRACE_S, then stops the decoder (a second Ctrl-C:
-    at once)."""
+    """Serve `app` (made with `decode_thread=False`) until SIGINT or SIGTERM; False if it could not start. Decoding
+    takes the main thread and HTTP a second one: the encoder's LSTM ran about three times slower in a thread other than
+    the main one. Signals reach the main thread: they ask the server to stop taking requests; it finishes those in
+    flight within SHUTDOWN_GRACE_S, then stops the decoder (a second Ctrl-C: at once)."""
     raise_file_limit(limits.max_connections)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", http=bounded_protocol(limits),
                                            timeout_keep_alive=limits.keep_alive_s,

@@ -5,8 +5,7 @@ can show the pre-clip gradient norm of every batch against that batch's target l
 first step whose loss is not finite, or where the moving average of the per-token training loss over
 DIVERGENCE_WINDOW steps exceeds DIVERGENCE_FACTOR x the first step's loss (at initialisation about ln(vocabulary),
 the loss of uniform guessing; the brief spikes of a healthy SGD run stay well below it). It is recorded as diverged
-at that step, and the study goes on with the next setting.
-"""
+at that step, and the study goes on with the next setting."""
 
 from __future__ import annotations
 
@@ -52,14 +51,13 @@ def parse_setting(text: str) -> Setting:
     try:
         optimizer, lr, clip = text.split(":")
         max_grad_norm = None if clip.lower() in ("none", "null", "off") else float(clip)
-        setting = Setting("", optimizer, float(lr), max_grad_norm)
+        rate = float(lr)
     except ValueError:
         raise NMTError(f"--add {text}: expected OPTIMIZER:LR:CLIP, e.g. sgd:2.0:5 or adam:1e-3:none") from None
     if optimizer not in ("sgd", "adam"):
         raise NMTError(f"--add {text}: optimizer must be sgd or adam")
     clip_name = "no clip" if max_grad_norm is None else f"clip {max_grad_norm:g}"
-    setting.name = f"{optimizer} lr {lr}, {clip_name}"
-    return setting
+    return Setting(f"{optimizer} lr {lr}, {clip_name}", optimizer, rate, max_grad_norm)
 
 
 def choose_settings(args) -> list[Setting]:
@@ -77,20 +75,6 @@ def choose_settings(args) -> list[Setting]:
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c == "." else "_" for c in name).strip("_")
-
-
-def run_setting(setting: Setting, args, out: Path) -> dict:
-    """Train one setting; a run that blows up is recorded, not raised (any other error stops the study)."""
-    from nmt.experiment import train_and_test
-
-    run_dir = out / slug(setting.name)
-    error = None
-    try:
-        train_and_test(args.config, setting_overrides(setting, args), str(run_dir))
-    except Diverged as failure:  # too many non-finite steps in a row
-        error = str(failure)
-        log.warning("%s: %s", setting.name, error)
-    return summarize(setting, run_dir, error)
 
 
 def setting_overrides(setting: Setting, args) -> list[str]:
@@ -155,6 +139,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def run_study(args) -> tuple[str, list[Path]]:
     """Train every setting, then write study.md, study.json and the pictures; returns the table and them."""
+    from nmt.experiment import train_and_test
     from nmt.study_plots import FIGURES, plot_study
 
     settings = choose_settings(args)
@@ -178,7 +163,13 @@ def run_study(args) -> tuple[str, list[Path]]:
     rows = []
     for index, setting in enumerate(settings, 1):
         log.info("== setting %d/%d: %s, %.1f minutes", index, len(settings), setting.name, args.minutes)
-        rows.append(run_setting(setting, args, out))
+        run_dir, error = out / slug(setting.name), None
+        try:
+            train_and_test(args.config, setting_overrides(setting, args), str(run_dir))
+        except Diverged as failure:  # too many non-finite steps in a row: recorded (any other error stops the study)
+            error = str(failure)
+            log.warning("%s: %s", setting.name, error)
+        rows.append(summarize(setting, run_dir, error))
     table = markdown_table(rows)
     write_text(out / "study.md",
         f"Clipping study: `{args.config}`, {args.minutes:g} minutes per setting, constant learning rate. "

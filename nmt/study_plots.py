@@ -14,18 +14,14 @@ from nmt.study import logged
 FIGURES = ("loss.png", "grad_norm.png", "norm_vs_length.png")  # what plot_study writes, in its order
 
 
-def _smooth(values: list[float], window: int) -> list[float]:
-    """Each value's mean with the `window - 1` before it (fewer at the start), as the divergence test takes it."""
-    return [sum(values[max(0, i + 1 - window):i + 1]) / min(i + 1, window) for i in range(len(values))]
-
-
-def _grid(n: int):
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
+def _grid(rows: list[dict], title: str):
+    cols = min(3, len(rows))
+    lines = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(5 * cols, 3.8 * lines), squeeze=False)
+    for ax in axes.flat[len(rows):]:
         ax.set_visible(False)
-    return fig, list(axes.flat[:n])
+    fig.suptitle(title)
+    return fig, zip(axes.flat, rows)
 
 
 def plot_study(rows: list[dict], out: Path) -> list[Path]:
@@ -38,12 +34,13 @@ def _loss_figure(rows: list[dict], data: dict):
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for row in rows:
         steps = [r for r in data[row["setting"]] if r["loss"] is not None]
-        if steps:
-            ax.plot([r["step"] for r in steps], _smooth([r["loss"] for r in steps], 25), lw=1.4, label=row["setting"])
+        if steps:  # each loss's mean with the 24 before it (fewer at the start), as the divergence test takes it
+            losses = [r["loss"] for r in steps]
+            smooth = [sum(losses[max(0, i - 24):i + 1]) / min(i + 1, 25) for i in range(len(losses))]
+            ax.plot([r["step"] for r in steps], smooth, lw=1.4, label=row["setting"])
         if row["diverged"]:
             ax.axvline(row["diverged_at_step"], ls=":", lw=1, color=ax.lines[-1].get_color() if steps else "k")
-    bound = min((r["divergence_bound"] for r in rows if r["divergence_bound"] is not None), default=12)
-    ax.set_ylim(0, min(bound, 12))
+    ax.set_ylim(0, min([12] + [r["divergence_bound"] for r in rows if r["divergence_bound"] is not None]))
     ax.set(title="Training loss per setting (moving average of 25 steps; dotted: divergence)", xlabel="step",
            ylabel="cross-entropy (nats per target token)")
     ax.grid(alpha=0.3)
@@ -52,8 +49,8 @@ def _loss_figure(rows: list[dict], data: dict):
 
 
 def _norms_figure(rows: list[dict], data: dict):
-    fig, axes = _grid(len(rows))
-    for ax, row in zip(axes, rows):
+    fig, panels = _grid(rows, "Gradient norm before clipping, every step")
+    for ax, row in panels:
         steps = [r for r in data[row["setting"]] if r["grad_norm"]]
         ax.scatter([r["step"] for r in steps], [r["grad_norm"] for r in steps], s=3, alpha=0.5,
                    c=["tab:red" if r["clipped"] else "tab:blue" for r in steps])
@@ -68,13 +65,12 @@ def _norms_figure(rows: list[dict], data: dict):
         ax.set(title=row["setting"], xlabel="step", ylabel="pre-clip gradient L2 norm (log)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="upper right")
-    fig.suptitle("Gradient norm before clipping, every step")
     return fig
 
 
 def _norm_vs_length_figure(rows: list[dict], data: dict):
-    fig, axes = _grid(len(rows))
-    for ax, row in zip(axes, rows):
+    fig, panels = _grid(rows, "Gradient norm against target length, second half of each run (past the early transient)")
+    for ax, row in panels:
         steps = data[row["setting"]]
         if row["diverged"]:
             steps = [r for r in steps if r["step"] < row["diverged_at_step"]]
@@ -96,5 +92,4 @@ def _norm_vs_length_figure(rows: list[dict], data: dict):
                     label=f"least squares: {slope:+.2f} per token, r = {r:.2f}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle("Gradient norm against target length, second half of each run (past the early transient)")
     return fig

@@ -37,8 +37,7 @@ class Side:
     """One language side: a sentencepiece model and the ids its model tables keep."""
 
     def __init__(self, model_proto: bytes, keep: list[int] | None = None):
-        self.model_proto = model_proto
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.model_proto, self.sp = model_proto, spm.SentencePieceProcessor(model_proto=model_proto)
         self.keep = keep if keep is not None else list(range(self.sp.get_piece_size()))
         # (pieces,) model id of every sentencepiece id (<unk> for pieces without a table row)
         self.to_model = torch.full((self.sp.get_piece_size(),), UNK, dtype=torch.long)
@@ -74,16 +73,13 @@ class Tokenizer:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Tokenizer:
-        src = Side(state["src_model"].numpy().tobytes(), state["src_keep"])
-        tgt = Side(state["tgt_model"].numpy().tobytes(), state["tgt_keep"])
+        src, tgt = (Side(state[f"{side}_model"].numpy().tobytes(), state[f"{side}_keep"]) for side in ("src", "tgt"))
         return cls(src, tgt, state["joint"])
 
     def save_models(self, folder: Path) -> None:
-        if self.joint:
-            (folder / "spm.model").write_bytes(self.src.model_proto)
-        else:
-            (folder / "spm.src.model").write_bytes(self.src.model_proto)
-            (folder / "spm.tgt.model").write_bytes(self.tgt.model_proto)
+        names = ["spm.model"] if self.joint else ["spm.src.model", "spm.tgt.model"]  # joint: one model for both
+        for name, side in zip(names, (self.src, self.tgt)):
+            (folder / name).write_bytes(side.model_proto)
 
 
 TRAIN_IN_CHILD_LINES = 200_000
@@ -114,8 +110,7 @@ def cached_model(cfg: TokenizerConfig, key: str, write_corpus) -> bytes:
     except OSError:
         lock = contextlib.nullcontext()
     with lock:
-        proto = _read_cached(cached)  # trained by the process this one waited for
-        if proto is None:
+        if (proto := _read_cached(cached)) is None:  # else trained by the process this one waited for
             proto = _train_model(cfg, write_corpus)
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)

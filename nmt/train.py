@@ -1,9 +1,8 @@
 """Training: SGD with gradient-norm clipping, validation, checkpoints, exact resume.
 
-One step: forward (under autocast for bf16/fp16) -> NLL summed over target tokens and divided by the batch's
-sentences -> backward -> (fp16: unscale) -> `clip_grad_norm_` on the float32 gradients, whose return value is the
-pre-clip norm we log -> step, unless the loss or the norm is not finite. The one host sync per step reads the loss
-and the norm together.
+One step: forward (under autocast for bf16/fp16) -> summed NLL divided by the batch's sentences or tokens ->
+backward -> (fp16: unscale) -> `clip_grad_norm_` on the float32 gradients, whose return value is the pre-clip norm
+we log -> step, unless the loss or the norm is not finite. One host sync per step reads the loss and the norm.
 """
 
 from __future__ import annotations
@@ -15,20 +14,21 @@ import resource
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import NoReturn
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nmt import checkpoint
 from nmt.batching import collate, plan_batches, shard
-from nmt.checkpoint import Progress
 from nmt.config import Config
 from nmt.data.prepare import PreparedData, prepare_on_each_node
 from nmt.device import autocast, precision_reason, release_free_memory, resolve_device, resolve_precision
-from nmt.distributed import World, any_rank, barrier, broadcast_object
+from nmt.distributed import World, any_rank, barrier
 from nmt.errors import Diverged, NMTError
 from nmt.interrupt import Interrupted, StopSignals
 from nmt.loss import summed_nll
@@ -47,8 +47,7 @@ log = logging.getLogger(__name__)
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, world: World, payload: dict | None,
                  data: PreparedData | None = None):
-        """`payload`: a checkpoint to resume from. `data`: prepared data to train on instead of preparing
-        `cfg.data` (tests build small trainers this way)."""
+        """`payload`: a checkpoint to resume from; `data`: prepared data to use instead of `cfg.data` (as tests do)."""
         self.cfg, self.run_dir, self.world = cfg, run_dir, world
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -79,7 +78,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.schedule = LRSchedule(cfg.train, self.optimizer)
         self.plan = TrainPlan(cfg.train)
-        self.progress = checkpoint.restore_training(self, payload) if payload else Progress()
+        self.progress = checkpoint.restore_training(self, payload) if payload else checkpoint.Progress()
         self.saved_at = self.progress.elapsed  # training seconds at the last save
         self.metrics = MetricsLog(run_dir, enabled=world.is_main, truncate_after_step=self.progress.step)
         self.signals = StopSignals()
@@ -114,9 +113,8 @@ class Trainer:
     def run(self) -> str:
         """Train until a budget, max_epochs or early stopping ends it; returns why it stopped."""
         progress, cfg, train = self.progress, self.cfg.train, self.data.train
-        self.model.train()
         self.metrics.write(step=progress.step, event="start", computed_by=self.computed_by)
-        self._restart_window()
+        self.window = Counter(time=time.perf_counter())  # what `_log_step` sums between the steps it logs
         with self.signals:
             stop = self._validate_if_due()  # a validation that a stop signal abandoned comes first
             while progress.epoch <= cfg.max_epochs:
@@ -137,20 +135,34 @@ class Trainer:
         return stop
 
     def _train_epoch(self, batches: list) -> str | None:
-        """The epoch's batches from where the run stands: each one step, then maybe a validation and a save;
-        why the run stops before the epoch's end, or None."""
-        progress = self.progress
-        bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}",
-                   disable=not (self.world.is_main and sys.stderr.isatty()), dynamic_ncols=True, unit="batch",
-                   mininterval=0.5)
+        """A step on each of the epoch's batches left; why the run stops before the epoch's end, or None."""
+        cfg, progress = self.cfg.train, self.progress
+        bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch}", unit="batch",
+                   disable=not (self.world.is_main and sys.stderr.isatty()), dynamic_ncols=True, mininterval=0.5)
         stop = None
         while progress.batch_in_epoch < len(batches):
             if any_rank(self.signals.signum is not None, self.world):
                 self._interrupt()
-            if not self._train_on(batches, bar):
-                continue  # out of GPU memory: the batch was skipped
-            stop = self._validate_if_due()
-            if stop:
+            started = time.perf_counter()
+            self.schedule.follow_budget(budget_fraction(
+                cfg, progress.step, progress.elapsed, progress.epoch - 1 + progress.batch_in_epoch / len(batches)))
+            batch = collate(self.data.train, batches[progress.batch_in_epoch]).to(self.device)
+            progress.batch_in_epoch += 1
+            try:
+                nll, norm, applied = self.train_step(batch)
+            except torch.cuda.OutOfMemoryError:
+                del batch
+                self._handle_oom()
+                continue  # the batch is skipped
+            progress.oom_batches = 0
+            progress.step += 1
+            progress.elapsed += time.perf_counter() - started
+            bar.update(1)
+            if applied:
+                self._log_step(nll, norm, batch, bar)
+            else:
+                self._check_bad_step(nll, norm)
+            if stop := self._validate_if_due():
                 break
             if self.plan.save_due(progress, self.saved_at):
                 self.save("last.pt")
@@ -158,30 +170,6 @@ class Trainer:
                 release_free_memory()
         bar.close()
         return stop
-
-    def _train_on(self, batches: list, bar) -> bool:
-        """One step on the epoch's next batch, counted and logged; False when it ran out of GPU memory."""
-        cfg, progress = self.cfg.train, self.progress
-        started = time.perf_counter()
-        self.schedule.follow_budget(budget_fraction(
-            cfg, progress.step, progress.elapsed, progress.epoch - 1 + progress.batch_in_epoch / len(batches)))
-        batch = collate(self.data.train, batches[progress.batch_in_epoch]).to(self.device)
-        progress.batch_in_epoch += 1
-        try:
-            nll, norm, applied = self.train_step(batch)
-        except torch.cuda.OutOfMemoryError:
-            del batch
-            self._handle_oom()
-            return False
-        progress.oom_batches = 0
-        progress.step += 1
-        progress.elapsed += time.perf_counter() - started
-        bar.update(1)
-        if applied:
-            self._log_step(nll, norm, batch, bar)
-        else:
-            self._check_bad_step(nll, norm)
-        return True
 
     def _validate_if_due(self) -> str | None:
         """The validation `train.valid_every` asks for at this step; why the run stops here, or None."""
@@ -220,8 +208,7 @@ class Trainer:
 
     def validate(self) -> dict:
         """valid_loss (the training loss per target token, teacher-forced), valid_ppl, and valid_bleu: the BLEU of
-        the validation sources decoded with the validation beam; in eval mode (no dropout). A stop signal abandons
-        it (`Interrupted`)."""
+        the validation sources decoded with the validation beam. A stop signal abandons it (`Interrupted`)."""
         data, device, precision = self.data, self.device, self.precision
         self.signals.abandon_now = True
         self.model.eval()
@@ -257,11 +244,12 @@ class Trainer:
                 self._interrupt()
             self._record_validation(result)
         if self.world.distributed:
-            lr, progress = broadcast_object((self.schedule.lr, dataclasses.asdict(self.progress)))
+            box = [(self.schedule.lr, dataclasses.asdict(self.progress))]
+            dist.broadcast_object_list(box, src=0)
+            lr, progress = box[0]
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            for key, value in progress.items():
-                setattr(self.progress, key, value)
+            vars(self.progress).update(progress)
         self.last_validation_seconds = time.perf_counter() - started
         self.progress.elapsed += self.last_validation_seconds
 
@@ -320,9 +308,6 @@ class Trainer:
             raise NMTError(f"{progress.oom_batches} consecutive batches ran out of GPU memory; "
                            f"lower train.batch_tokens (now {self.cfg.train.batch_tokens})")
 
-    def _restart_window(self) -> None:
-        self.window = {"nll": 0.0, "tokens": 0, "steps": 0, "clipped": 0, "time": time.perf_counter()}
-
     def _log_step(self, nll: float, norm: float, batch, bar) -> None:
         """Count an applied step in the epoch and the logging window; every `log_every` steps, log the window."""
         cfg, progress, window = self.cfg.train, self.progress, self.window
@@ -330,31 +315,25 @@ class Trainer:
         clipped = cfg.max_grad_norm is not None and norm >= cfg.max_grad_norm
         progress.steps_in_epoch += 1
         progress.clipped_in_epoch += clipped
-        window["nll"] += nll
-        window["tokens"] += batch.n_tokens
-        window["steps"] += 1
-        window["clipped"] += clipped
+        window.update(nll=nll, tokens=batch.n_tokens, steps=1, clipped=clipped)  # a Counter: adds them
         if progress.step % cfg.log_every:
             return
-        seconds = time.perf_counter() - window["time"]
         loss = window["nll"] / max(1, window["tokens"])
-        tokens_per_sec = window["tokens"] * self.world.size / max(seconds, 1e-9)
-        record = dict(step=progress.step, epoch=progress.epoch, loss=loss, ppl=math.exp(min(loss, 100)),
-                      lr=self.schedule.lr, grad_norm=norm, clipped=clipped,
-                      clip_fraction=window["clipped"] / max(1, window["steps"]), tokens_per_sec=tokens_per_sec,
-                      batch_sentences=batch.n_sentences, batch_tokens=batch.n_tokens)
-        self.metrics.write(**record)
+        tokens_per_sec = window["tokens"] * self.world.size / max(time.perf_counter() - window["time"], 1e-9)
+        ppl, clip_fraction = math.exp(min(loss, 100)), window["clipped"] / max(1, window["steps"])
+        self.metrics.write(step=progress.step, epoch=progress.epoch, loss=loss, ppl=ppl, lr=self.schedule.lr,
+                           grad_norm=norm, clipped=clipped, clip_fraction=clip_fraction, tokens_per_sec=tokens_per_sec,
+                           batch_sentences=batch.n_sentences, batch_tokens=batch.n_tokens)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", gnorm=f"{norm:.2f}",
                         lr=f"{self.schedule.lr:.3g}", refresh=False)
         if bar.disable and self.world.is_main:
             log.info("step %d | epoch %d | loss %.3f | ppl %.1f | lr %.3g | gnorm %.2f | clipped %.0f%% | %s tok/s",
-                     progress.step, progress.epoch, loss, record["ppl"], self.schedule.lr, norm,
-                     100 * record["clip_fraction"], f"{tokens_per_sec:,.0f}")
-        self._restart_window()
+                     progress.step, progress.epoch, loss, ppl, self.schedule.lr, norm, 100 * clip_fraction,
+                     f"{tokens_per_sec:,.0f}")
+        self.window = Counter(time=time.perf_counter())
 
     def _interrupt(self) -> NoReturn:
         signum = self.signals.signum
         self.save("last.pt")
-        name = signal.Signals(signum).name
-        raise Interrupted(signum, f"{name} at step {self.progress.step}: saved {self.run_dir}/checkpoints/last.pt; "
-                                  f"continue with: nmt train --resume --run-dir {self.run_dir}")
+        raise Interrupted(signum, f"{signal.Signals(signum).name} at step {self.progress.step}: saved {self.run_dir}/"
+                                  f"checkpoints/last.pt; continue with: nmt train --resume --run-dir {self.run_dir}")

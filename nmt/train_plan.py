@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple
 
 from nmt.checkpoint import Progress
 from nmt.config import TrainConfig
-from nmt.schedule import budget_spent, seconds_left
+from nmt.schedule import seconds_left
 
 
 class Decision(NamedTuple):
@@ -47,8 +47,11 @@ class TrainPlan:
         cfg = self.cfg
         if cfg.patience is not None and progress.validations_without_improvement >= cfg.patience:
             return f"early stopping: train.patience={cfg.patience} validations without a better BLEU"
-        epochs = f"train.max_epochs={cfg.max_epochs} reached" if progress.epoch > cfg.max_epochs else None
-        return budget_spent(cfg, progress.step, progress.elapsed) or epochs
+        if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+            return f"train.max_steps={cfg.max_steps} reached"
+        if cfg.max_minutes is not None and progress.elapsed >= cfg.max_minutes * 60:
+            return f"train.max_minutes={cfg.max_minutes} reached"
+        return f"train.max_epochs={cfg.max_epochs} reached" if progress.epoch > cfg.max_epochs else None
 
     def save_due(self, progress: Progress, saved_at: float) -> bool:
         """last.pt every `save_every_minutes` of training (`saved_at`: the training seconds at the last save), so

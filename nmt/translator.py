@@ -23,21 +23,18 @@ log = logging.getLogger(__name__)
 def plan_decoding_batches(lengths: list[int], batch_tokens: int, max_sentences: int = 512) -> list[list[int]]:
     """Indices of non-empty lines sorted by length, longest first, cut into batches."""
     order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
-    batches, current = [], []
+    batches: list[list[int]] = []
     for i in order:
-        longest = lengths[current[0]] if current else lengths[i]  # longest first: the batch's first
-        if current and ((len(current) + 1) * (longest + 1) > batch_tokens or len(current) >= max_sentences):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+        batch = batches[-1] if batches else []  # its longest line is its first
+        if batch and (len(batch) + 1) * (lengths[batch[0]] + 1) <= batch_tokens and len(batch) < max_sentences:
+            batch.append(i)
+        else:
+            batches.append([i])
     return batches
 
 
 def empty_hypotheses(count: int, nbest: int) -> list[list[Hypothesis]]:
-    """`nbest` empty hypotheses for each of `count` sources: what an empty source line translates to, so that
-    output line N stays the translation of input line N."""
+    """`nbest` empty hypotheses for each of `count` empty lines, so that output line N still translates input N."""
     return [[Hypothesis([], 0.0, 0.0)] * nbest for _ in range(count)]
 
 
@@ -65,9 +62,8 @@ class Translator:
         results = empty_hypotheses(len(sources), nbest)
         decode = self.decode
         batches = plan_decoding_batches([len(s) for s in sources], decode.batch_tokens)
-        own_bar = not isinstance(progress, tqdm)
-        bar = tqdm(total=len(sources), unit="sent", disable=not progress, leave=False,
-                   dynamic_ncols=True) if own_bar else progress
+        bar = progress if isinstance(progress, tqdm) else tqdm(total=len(sources), unit="sent", disable=not progress,
+                                                                 leave=False, dynamic_ncols=True)
         bar.update(len(sources) - sum(map(len, batches)))  # empty lines: nothing to decode
         for indices in batches:
             src, src_lengths = self.source_batch([sources[i] for i in indices])
@@ -78,7 +74,7 @@ class Translator:
             for i, hyps in zip(indices, hypotheses):
                 results[i] = hyps
             bar.update(len(indices))
-        if own_bar:
+        if bar is not progress:
             bar.close()
         return results
 

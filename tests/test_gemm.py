@@ -135,13 +135,13 @@ def test_recurrence_weights_prepacked_from_a_transposed_view_give_its_products(d
     torch.manual_seed(0)
     weight = torch.randn(40, 24).to(dtype)
     for plain in (weight, weight.t()):
-        packed = gemm.step_weight(plain)
+        packed = gemm.prepacked(plain, step=True)
         assert packed.is_mkldnn and tuple(packed.shape) == tuple(plain.shape)
         for rows in (1, 64):
             x = torch.randn(rows, plain.size(1)).to(dtype)
             torch.testing.assert_close(gemm.product(x, packed, step=True), x @ plain.t(), rtol=1e-2 if dtype ==
                                        torch.bfloat16 else 1e-5, atol=1e-2 if dtype == torch.bfloat16 else 1e-5)
-    assert not gemm.step_weight(weight.double()).is_mkldnn  # float64 keeps F.linear
+    assert not gemm.prepacked(weight.double(), step=True).is_mkldnn  # float64 keeps F.linear
 
 
 def test_step_and_bulk_products_follow_their_own_routes(monkeypatch):
@@ -158,7 +158,7 @@ def test_step_and_bulk_products_follow_their_own_routes(monkeypatch):
         gemm.linear(x.requires_grad_(), weight).sum().backward()
         assert calls == [1]  # bulk products stayed with torch
         assert not gemm.prepacked(weight).is_mkldnn  # prepacking was not chosen
-        assert not gemm.step_weight(weight).is_mkldnn
+        assert not gemm.prepacked(weight, step=True).is_mkldnn
 
 
 @pytest.mark.parametrize("bulk, gradients", [("onednn", "torch"), ("torch", "onednn")])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nmt.device import cpu_flags
 from nmt.model import kernels, recurrence
 from nmt.model.recurrence import TorchSteps
 
@@ -188,7 +189,7 @@ def test_without_a_compiler_the_recurrence_runs_on_torch(monkeypatch, tmp_path, 
 
 def x86_64_v3() -> bool:
     """Whether this CPU runs code built for AVX2 CPUs (x86-64-v3: AVX2, FMA, BMI1/2, MOVBE, ...)."""
-    flags = kernels._cpu_flags().split()
+    flags = cpu_flags()
     return all(flag in flags for flag in ("avx2", "fma", "bmi1", "bmi2", "movbe", "f16c"))
 
 

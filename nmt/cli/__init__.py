@@ -16,8 +16,7 @@ from nmt.interrupt import Interrupted
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")  # on stderr
     for noisy in ("datasets", "huggingface_hub", "fsspec", "urllib3", "matplotlib", "sacrebleu"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
@@ -39,7 +38,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

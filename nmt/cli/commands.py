@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from nmt.cache import cache_root
-from nmt.cli.parser import DECODING_FLAGS, check_flags
+from nmt.cli.parser import check_flags
 from nmt.config import load_config
 from nmt.errors import NMTError
 
@@ -38,7 +38,7 @@ def _clean(args) -> None:
 
     if args.config or args.overrides:
         raise NMTError("--clean takes no --config or --set: it cleans the whole cache; prepare separately")
-    check_flags(args, "--clean")
+    check_flags(args)
     removed = reclaim(args.clean)
     for path, size in removed:
         print(f"removed {path} ({size / 2**20:,.1f} MiB)")
@@ -90,8 +90,7 @@ def serve(args) -> None:
     from nmt.serve import Limits
     from nmt.serve_app import check_port, create_app, serve_until_stopped
 
-    check_flags(args, *DECODING_FLAGS, "--max-texts", "--max-chars", "--max-queue", "--max-connections", "--port",
-                "--max-wait-ms", "--timeout", "--client-timeout", "--keep-alive")
+    check_flags(args)
     check_port(args.host, args.port)  # before the model loads
     translator, loaded = load_translator(args)
     config, decode = loaded[0].config, translator.decode
@@ -123,7 +122,7 @@ def bench(args) -> None:
     from nmt.bench import run_bench
     from nmt.outputs import check_output, write_text
 
-    check_flags(args, "--warmup-steps", "--steps", "--decode-sentences")
+    check_flags(args)
     if args.json_out:
         check_output(args.json_out, reads=[args.checkpoint] if args.checkpoint else [], flag="--json",
                      overwrite=args.overwrite)
@@ -165,6 +164,6 @@ def bench(args) -> None:
 def study(args) -> None:
     from nmt.study import run_study
 
-    check_flags(args, "--minutes")
+    check_flags(args)
     table, pictures = run_study(args)
     print(table, *pictures, sep="\n")

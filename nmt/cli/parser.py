@@ -1,9 +1,9 @@
-"""The one command-line parser: `nmt train | prepare | translate | evaluate | average | serve | plot | bench |
-study`, and the allowed range of every number it reads."""
+"""The one command-line parser of every command, and the allowed range of every number it reads."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 from nmt.config import AT_LEAST_0, AT_LEAST_1, DECODE_RANGES, POSITIVE, check_range
 
@@ -21,17 +21,17 @@ FLAG_RANGES = {
 }
 
 
-def check_flags(args, *flags: str) -> None:
-    """Before any work: a number given on the command line is used as given, so it must be in range (the
-    config's check, `config.check_range`, with the flag as the user typed it)."""
-    for flag in flags:
-        value = getattr(args, flag[2:].replace("-", "_"))
-        check_range(f"{flag} {format(value, 'g') if isinstance(value, float) else value}", value, FLAG_RANGES[flag])
+def check_flags(args) -> None:
+    """Before any work: a number given on the command line is used as given, so it must be in range."""
+    for flag, rule in FLAG_RANGES.items():
+        value = vars(args).get(flag[2:].replace("-", "_"))  # None (passes): not a flag of this command
+        check_range(f"{flag} {format(value, 'g') if isinstance(value, float) else value}", value, rule)
 
-# --debug after the command as well (`nmt plot RUN --debug`, `scripts/train.py --debug`); SUPPRESS keeps a
-# `nmt --debug plot RUN` from being reset by the command's default
+# every command's parser: --debug after the command as well (`nmt plot RUN --debug`, `scripts/train.py --debug`);
+# SUPPRESS keeps a `nmt --debug plot RUN` from being reset by the command's default
 _DEBUG = argparse.ArgumentParser(add_help=False)
 _DEBUG.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+_COMMAND = functools.partial(argparse.ArgumentParser, parents=[_DEBUG])
 
 
 class _Version(argparse.Action):
@@ -50,7 +50,7 @@ def _add_overwrite(p, what: str) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", parents=[_DEBUG], help="train a model (default: Multi30k en->de from the hub)")
+    p = sub.add_parser("train", help="train a model (default: Multi30k en->de from the hub)")
     p.add_argument("--config", help="YAML config; default: the packaged configs/multi30k_en_de.yaml settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=0.5 (repeatable)")
@@ -59,8 +59,8 @@ def _add_train(sub) -> None:
 
 
 def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", parents=[_DEBUG], help="tokenize the training data into the cache ahead of "
-                       "training (train does it too when needed)")
+    p = sub.add_parser("prepare", help="tokenize the training data into the cache ahead of training (train does it "
+                       "too when needed)")
     p.add_argument("--config", help="the YAML config the training run will use")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, as for train (repeatable)")
@@ -80,7 +80,7 @@ def _add_decoding_options(p) -> None:
 
 
 def _add_translate(sub) -> None:
-    p = sub.add_parser("translate", parents=[_DEBUG], help="translate a file, one output line per input line")
+    p = sub.add_parser("translate", help="translate a file, one output line per input line")
     p.add_argument("--checkpoint", required=True, action="append",
                    help="a checkpoint; give several for an ensemble (log-probabilities averaged at every step)")
     p.add_argument("--input", default="-", help="input text file, or - for standard input")
@@ -94,7 +94,7 @@ def _add_translate(sub) -> None:
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", parents=[_DEBUG], help="an HTTP API and a web page over a checkpoint (or an ensemble)")
+    p = sub.add_parser("serve", help="an HTTP API and a web page over a checkpoint (or an ensemble)")
     p.add_argument("--checkpoint", required=True, action="append", help="a checkpoint; several: an ensemble")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8080)
@@ -116,8 +116,7 @@ def _add_serve(sub) -> None:
 
 
 def _add_average(sub) -> None:
-    p = sub.add_parser("average", parents=[_DEBUG],
-                       help="average the weights of checkpoints of one model into a new checkpoint")
+    p = sub.add_parser("average", help="average the weights of checkpoints of one model into a new checkpoint")
     p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoints to average")
     p.add_argument("--last", type=int, metavar="N",
                    help="instead: the last N step_*.pt of --run-dir (train with train.keep_checkpoints=N)")
@@ -127,8 +126,7 @@ def _add_average(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", parents=[_DEBUG],
-                       help="BLEU, chrF and TER of a hypothesis file, or of a checkpoint on a split")
+    p = sub.add_parser("evaluate", help="BLEU, chrF and TER of a hypothesis file, or of a checkpoint on a split")
     p.add_argument("--hyp", help="hypotheses, one line per reference line")
     p.add_argument("--ref", action="append", default=[], help="reference file (repeat for several references)")
     p.add_argument("--checkpoint", action="append",
@@ -145,15 +143,14 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_plot(sub) -> None:
-    p = sub.add_parser("plot", parents=[_DEBUG], help="draw a run's curves from metrics.jsonl to PNG")
+    p = sub.add_parser("plot", help="draw a run's curves from metrics.jsonl to PNG")
     p.add_argument("run_dir")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     _add_overwrite(p, "an existing PNG")
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", parents=[_DEBUG],
-                       help="measure training tokens/s, decoding sentences/s and the FLOP bound")
+    p = sub.add_parser("bench", help="measure training tokens/s, decoding sentences/s and the FLOP bound")
     p.add_argument("--config", help="YAML config (default: the packaged default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--warmup-steps", type=int, default=50)
@@ -166,10 +163,9 @@ def _add_bench(sub) -> None:
 
 
 def _add_study(sub) -> None:
-    p = sub.add_parser("study", parents=[_DEBUG], help="reproducible studies; `nmt study clipping --help`")
-    studies = p.add_subparsers(dest="study", required=True)
-    c = studies.add_parser("clipping", parents=[_DEBUG],
-                           help="why clip: SGD and Adam with and without gradient-norm clipping")
+    p = sub.add_parser("study", help="reproducible studies; `nmt study clipping --help`")
+    studies = p.add_subparsers(dest="study", required=True, parser_class=_COMMAND)
+    c = studies.add_parser("clipping", help="why clip: SGD and Adam with and without gradient-norm clipping")
     c.add_argument("--config", required=True)
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--minutes", type=float, default=4.0, help="training budget per setting")
@@ -187,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action=_Version, nargs=0, help="print nmt's and torch's versions and the "
                         "device and precision auto chooses here, then exit")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_COMMAND)
     for add in (_add_train, _add_prepare, _add_translate, _add_evaluate, _add_average, _add_serve, _add_plot,
                 _add_bench, _add_study):
         add(sub)

@@ -27,9 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def load_translator(args) -> tuple[Translator, list[checkpoint.Loaded]]:
-    """The --checkpoint model(s) on --device in --precision (resolved here, once, for translate, evaluate and
-    serve), decoding with the first checkpoint's settings where no flag is given. An ensemble's checkpoints
-    must share the tokenizer."""
+    """The --checkpoint model(s) on --device in --precision (resolved here, once, for translate, evaluate and serve),
+    decoding with the first checkpoint's settings where no flag is given."""
     device = resolve_device(args.device, setting="--device")
     precision = resolve_precision(args.precision, device, setting="--precision", training=False)
     paths = args.checkpoint
@@ -52,7 +51,7 @@ def _one_line(text: str) -> str:
 
 
 def translate_command(args) -> None:
-    check_flags(args, *DECODING_FLAGS, "--nbest", "--plot-first")
+    check_flags(args)
     if args.output != "-":  # the outputs checked before any work
         check_output(args.output, reads=[*args.checkpoint] + ([args.input] if args.input != "-" else []),
                      overwrite=args.overwrite)
@@ -91,8 +90,7 @@ def translate_command(args) -> None:
             open(stack.enter_context(replacing(Path(args.output))), "w", encoding="utf-8", newline="\n"))
         for index, lines in enumerate(itertools.chain([first], chunks)):
             head = plotted if index == 0 else 0  # decoded keeping the attention the heatmaps draw
-            hypotheses = (run(lines[:head], keep_attention=True, progress=bar)
-                          + run(lines[head:], keep_attention=False, progress=bar))
+            hypotheses = run(lines[:head], keep_attention=True, progress=bar) + run(lines[head:], progress=bar)
             out.write("".join(_one_line(text) + "\n" for text in texts(hypotheses)))
             out.flush()
             release_free_memory()
@@ -140,7 +138,7 @@ def evaluate_command(args) -> dict:
         return score_files(Path(args.hyp), [Path(r) for r in args.ref])
     if not (args.checkpoint and args.dataset):
         raise NMTError("give --hyp FILE --ref FILE, or --checkpoint CKPT --dataset NAME_OR_PATH")
-    check_flags(args, *DECODING_FLAGS)
+    check_flags(args)
     ckpt = Path(args.checkpoint[0])
     out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
     check_output_folder(out, flag="--out")

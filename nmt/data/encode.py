@@ -33,21 +33,19 @@ class ChunkEncoder:
         self.max_len, self.max_ratio = max_len, max_ratio
 
     def __call__(self, chunk: tuple[list[str], list[str]]) -> EncodedChunk:
-        pairs = [(s.strip(), t.strip()) for s, t in zip(*chunk)]
-        kept = [(s, t) for s, t in pairs if s and t]
+        kept = [(s.strip(), t.strip()) for s, t in zip(*chunk) if s.strip() and t.strip()]
         sides = [_flat(self.src, [s for s, _ in kept]), _flat(self.tgt, [t for _, t in kept])]
         src_lengths, tgt_lengths = (lengths for _, lengths, _ in sides)
         keep, dropped = filter_by_length(src_lengths, tgt_lengths, max_len=self.max_len, max_ratio=self.max_ratio)
         return EncodedChunk([(ids[np.repeat(keep, lengths)], lengths[keep], used) for ids, lengths, used in sides],
-                            offered=len(pairs), empty=len(pairs) - len(kept), dropped=dropped)
+                            offered=len(chunk[0]), empty=len(chunk[0]) - len(kept), dropped=dropped)
 
 
 def _flat(sp: spm.SentencePieceProcessor, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     encoded = sp.encode(texts)
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
     ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=int(lengths.sum()))
-    used = np.bincount(ids, minlength=sp.get_piece_size()) > 0
-    return ids, lengths, used
+    return ids, lengths, np.bincount(ids, minlength=sp.get_piece_size()) > 0
 
 
 _encoder: ChunkEncoder | None = None  # a worker process's, made once by `start_worker`

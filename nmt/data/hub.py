@@ -24,10 +24,9 @@ def _hub_reachable() -> bool:
 
 
 def _offline_hint() -> str:
-    if not _hub_reachable():
-        return ("this machine cannot reach huggingface.co (offline?); save the dataset to a folder where you have a "
-                "connection and set data.dataset to that folder (README: \"Without the hub\")")
-    return "check the name on huggingface.co/datasets"
+    return ("check the name on huggingface.co/datasets" if _hub_reachable() else
+            "this machine cannot reach huggingface.co (offline?); save the dataset to a folder where you have a "
+            "connection and set data.dataset to that folder (README: \"Without the hub\")")
 
 
 def load_hub(name: str, config_name: str | None):
@@ -68,9 +67,7 @@ def load_hub(name: str, config_name: str | None):
 
 def check_languages(table, langs: tuple[str, str], name: str) -> None:
     columns = table.column_names
-    for lang in langs:
-        if lang in columns:
-            continue
+    for lang in [lang for lang in langs if lang not in columns]:
         if "translation" not in columns:
             raise NMTError(f"dataset '{name}' has no language '{lang}'; its columns are {', '.join(columns)}")
         first = table[0]["translation"] if len(table) else {}

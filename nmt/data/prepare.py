@@ -6,7 +6,6 @@ Building it streams the corpus in chunks through `data.num_workers` processes, s
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import functools
@@ -19,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from itertools import compress
 from pathlib import Path
@@ -76,8 +75,7 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
     if tokenizer is None:
         tokenizer = Tokenizer(unpruned.src.keeping(meta["src_pieces"]), unpruned.tgt.keeping(meta["tgt_pieces"]),
                               unpruned.joint)
-    train = TokenizedPairs.open(info.folder, "train", meta, tokenizer.src.to_model.numpy(),
-                                tokenizer.tgt.to_model.numpy())
+    train = TokenizedPairs.open(info.folder, meta, tokenizer.src.to_model.numpy(), tokenizer.tgt.to_model.numpy())
     log.info("training pairs: %d kept of %d; vocabulary: %d source, %d target pieces",
              len(train), meta["offered"], len(tokenizer.src), len(tokenizer.tgt))
 
@@ -91,8 +89,6 @@ def prepare(cfg: Config, tokenizer: Tokenizer | None = None) -> PreparedData:
 def prepare_on_each_node(cfg: Config, tokenizer: Tokenizer | None, world: World) -> PreparedData:
     """Under torchrun, local rank 0 of each node prepares (or finds) the store while the other ranks wait,
     then they read the same files: one tokenization per node, one copy in the page cache."""
-    if not world.distributed:
-        return prepare(cfg, tokenizer)
     data, failure = None, None
     if world.local_rank == 0:
         try:
@@ -112,7 +108,7 @@ def train_on_sample(settings: TokenizerConfig, stream, limit: int) -> Tokenizer:
     chosen = None  # every pair
     if per_model and per_model < limit:
         chosen = np.sort(np.random.default_rng(0).choice(limit, per_model, replace=False))
-    key = f"stream:{stream.fingerprint()}:{limit}"
+    key = f"stream:{stream.fingerprint}:{limit}"
     sample = functools.partial(_write_sample, stream, limit, chosen)  # then the sides, then the path to write
     if settings.joint:
         proto = cached_model(settings, f"{key}:joint", functools.partial(sample, (0, 1)))
@@ -164,19 +160,15 @@ def store_root() -> Path:
     return cache_root() / "prepared"
 
 
-def store_folder(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> Path:
-    """Where this data, tokenizer and filters are stored: a hash of all three (the data by content, so a
-    copied corpus finds its store; `meta.json` inside names the source)."""
+def build_or_find_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> StoreInfo:
+    # named by a hash of the data, the tokenizer and the filters (the data by content, so a copied corpus finds its
+    # store; `meta.json` inside names the source)
     sha = lambda proto: hashlib.sha256(proto).hexdigest()  # noqa: E731
-    key = json.dumps({"format": store.FORMAT, "data": stream.fingerprint(), "pairs": limit,
+    key = json.dumps({"format": store.FORMAT, "data": stream.fingerprint, "pairs": limit,
                       "max_len": cfg.data.max_len, "max_len_ratio": cfg.data.max_len_ratio,
                       "src_model": sha(tokenizer.src.model_proto), "tgt_model": sha(tokenizer.tgt.model_proto)},
                      sort_keys=True)
-    return store_root() / hashlib.sha256(key.encode()).hexdigest()[:24]
-
-
-def build_or_find_store(cfg: Config, stream, limit: int, tokenizer: Tokenizer) -> StoreInfo:
-    folder = store_folder(cfg, stream, limit, tokenizer)
+    folder = store_root() / hashlib.sha256(key.encode()).hexdigest()[:24]
     store.remove_stale_partials(folder.parent)  # at every look-up: a killed build's folder never outlives it long
     meta = store.finished_meta(folder)  # a damaged one is set aside below, by the one process that holds the lock
     if meta is not None:
@@ -263,7 +255,7 @@ def _encoded(stream, limit: int, workers: int, encoder_args: tuple):
         return
     # spawned, not forked: the parent may hold torch's thread pools, which a fork does not carry over safely
     with multiprocessing.get_context("spawn").Pool(workers, initializer=start_worker, initargs=encoder_args) as pool:
-        pending = collections.deque()
+        pending = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(encode_in_worker, (chunk,)))
             if len(pending) >= 2 * workers:

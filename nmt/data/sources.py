@@ -1,10 +1,6 @@
-"""Which source `data.dataset` names, and its splits as `Corpus`es in memory or a stream of pairs.
-
-`data.dataset` names one of three sources, told apart by what it names:
-  * a folder holding `{split}.{lang}` text files (`train.en`, `train.de`, ...): plain text;
-  * any other existing folder: a dataset in the hub's layout, read by `datasets.load_dataset`;
-  * anything else: a hub dataset name, read by `datasets.load_dataset(name, config)`.
-"""
+"""Which source `data.dataset` names, and its splits as `Corpus`es in memory or a stream of pairs. A folder
+holding `{split}.{lang}` text files (`train.en`, `train.de`, ...) is plain text; any other existing folder is a
+dataset in the hub's layout, and anything else a hub dataset name, both read by `datasets.load_dataset`."""
 
 from __future__ import annotations
 
@@ -41,41 +37,31 @@ def _resolve_split(split: str, available: list[str], where: str) -> str:
                    "data.train_split / data.valid_split / data.test_split in a config, --split for nmt evaluate)")
 
 
-def text_languages(path: Path) -> list[str]:
-    """The `lang` of every `{split}.{lang}` plain-text file in a folder."""
-    if not path.is_dir():
-        return []
-    return sorted({p.suffix[1:] for p in path.iterdir() if p.is_file() and p.suffix[1:].isalpha()
-                   and len(p.suffix) <= 9 and p.suffix[1:].lower() not in NOT_LANGUAGES})
-
-
-def _text_splits(folder: Path, src_lang: str, tgt_lang: str) -> list[str]:
-    return sorted(p.name[: -len(src_lang) - 1] for p in folder.glob(f"*.{src_lang}")
-                  if (folder / f"{p.stem}.{tgt_lang}").exists())
-
-
 def _open(cfg: DataConfig):
-    """(folder, None) for plain-text files, (name, DatasetDict) for a hub dataset or hub-layout folder."""
+    """(folder or hub name, its DatasetDict or None for plain-text files, its splits, its name in messages)."""
     path = Path(cfg.dataset).expanduser()
-    languages = text_languages(path)
+    # the `lang` of every `{split}.{lang}` plain-text file in it
+    suffixes = [p.suffix[1:] for p in path.iterdir() if p.is_file()] if path.is_dir() else []
+    languages = sorted({s for s in suffixes if s.isalpha() and len(s) <= 8 and s.lower() not in NOT_LANGUAGES})
     if languages:
         for lang in (cfg.src_lang, cfg.tgt_lang):
             if lang not in languages:
                 raise NMTError(f"{path}: no language '{lang}' (no *.{lang} files); it has {', '.join(languages)}")
-        return path, None
+        splits = sorted(p.name[: -len(cfg.src_lang) - 1] for p in path.glob(f"*.{cfg.src_lang}")
+                        if (path / f"{p.stem}.{cfg.tgt_lang}").exists())
+        return path, None, splits, str(path)
     if path.exists() and not path.is_dir():
         raise NMTError(f"{path}: data.dataset must be a folder or a hub dataset name, not a file")
     name = str(path) if path.is_dir() else cfg.dataset
-    return name, load_hub(name, cfg.dataset_config)
+    dataset = load_hub(name, cfg.dataset_config)
+    return name, dataset, list(dataset.keys()), f"dataset '{name}'"
 
 
 def load_data(cfg: DataConfig, splits: list[str], stream_split: str | None = None):
     """The named splits of `cfg.dataset` in memory, in order, and `stream_split` (the training split)
     as a stream of pairs; the hub is read once for all of them."""
-    where, dataset = _open(cfg)
+    where, dataset, available, label = _open(cfg)
     langs = (cfg.src_lang, cfg.tgt_lang)
-    available, label = ((_text_splits(where, *langs), str(where)) if dataset is None
-                        else (list(dataset.keys()), f"dataset '{where}'"))
     corpora = [_read_split(where, dataset, _resolve_split(split, available, label), langs) for split in splits]
     if stream_split is None:
         return corpora, None
@@ -87,7 +73,6 @@ def load_data(cfg: DataConfig, splits: list[str], stream_split: str | None = Non
 
 
 def _read_split(where, dataset, split: str, langs: tuple[str, str]) -> Corpus:
-    """A text split from the folder `where` (`dataset` None), or a split of the hub's `dataset`."""
     if dataset is not None:
         table = dataset[split]
         check_languages(table, langs, where)

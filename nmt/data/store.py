@@ -54,17 +54,14 @@ class FileArray:
 
 
 class TokenizedPairs:
-    """Sentence pairs as ids: `rows(indices)` in the model's id space, lengths in RAM.
-
-    On disk the ids are sentencepiece ids; `maps` (per side, indexed by a sentencepiece id) turn them into model
-    ids, so one prepared corpus serves any vocabulary pruning of the same sentencepiece model.
-    """
+    """Sentence pairs as ids: `rows(indices)` in the model's id space, lengths in RAM. On disk the ids are
+    sentencepiece ids; `maps` (per side, indexed by a sentencepiece id) turn them into model ids, so one prepared
+    corpus serves any vocabulary pruning of the same sentencepiece model."""
 
     def __init__(self, arrays: dict, maps: dict | None = None, folder: Path | None = None):
         self.arrays, self.maps = arrays, maps or {}
         self.folder = folder  # on disk: named when its content turns out damaged
-        self.src_lengths = np.asarray(arrays["src.lengths"])  # (pairs,) pieces, no EOS
-        self.tgt_lengths = np.asarray(arrays["tgt.lengths"])
+        self.src_lengths, self.tgt_lengths = arrays["src.lengths"], arrays["tgt.lengths"]  # (pairs,) pieces, no EOS
 
     @classmethod
     def from_lists(cls, src: list[list[int]], tgt: list[list[int]]) -> TokenizedPairs:
@@ -77,8 +74,9 @@ class TokenizedPairs:
         return cls(arrays)
 
     @classmethod
-    def open(cls, folder: Path, split: str, meta: dict, src_map: np.ndarray, tgt_map: np.ndarray) -> TokenizedPairs:
+    def open(cls, folder: Path, meta: dict, src_map: np.ndarray, tgt_map: np.ndarray) -> TokenizedPairs:
         arrays = {}
+        split = meta["split"]
         for side in SIDES:
             arrays[f"{side}.ids"] = FileArray(folder / f"{split}.{side}.ids", meta["id_dtype"])
             arrays[f"{side}.offsets"] = FileArray(folder / f"{split}.{side}.offsets", np.int64)
@@ -107,8 +105,7 @@ class StoreWriter:
     """Appends encoded chunks of one split to a `.partial-PID` folder; `finish` makes it the cache entry."""
 
     def __init__(self, final: Path, split: str, id_type: np.dtype, length_type: np.dtype):
-        self.final, self.split = final, split
-        self.folder = partial_folder(final)
+        self.final, self.split, self.folder = final, split, partial_folder(final)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
         # held while this process builds: `remove_stale_partials` leaves a folder alone while anyone holds it
@@ -119,14 +116,12 @@ class StoreWriter:
                       for side in SIDES for part in PARTS}
         for side in SIDES:
             self.files[f"{side}.offsets"].write(np.zeros(1, np.int64).tobytes())
-        self.tokens = {side: 0 for side in SIDES}
-        self.pairs = 0
+        self.tokens, self.pairs = dict.fromkeys(SIDES, 0), 0
 
     def append(self, side: str, ids: np.ndarray, lengths: np.ndarray) -> None:
         self.files[f"{side}.ids"].write(ids.astype(self.id_type, copy=False).tobytes())
         self.files[f"{side}.lengths"].write(lengths.astype(self.length_type, copy=False).tobytes())
-        offsets = self.tokens[side] + np.cumsum(lengths, dtype=np.int64)
-        self.files[f"{side}.offsets"].write(offsets.tobytes())
+        self.files[f"{side}.offsets"].write((self.tokens[side] + np.cumsum(lengths, dtype=np.int64)).tobytes())
         self.tokens[side] += int(lengths.sum())
         if side == "tgt":
             self.pairs += len(lengths)
@@ -188,9 +183,7 @@ def read_meta(folder: Path) -> dict | None:
     for side in SIDES:
         if meta["files"].get(f"{split}.{side}.offsets", 0) < 8:
             raise Damaged(f"{split}.{side}.offsets holds no offset")
-        with open(folder / f"{split}.{side}.offsets", "rb") as file:
-            file.seek(-8, os.SEEK_END)
-            last = int(np.frombuffer(file.read(8), np.int64)[0])
+        last = int(FileArray(folder / f"{split}.{side}.offsets", np.int64)[-1:][0])
         if last != meta["tokens"][side] or last * width != meta["files"][f"{split}.{side}.ids"]:
             raise Damaged(f"{split}.{side}.offsets ends at {last}, not where its ids do")
     return meta

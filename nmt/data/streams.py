@@ -21,39 +21,32 @@ class TextPairs:
         if src_lines != tgt_lines:
             raise NMTError(f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; "
                            "line N of one side must translate line N of the other")
-        self.pairs, self._fingerprint = src_lines, f"text:{src_digest}:{tgt_digest}"
+        self.pairs, self.fingerprint = src_lines, f"text:{src_digest}:{tgt_digest}"
 
     def __len__(self) -> int:
         return self.pairs
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     def chunks(self, size: int):
         yield from zip(*(read_line_chunks(path, size) for path in self.paths))  # in step: the counts match
 
 
 class HubPairs:
-    """A split of a hub dataset, read from its memory-mapped Arrow table chunk by chunk."""
+    """A split of a hub dataset, read from its memory-mapped Arrow table chunk by chunk. A local folder is
+    fingerprinted by its files' content, as text files are (datasets' own fingerprint follows paths and modification
+    times); one from the hub by datasets' fingerprint of the table (its files and the transforms applied to them)."""
 
     def __init__(self, table, langs: tuple[str, str], name: str, split: str):
         check_languages(table, langs, name)
-        self.table, self.langs, self.name, self.split = table, langs, f"{name}[{split}]", split
-        self._dataset, self._digest = name, None
+        self.table, self.langs, self.split = table, langs, split
+        self.name, self._dataset = f"{name}[{split}]", name
+        if Path(name).is_dir():
+            config_name = getattr(table.info, "config_name", None)  # two configs of one folder differ
+            self.fingerprint = f"hub-folder:{_folder_digest(Path(name))}:{config_name}:{split}:{'-'.join(langs)}"
+        else:
+            self.fingerprint = f"hub:{name}:{split}:{table._fingerprint}:{'-'.join(langs)}"
 
     def __len__(self) -> int:
         return len(self.table)
-
-    def fingerprint(self) -> str:
-        """A local folder: its files' content, as for text files (datasets' own fingerprint follows paths and
-        modification times, so a copied or touched folder would be tokenized again). From the hub: datasets'
-        fingerprint of the table (its files and the transforms applied to them)."""
-        if Path(self._dataset).is_dir():
-            if self._digest is None:  # asked for twice (tokenizer and store): the files are read once
-                self._digest = _folder_digest(Path(self._dataset))
-            config_name = getattr(self.table.info, "config_name", None)  # two configs of one folder differ
-            return f"hub-folder:{self._digest}:{config_name}:{self.split}:{'-'.join(self.langs)}"
-        return f"hub:{self._dataset}:{self.split}:{self.table._fingerprint}:{'-'.join(self.langs)}"
 
     def chunks(self, size: int):
         for index, batch in enumerate(self.table.iter(batch_size=size)):  # every batch but the last holds `size`

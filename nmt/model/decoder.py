@@ -34,11 +34,10 @@ class Memory:
     mask: torch.Tensor  # (n, S) True at real source positions
 
     def index_select(self, rows: torch.Tensor) -> Memory:
-        return Memory(self.outputs.index_select(0, rows), self.keys.index_select(0, rows),
-                      self.mask.index_select(0, rows))
+        return Memory(*(x.index_select(0, rows) for x in (self.outputs, self.keys, self.mask)))
 
     def cat(self, other: Memory) -> Memory:
-        """Both memories' sentences, the shorter padded (masked out) to the longer source."""
+        """Both memories' sentences, the shorter zero-padded (masked out) to the longer source."""
         length = max(self.mask.size(1), other.mask.size(1))
 
         def padded(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +75,6 @@ class Decoder(nn.Module):
         self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)  # W_c [context; h]
         self.dropout_p = dropout
         self.generator = nn.Linear(hidden_size, vocab_size)
-        self.layers = layers
         self.fused_recurrence, self.compiled_steps = fused_recurrence, compiled_steps
 
     def _embedding_gates(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -125,13 +123,20 @@ class Decoder(nn.Module):
         `keep` (B, T) is True: the loss skips padding, so the output projection need not compute it."""
         batch, steps = tgt_in.shape
         emb_gates = self._embedding_gates(tgt_in.t())  # (T, B, 4H), all steps at once, a step's rows together
-        # scaled dropout masks (layers, T, B, H): [l] between layers l and l + 1, [-1] on the attentional vector;
-        # one draw per batch costs a fraction of one bernoulli call per step
+        # scaled dropout masks (layers, T, B, H): [l] between layers l and l + 1, [-1] on the attentional vector
         masks = None
         if self.training and self.dropout_p != 0.0:
-            masks = keep_mask((self.layers, steps, batch, self.hidden_size), self.dropout_p, tgt_in.device)
-        if self.runs_recurrence:
-            outputs = self._fused_steps(emb_gates, memory, state, masks)
+            masks = keep_mask((len(self.cells), steps, batch, self.hidden_size), self.dropout_p, tgt_in.device)
+        if self.runs_recurrence:  # (T, B, 4H) -> attentional vectors (B, T, H)
+            score_bias = torch.where(memory.mask, 0.0, float("-inf")).unsqueeze(1)  # (B, 1, S)
+            spec = recurrence.Spec(
+                layers=len(self.cells), dtype=recurrence.compute_dtype(emb_gates), score_bias=score_bias,
+                layer_masks=None if masks is None else masks[:-1], out_masks=None if masks is None else masks[-1],
+                input_feed=self.input_feed, compiled=self.compiled_steps)
+            upper = [w for cell in self.cells[1:] for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+            outputs = recurrence.Recurrence.apply(spec, emb_gates, memory.keys, memory.outputs, *state.h, *state.c,
+                                                  self.cells[0].weight_ih[:, self.emb_dim:], self.cells[0].weight_hh,
+                                                  *upper, self.combine.weight)
         else:
             outputs = []
             for t in range(steps):
@@ -140,21 +145,6 @@ class Decoder(nn.Module):
                 outputs.append(attentional)
             outputs = torch.stack(outputs, dim=1)  # (B, T, H)
         return linear(outputs if keep is None else outputs[keep], self.generator.weight, self.generator.bias)
-
-    def _fused_steps(self, emb_gates: torch.Tensor, memory: Memory, state: DecoderState,
-                     masks: torch.Tensor | None) -> torch.Tensor:
-        """All steps through `recurrence.Recurrence`: (T, B, 4H) -> attentional vectors (B, T, H)."""
-        score_bias = torch.zeros(memory.mask.shape, device=emb_gates.device)
-        score_bias = score_bias.masked_fill_(~memory.mask, float("-inf")).unsqueeze(1)  # (B, 1, S)
-        spec = recurrence.Spec(
-            layers=self.layers, dtype=recurrence.compute_dtype(emb_gates), score_bias=score_bias,
-            layer_masks=None if masks is None else masks[:-1], out_masks=None if masks is None else masks[-1],
-            input_feed=self.input_feed, compiled=self.compiled_steps,
-        )
-        upper = [w for cell in self.cells[1:] for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
-        return recurrence.Recurrence.apply(spec, emb_gates, memory.keys, memory.outputs, *state.h, *state.c,
-                                           self.cells[0].weight_ih[:, self.emb_dim:], self.cells[0].weight_hh,
-                                           *upper, self.combine.weight)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
         """The reference decoding step: tokens (N,) -> logits (N, V), the new state, attention (N, S)."""

@@ -1,23 +1,23 @@
 """Matrix products on the CPU: PyTorch's default BLAS or oneDNN, whichever this machine runs faster.
 
-`torch.mm` hands float32 CPU products to MKL, oneDNN's inner-product primitive to its own kernels; which is
-faster depends on the CPU (MKL does not use AVX-512 on AMD CPUs, oneDNN does; with AVX2 alone they are close),
-so it is measured, not assumed. `routes()` decides once per machine and torch version by timing the model's
-kinds of products both ways (a few seconds), and caches the choice in `$NMT_CACHE`, so that every later run on
-the machine takes the same paths and computes the same numbers, which exact resume relies on.
-`NMT_CPU_PRODUCTS=onednn` or `torch` overrides it. The libraries' strengths differ by shape, so each kind is
-chosen apart: one time step's rows inside a recurrence (`step`: few rows, thousands of calls), forward products
-over whole batches (`bulk`: the output projection, whose odd vocabulary-sized width MKL handles badly), their
-gradient products (`gradients`: transposed views, which MKL takes well), and whether weights used many times are
-pre-laid-out in oneDNN's blocked format, skipping a reorder per call and fusing the bias: the training
-recurrence's (`step_prepacked`) and search's (`prepacked`), each timed at its rows.
+`torch.mm` hands float32 CPU products to MKL, oneDNN's inner-product primitive to its own kernels; which is faster
+depends on the CPU (MKL does not use AVX-512 on AMD CPUs, oneDNN does; with AVX2 alone they are close), so it is
+measured, not assumed. `routes()` decides once per machine and torch version by timing the model's kinds of products
+both ways (a few seconds), and caches the choice in `$NMT_CACHE`, so that every later run on the machine takes the same
+paths and computes the same numbers, which exact resume relies on. `NMT_CPU_PRODUCTS=onednn` or `torch` overrides it.
+The libraries' strengths differ by shape, so each kind is chosen apart: one time step's rows inside a recurrence
+(`step`: few rows, thousands of calls), forward products over whole batches (`bulk`: the output projection, whose odd
+vocabulary-sized width MKL handles badly), their gradient products (`gradients`: transposed views, which MKL takes
+well), and whether weights used many times are pre-laid-out in oneDNN's blocked format, skipping a reorder per call and
+fusing the bias: the training recurrence's (`step_prepacked`) and search's (`prepacked`), each timed at its rows.
 
-`product` is `F.linear` with that routing; `linear` adds a backward pass whose two products take the gradients'
-route. Elsewhere (GPU, float64, autocast, a torch without oneDNN) both are `F.linear`.
+`product` is `F.linear` with that routing; `linear` adds a backward pass whose two products take the gradients' route.
+Elsewhere (GPU, float64, autocast, a torch without oneDNN) both are `F.linear`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -109,9 +109,8 @@ def _decide() -> Routes:
 
 def _cache_problem(entries) -> str | None:
     """What is wrong with the cache file's content (an object of entries, one per machine key), or None."""
-    if isinstance(entries, dict) and all(isinstance(entry, dict) for entry in entries.values()):
-        return None
-    return "not a JSON object of entries per machine"
+    whole = isinstance(entries, dict) and all(isinstance(entry, dict) for entry in entries.values())
+    return None if whole else "not a JSON object of entries per machine"
 
 
 def _entry_problem(entry: dict) -> str | None:
@@ -161,11 +160,7 @@ def _faster(products: list[tuple[torch.Tensor, torch.Tensor]], repeats: int, sec
 def measure_routes() -> Routes:
     """Time the model's kinds of float32 products both ways, about three seconds in all: a decoder step's
     products (then with prepacked weights), those over a batch, their gradients, and search's step products."""
-    generator = torch.Generator().manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=generator)
-
+    rand = functools.partial(torch.randn, generator=torch.Generator().manual_seed(0))
     step = [(rand(64, 1024), rand(2048, 1024)), (rand(64, 2048), rand(2048, 1024).t()),
             (rand(64, 1024), rand(512, 1024))]
     rows = rand(512, 512)
@@ -228,23 +223,13 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return out[:count].view(*x.shape[:-1], weight.size(0))
 
 
-def prepacked(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` (N, K) in oneDNN's own blocked layout, where that route was chosen (float32) or bf16 products
-    run on oneDNN; else unchanged. For weights used many times (search's): `product` then skips reordering
-    them at every call, and adds the bias inside the product (addmm first copies it into every output row)."""
+def prepacked(weight: torch.Tensor, *, step: bool = False) -> torch.Tensor:
+    """`weight` (N, K) in oneDNN's blocked layout: search's, or with `step` the training recurrence's. Prepacked for
+    bf16 where oneDNN computes bf16, for float32 where that route was chosen; else unchanged. `product` then skips a
+    reorder per call and adds the bias inside the product (addmm first copies it into every output row). Laid out
+    from a contiguous copy: from a transposed view it takes several times as long."""
     if ONEDNN and weight.device.type == "cpu" and (
-            (weight.dtype == torch.float32 and routes().prepacked) or (weight.dtype == torch.bfloat16 and ONEDNN_BF16)):
-        return torch.ops.mkldnn._reorder_linear_weight(_dense(weight))
-    return weight
-
-
-def step_weight(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` (N, K) for a recurrence's step products: it is used once per position of a batch, so laying it
-    out once in oneDNN's format saves a reorder at every position. Prepacked for bf16 where oneDNN computes
-    bf16 (as search's weights), for float32 where that was measured faster here. (From a transposed view
-    the layout takes several times as long: more than the products gain over a batch.)"""
-    if ONEDNN and weight.device.type == "cpu" and (
-            (weight.dtype == torch.float32 and routes().step_prepacked)
+            (weight.dtype == torch.float32 and (routes().step_prepacked if step else routes().prepacked))
             or (weight.dtype == torch.bfloat16 and ONEDNN_BF16)):
         return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
     return weight
@@ -267,7 +252,6 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return product(x, weight, bias)
 
     @staticmethod
@@ -278,13 +262,12 @@ class _Linear(torch.autograd.Function):
         grad_x = product(grad_out, weight.t(), gradient=True) if ctx.needs_input_grad[0] else None
         grad_weight = (product(grad_rows.t(), x.reshape(-1, weight.size(1)).t(), gradient=True)
                        if ctx.needs_input_grad[1] else None)
-        grad_bias = grad_rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_bias = grad_rows.sum(0) if ctx.needs_input_grad[2] else None  # False for a bias of None
         return grad_x, grad_weight, grad_bias
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` over whole batches, its float32 CPU forward and gradient products each done by oneDNN where
-    that route was chosen for them."""
+    """`F.linear` over whole batches, its float32 CPU forward and gradient products each on their own route."""
     if ((_onednn(x, weight) or _onednn(x, weight, gradient=True)) and torch.is_grad_enabled()
             and (x.requires_grad or weight.requires_grad)):
         return _Linear.apply(x, _dense(weight), bias)

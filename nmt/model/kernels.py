@@ -1,20 +1,20 @@
 """The training recurrence's element-wise work in C (`kernels.c`), built for this CPU at first use.
 
-Per target position and layer, the gates, cell and attention are a dozen or more element-wise PyTorch
-operations on (batch, 4H)-sized tensors, forward and backward: each a pass over memory, a dispatch and, under
-bf16, a conversion. On a CPU those, beyond the matrix products, are where the recurrence's time goes.
-`kernels.c` does each layer's step, the attention's step and the attentional vector's step in one pass, with
-the same arithmetic (float32 states and gates, the compute dtype for what the products read, rounded as torch
-rounds); its exp is a polynomial accurate to a few float32 ulps, so results agree with PyTorch's operations to
-a few float32 rounding errors, not bit for bit. They run on the calling thread only.
+Per target position and layer, the gates, cell and attention are a dozen or more element-wise PyTorch operations on
+(batch, 4H)-sized tensors, forward and backward: each a pass over memory, a dispatch and, under bf16, a conversion. On a
+CPU those, beyond the matrix products, are where the recurrence's time goes. `kernels.c` does each layer's step, the
+attention's step and the attentional vector's step in one pass, with the same arithmetic (float32 states and gates, the
+compute dtype for what the products read, rounded as torch rounds); its exp is a polynomial accurate to a few float32
+ulps, so results agree with PyTorch's operations to a few float32 rounding errors, not bit for bit. They run on the
+calling thread only. Each wrapper below hands its tensors' addresses (and row strides) to the C function of its name,
+whose comment describes the operands.
 
-The library is compiled with `$CC` (else `cc`) for this CPU (`-march=native`) into `$NMT_CACHE/kernels/`,
-under a name that covers the source, the compiler and the CPU's flags (Zen 3 and Zen 4 EPYCs share a model
-name), and loaded with ctypes. Without a compiler, or where the build fails, `library()` is None, the reason
-is logged once, and the recurrence runs PyTorch's operations; `NMT_CPU_KERNELS=0` forces that. Every run on a
-machine must take the same path, which exact resume relies on: so a cached library that does not load
-(truncated, overwritten) is set aside and built again, and where the cache cannot be written the library is
-built in a temporary folder.
+The library is compiled with `$CC` (else `cc`) for this CPU (`-march=native`) into `$NMT_CACHE/kernels/`, under a name
+that covers the source, the compiler and the CPU's name and flags (Zen 3 and Zen 4 EPYCs may share a model name), and
+loaded with ctypes. Without a compiler, or where the build fails, `library()` is None, the reason is logged once, and
+the recurrence runs PyTorch's operations; `NMT_CPU_KERNELS=0` forces that. Every run on a machine must take the same
+path, which exact resume relies on: so a cached library that does not load (truncated, overwritten) is set aside and
+built again, and where the cache cannot be written the library is built in a temporary folder.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import functools
 import hashlib
 import logging
 import os
-import platform
 import shlex
 import shutil
 import struct
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from nmt.cache import cache_root, set_aside, unwritable, unwritable_folder, written_whole
+from nmt.device import cpu_flags, cpu_name
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +51,6 @@ _SIGNATURES = {
     "combine_forward": [_I, _I, _I, _P, _P, _P, _P, _L],
     "combine_backward": [_I, _I, _I, _P, _L, _P, _P, _P, _P],
 }
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() + platform.machine()
-
-
-def _compiler() -> tuple[list[str], str]:
-    """The C compiler as $CC gives it (it may carry arguments: "ccache gcc") and its path, or [] and why not."""
-    try:
-        command = shlex.split(os.environ.get("CC") or "cc")
-    except ValueError:  # unbalanced quotes
-        command = []
-    found = shutil.which(command[0]) if command else None
-    if found is None:
-        return [], f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
-    return command, found
 
 
 class _BuildFailed(Exception):
@@ -102,21 +80,20 @@ def _check_elf_extent(path: Path) -> None:
     """OSError unless a 64-bit ELF file holds every segment and its section table: the loader maps a truncated
     library without complaint, and touching the missing pages kills the process (SIGBUS), no exception."""
     data = path.read_bytes()
-    if data[:4] != b"\x7fELF":
-        return  # not an ELF file: the loader refuses what it cannot read
+    if data[:4] != b"\x7fELF" or (len(data) >= 64 and data[4] != 2):
+        return  # not a 64-bit ELF file: the loader refuses what it cannot read
     if len(data) < 64:
         raise OSError(f"truncated: {len(data)} bytes, less than an ELF header")
-    if data[4] != 2:
-        return  # not a 64-bit ELF file: the loader refuses what it cannot read
     order = "<" if data[5] == 1 else ">"
     try:
-        _, _, _, _, program_at, sections_at, _, _, entry_size, entries, section_size, sections, _ = struct.unpack_from(
-            order + "HHIQQQIHHHHHH", data, 16)
+        # e_phoff, e_shoff, (e_flags, e_ehsize), e_phentsize, e_phnum, e_shentsize, e_shnum
+        program_at, sections_at, entry_size, entries, section_size, sections = struct.unpack_from(
+            order + "QQ6xHHHH", data, 32)
         ends = [sections_at + section_size * sections, program_at + entry_size * entries]
         for k in range(entries):
             _, _, offset, _, _, size, _, _ = struct.unpack_from(order + "IIQQQQQQ", data, program_at + k * entry_size)
             ends.append(offset + size)
-    except struct.error:
+    except (struct.error, OverflowError):  # headers pointing past what an offset can be
         ends = [len(data) + 1]
     if max(ends) > len(data):
         raise OSError(f"truncated: {len(data)} bytes where its headers reach {max(ends)}")
@@ -126,9 +103,14 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
     """The loaded library and how it was found, or None and why not. (Tests build for other CPUs' flags.)"""
     if os.environ.get("NMT_CPU_KERNELS", "").lower() in ("0", "off", "no", "false", "torch"):
         return None, "NMT_CPU_KERNELS=0"
-    command, found = _compiler()
-    if not command:
-        return None, found
+    given = os.environ.get("CC") or "cc"  # it may carry arguments: "ccache gcc"
+    try:
+        command = shlex.split(given)
+    except ValueError:  # unbalanced quotes
+        command = []
+    found = shutil.which(command[0]) if command else None
+    if found is None:
+        return None, f"no C compiler ({given}) on PATH"
     compiler, folder = [found, *command[1:]], cache_root() / "kernels"
     try:
         # the compiler by its path, size and time: a new compiler is a new entry, found by a stat rather than by
@@ -136,7 +118,8 @@ def _build(flags: list[str] = FLAGS) -> tuple[ctypes.CDLL | None, str]:
         real = os.path.realpath(found)
         stat = os.stat(real)
         key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(command + flags).encode(),
-                                         f"{real} {stat.st_size} {stat.st_mtime_ns}".encode(), _cpu_flags().encode()]))
+                                         f"{real} {stat.st_size} {stat.st_mtime_ns}".encode(),
+                                         f"{cpu_name()} {' '.join(cpu_flags())}".encode()]))
         target = folder / f"recurrence-{key.hexdigest()[:20]}.so"
         if target.exists():
             try:
@@ -206,7 +189,6 @@ def _bf(t: Tensor) -> int:
 
 
 def _ptr(t: Tensor | None) -> int | None:
-    """A contiguous operand's address (None for an absent one)."""
     if t is None:
         return None
     _require(t.is_contiguous(), "must be contiguous")
@@ -215,8 +197,6 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def cell_forward(pre: Tensor, add: Tensor, cell_prev: Tensor, act: Tensor, cell: Tensor, tanh_cell: Tensor,
                  h: Tensor, mask: Tensor | None = None, above: Tensor | None = None) -> None:
-    """One layer at one step. pre (B, 4H) the gate product (compute dtype), add (B, 4H) or (4H,) float32;
-    writes act (B, 4H), cell, tanh_cell (B, H) float32, h and, if given, above = h * mask (compute dtype)."""
     add_rows = _rows(add) if add.dim() == 2 else (_ptr(add), 0)
     library().cell_forward(*h.shape, _bf(h), *_rows(pre), *add_rows, *_rows(cell_prev), _ptr(act), _ptr(cell),
                            _ptr(tanh_cell), *_rows(h), _ptr(mask), *_rows(above))
@@ -224,42 +204,34 @@ def cell_forward(pre: Tensor, add: Tensor, cell_prev: Tensor, act: Tensor, cell:
 
 def cell_backward(d_h: Tensor, d_cell: Tensor, act: Tensor, tanh_cell: Tensor, cell_prev: Tensor,
                   d_gates: Tensor) -> None:
-    """d_h (B, H); d_cell (B, H) in: from later steps, out: w.r.t. the previous cell; writes d_gates (B, 4H)."""
     library().cell_backward(*d_h.shape, _bf(d_gates), _ptr(d_h), _ptr(d_cell), _ptr(act), _ptr(tanh_cell),
                             *_rows(cell_prev), _ptr(d_gates))
 
 
 def split_grad(d_xh: Tensor, d_h: Tensor, below: Tensor | None = None, mask: Tensor | None = None,
                accumulate: bool = True) -> None:
-    """d_xh (B, in + H): d_h = its h part; its input part added (times mask) to `below`, or assigned."""
     library().split_grad(*d_h.shape, _bf(d_xh), *_rows(d_xh), d_xh.size(1) - d_h.size(1), _ptr(d_h), _ptr(below),
                          _ptr(mask), int(accumulate))
 
 
 def attention_forward(query: Tensor, keys: Tensor, memory: Tensor, bias: Tensor, probs_t: Tensor,
                       combine: Tensor) -> None:
-    """query (B, H) compute dtype; keys, memory (B, S, H) float32; bias (B, S) (-inf at padding); writes
-    probs_t (B, S) (a column of (B, T, S)) and combine (B, 2H) = [context; query]."""
     library().attention_forward(*keys.shape, _bf(combine), *_rows(query), _ptr(keys), _ptr(memory), _ptr(bias),
                                 *_rows(probs_t), _ptr(combine))
 
 
 def attention_backward(d_combine: Tensor, probs_t: Tensor, keys: Tensor, memory: Tensor, d_context_t: Tensor,
                        d_scores_t: Tensor, d_query: Tensor) -> None:
-    """d_combine (B, 2H) = [d context; d query]; writes d_context_t (B, H), d_scores_t (B, S) (columns of
-    (B, T, ·) tensors); adds the query's gradient to d_query (B, H)."""
     library().attention_backward(*keys.shape, _bf(d_combine), _ptr(d_combine), *_rows(probs_t), _ptr(keys),
                                  _ptr(memory), *_rows(d_context_t), *_rows(d_scores_t), _ptr(d_query))
 
 
 def combine_forward(pre: Tensor, attentional: Tensor, out: Tensor, mask: Tensor | None = None) -> None:
-    """attentional (B, H) = tanh(pre), pre the combination product; out = attentional * mask (compute dtype)."""
     library().combine_forward(*attentional.shape, _bf(out), _ptr(pre), _ptr(attentional), _ptr(mask), *_rows(out))
 
 
 def combine_backward(grad: Tensor, attentional: Tensor, d_pre: Tensor, feed: Tensor | None = None,
                      mask: Tensor | None = None) -> None:
-    """d_pre = (grad + feed) * mask * (1 - attentional^2); grad (B, H) in the compute dtype."""
     _require(grad.dtype == d_pre.dtype, "grad and d_pre must share a dtype")
     library().combine_backward(*attentional.shape, _bf(d_pre), *_rows(grad), _ptr(feed), _ptr(mask),
                                _ptr(attentional), _ptr(d_pre))

@@ -34,8 +34,7 @@ from torch import Tensor
 from nmt.cache import cache_root, unwritable, unwritable_folder
 from nmt.errors import NMTError
 from nmt.model import kernels
-from nmt.model.gemm import product, step_weight
-from nmt.model.layout import stacked_layers
+from nmt.model.gemm import prepacked, product
 
 sigmoid_backward = torch.ops.aten.sigmoid_backward
 tanh_backward = torch.ops.aten.tanh_backward
@@ -60,11 +59,30 @@ def compute_dtype(like: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else like.dtype
 
 
+def stacked_layers(first: tuple[Tensor, Tensor], upper: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+                   dtype: torch.dtype, bias_dtype: torch.dtype, gate_rows: Tensor | None = None):
+    """The decoder's LSTM weights as one matrix per layer, [W_in W_hh] (4H, in + H), so that a step's gates are one
+    product with [x; h_prev]; for the training recurrence and for search. `first` is layer 0's (W_in, W_hh): its
+    biases travel with the embedding gates. `upper`: per layer above, (W_ih, W_hh, b_ih, b_hh). `gate_rows` (4H, 1)
+    scales each gate row (search doubles the cell-input rows). Returns the matrices in `dtype` and, per layer, the
+    summed bias in `bias_dtype` (None for layer 0)."""
+
+    def stack(w_in: Tensor, w_hh: Tensor) -> Tensor:
+        matrix = torch.cat([w_in, w_hh], 1)
+        return (matrix if gate_rows is None else matrix * gate_rows).to(dtype)
+
+    matrices, biases = [stack(*first)], [None]
+    for w_ih, w_hh, b_ih, b_hh in upper:
+        matrices.append(stack(w_ih, w_hh))
+        bias = b_ih + b_hh
+        biases.append((bias if gate_rows is None else bias * gate_rows.squeeze(1)).to(bias_dtype))
+    return matrices, biases
+
+
 class Recurrence(torch.autograd.Function):
-    """Inputs: spec, emb_gates (T, B, 4H) (time-major: a step's rows are contiguous), keys and memory
-    (B, S, H), then per layer h0 and c0 (B, H), then the weights: w_feed (4H, F), w_hh of layer 0,
-    (w_ih, w_hh, b_ih, b_hh) per upper layer, and W_c (H, 2H). Output: the attentional vectors after
-    dropout, (B, T, H)."""
+    """Inputs: spec, emb_gates (T, B, 4H) (time-major: a step's rows are contiguous), keys and memory (B, S, H), then
+    per layer h0 and c0 (B, H), then the weights: w_feed (4H, F), w_hh of layer 0, (w_ih, w_hh, b_ih, b_hh) per upper
+    layer, and W_c (H, 2H). Output: the attentional vectors after dropout, (B, T, H)."""
 
     @staticmethod
     def forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, *rest: Tensor) -> Tensor:
@@ -80,7 +98,7 @@ class Recurrence(torch.autograd.Function):
 def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, rest) -> Tensor:
     n_layers, cd = spec.layers, spec.dtype
     acc = torch.promote_types(cd, torch.float32)  # dtype of gates, cell states and softmax
-    ops = steps_for(spec, acc, emb_gates)
+    ops = compiled_steps() if spec.compiled else kernels if kernels.usable(acc, cd, emb_gates) else TorchSteps
     h0, c0, w = rest[:n_layers], rest[n_layers:2 * n_layers], rest[2 * n_layers:]
     steps, batch, four_h = emb_gates.shape
     hidden, feed = four_h // 4, w[0].shape[1]
@@ -90,7 +108,7 @@ def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, r
     weights, biases = stacked_layers((w[0], w[1]), upper, cd, acc)
     w_combine = w[-1].to(cd)  # (H, 2H)
     # laying out a transpose for the backward pass costs more than its products gain
-    step_weights, step_combine = [step_weight(m) for m in weights], step_weight(w_combine)
+    step_weights, step_combine = [prepacked(m, step=True) for m in weights], prepacked(w_combine, step=True)
     keys_acc, memory_acc = keys.to(acc).contiguous(), memory.to(acc).contiguous()  # (B, S, H)
     score_bias = spec.score_bias.squeeze(1).contiguous()  # (B, S)
 
@@ -175,19 +193,9 @@ def _backward(ctx, grad_out: Tensor):
     return [g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
 
 
-def steps_for(spec: Spec, acc: torch.dtype, like: Tensor):
-    """Who does the element-wise work: the compiled steps when asked for, else the C kernels where they run,
-    else PyTorch's operations."""
-    if spec.compiled:
-        return compiled_steps()
-    return kernels if kernels.usable(acc, spec.dtype, like) else TorchSteps
-
-
 class TorchSteps:
-    """`kernels`' step functions in PyTorch's operations, with the same signatures: for float64, a GPU, CPUs
-    where the kernels cannot be built, and the source `torch.compile` compiles (`compiled_steps`). Each computes
-    its values and then copies them into its outputs: an `out=` into a strided view is something the compiler
-    does not trace."""
+    """`kernels`' step functions, with the same signatures, in PyTorch's operations. Each computes its values and
+    then copies them into its outputs: torch.compile (`compiled_steps`) does not trace an `out=` into a strided view."""
 
     @staticmethod
     def cell_forward(pre, add, cell_prev, act, cell, tanh_cell, h, mask=None, above=None):

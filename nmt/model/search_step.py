@@ -22,8 +22,7 @@ from torch import Tensor
 
 from nmt.model.decoder import DecoderState, Memory
 from nmt.model.gemm import prepacked, product
-from nmt.model.layout import stacked_layers
-from nmt.model.recurrence import compute_dtype
+from nmt.model.recurrence import compute_dtype, stacked_layers
 
 
 class DecodeStep(Protocol):

@@ -44,7 +44,6 @@ class Seq2Seq(nn.Module):
         return self.decoder(tgt_in, *self.encode(src, src_lengths), keep)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: DecoderState):
-        """The reference decoding step: tokens (N,) -> logits (N, V), the new state, attention (N, S)."""
         return self.decoder.step(tokens, memory, state)
 
     def num_parameters(self) -> int:
