@@ -76,6 +76,7 @@ def restore_training(trainer, payload: dict) -> Progress:
 
 
 def save(payload: dict, path: Path) -> None:
+    """Write atomically; on failure the previous file at `path` is untouched and NMTError is raised."""
     buffer = io.BytesIO()  # serialized first: a full disk is then an OSError of Python's own write
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     try:

@@ -159,7 +159,8 @@ class TrainConfig:
     decay_start_epoch: int = 8
     min_lr: float = 1e-4
     #: `budget`: the fraction of the budget (the first of max_minutes, max_steps and max_epochs to end the run: a slow
-    #: machine anneals as a fast one) spent at the first decay, and the decays (0.5 and 5: at 50, 60, 70, 80 and 90%).
+    #: machine anneals as a fast one) spent at the first decay, and the decays (0.5 and 5: at 50, 60, 70, 80 and 90%,
+    #: ending at lr x lr_decay^5).
     budget_decay_start: float = 0.5
     budget_decays: int = 5
     #: stop after this many validations without a better BLEU; null = never.
@@ -176,8 +177,9 @@ class TrainConfig:
     #: the decoder's time loop as one autograd function with its own backward (same results, faster):
     #: `auto` = on the CPU; on a GPU autograd's loop with the fused CUDA LSTM cell is kept.
     fused_recurrence: Literal["auto"] | bool = "auto"
-    #: that loop's element-wise steps by torch.compile (cached in $NMT_CACHE); `true` turns the fused loop on, on a GPU
-    #: too. `auto` = off: the C kernels are faster on a CPU (docs/performance.md); scripts/gpu_check.sh measures a GPU.
+    #: that loop's element-wise steps by torch.compile, cached in $NMT_CACHE so that only a machine's first run
+    #: compiles; `true` turns the fused loop on, on a GPU too. `auto` = off: the C kernels are faster on a CPU
+    #: (docs/performance.md); scripts/gpu_check.sh measures a GPU.
     compile: Literal["auto"] | bool = "auto"
     #: write a metrics.jsonl record (and a log line) every this many steps.
     log_every: int = 50
@@ -204,6 +206,8 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
+    """How validation, the final test evaluation and `nmt translate` decode by default."""
+
     #: beam size for the test evaluation and `nmt translate` (1 = greedy).
     beam_size: int = 5
     #: GNMT length penalty alpha: scores are divided by ((5 + len) / 6) ** alpha; 0 = raw log-prob.

@@ -47,7 +47,8 @@ def _record_problem(content: object) -> str | None:
 
 
 def read_record(folder: Path) -> dict:
-    """The record of `folder`; a damaged one is set aside, and every file in the folder then counts as the user's."""
+    """The record of `folder` (`{"files": {name: [size, sha256]}, "run": true}` in a run directory); a damaged one
+    is set aside, and every file in the folder then counts as the user's."""
     return read_json(folder / RECORD, _record_problem, "files nmt wrote there count as yours",
                      "starting a new record (replacing a file written before needs --overwrite)") or {"files": {}}
 
@@ -122,9 +123,9 @@ def check_output(path: str | Path, *, reads: Iterable[str | Path] = (), flag: st
 def check_output_folder(folder: str | Path, *, flag: str) -> Path:
     """A folder the command will create or add files to."""
     folder = Path(folder)
-    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
-    if existing is folder and not folder.is_dir():
+    if folder.exists() and not folder.is_dir():
         raise NMTError(f"{flag} {folder}: is a file, not a folder; give a folder path")
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
     if not existing.is_dir():
         raise NMTError(f"{flag} {folder}: {existing} is a file, not a folder")
     return folder

@@ -187,7 +187,8 @@ class BeamSearch:
         self.joining.append((list(keys), src_lengths.to(src.device), memory, state))
 
     def _join(self, one_row: bool) -> None:
-        """Make the joining sentences live: k rows each, or one row each when every live sentence is new."""
+        """Make the joining sentences live: k rows each, or one row each when every live sentence is new (a
+        sentence's k beams are one hypothesis until its first step, which is then computed once)."""
         groups, self.joining = self.joining, []
         keys = [key for g in groups for key in g[0]]
         lengths = torch.cat([g[1] for g in groups])

@@ -64,7 +64,8 @@ class _Job:
 
 
 class Batcher:
-    """Continuous batching (see `BeamSearch`): each request is answered as soon as its last sentence is done."""
+    """Continuous batching (see `BeamSearch`): each request is answered as soon as its last sentence is done.
+    The searches hold at most `batch_tokens` source pieces; more sentences wait in arrival order."""
 
     def __init__(self, translator: Translator, limits: Limits):
         self.translator, self.limits = translator, limits

@@ -37,7 +37,8 @@ class Side:
     """One language side: a sentencepiece model and the ids its model tables keep."""
 
     def __init__(self, model_proto: bytes, keep: list[int] | None = None):
-        self.model_proto, self.sp = model_proto, spm.SentencePieceProcessor(model_proto=model_proto)
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.keep = keep if keep is not None else list(range(self.sp.get_piece_size()))
         # (pieces,) model id of every sentencepiece id (<unk> for pieces without a table row)
         self.to_model = torch.full((self.sp.get_piece_size(),), UNK, dtype=torch.long)
@@ -110,7 +111,8 @@ def cached_model(cfg: TokenizerConfig, key: str, write_corpus) -> bytes:
     except OSError:
         lock = contextlib.nullcontext()
     with lock:
-        if (proto := _read_cached(cached)) is None:  # else trained by the process this one waited for
+        # found when the process this one waited for trained it
+        if (proto := _read_cached(cached)) is None:
             proto = _train_model(cfg, write_corpus)
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,9 @@ class Trainer:
     def run(self) -> str:
         """Train until a budget, max_epochs or early stopping ends it; returns why it stopped."""
         progress, cfg, train = self.progress, self.cfg.train, self.data.train
+        self.model.train()  # a Translator built on it before (tests, scripts) leaves it in eval mode
         self.metrics.write(step=progress.step, event="start", computed_by=self.computed_by)
-        self.window = Counter(time=time.perf_counter())  # what `_log_step` sums between the steps it logs
+        self.window = Counter(time=time.perf_counter())  # `_log_step`'s sums since its last record, and when it began
         with self.signals:
             stop = self._validate_if_due()  # a validation that a stop signal abandoned comes first
             while progress.epoch <= cfg.max_epochs:
@@ -208,7 +209,8 @@ class Trainer:
 
     def validate(self) -> dict:
         """valid_loss (the training loss per target token, teacher-forced), valid_ppl, and valid_bleu: the BLEU of
-        the validation sources decoded with the validation beam. A stop signal abandons it (`Interrupted`)."""
+        the validation sources decoded with the validation beam; in eval mode (no dropout). A stop signal abandons
+        it (`Interrupted`)."""
         data, device, precision = self.data, self.device, self.precision
         self.signals.abandon_now = True
         self.model.eval()
@@ -320,7 +322,8 @@ class Trainer:
             return
         loss = window["nll"] / max(1, window["tokens"])
         tokens_per_sec = window["tokens"] * self.world.size / max(time.perf_counter() - window["time"], 1e-9)
-        ppl, clip_fraction = math.exp(min(loss, 100)), window["clipped"] / max(1, window["steps"])
+        ppl = math.exp(min(loss, 100))
+        clip_fraction = window["clipped"] / max(1, window["steps"])
         self.metrics.write(step=progress.step, epoch=progress.epoch, loss=loss, ppl=ppl, lr=self.schedule.lr,
                            grad_norm=norm, clipped=clipped, clip_fraction=clip_fraction, tokens_per_sec=tokens_per_sec,
                            batch_sentences=batch.n_sentences, batch_tokens=batch.n_tokens)
@@ -335,5 +338,6 @@ class Trainer:
     def _interrupt(self) -> NoReturn:
         signum = self.signals.signum
         self.save("last.pt")
-        raise Interrupted(signum, f"{signal.Signals(signum).name} at step {self.progress.step}: saved {self.run_dir}/"
-                                  f"checkpoints/last.pt; continue with: nmt train --resume --run-dir {self.run_dir}")
+        raise Interrupted(signum, f"{signal.Signals(signum).name} at step {self.progress.step}: saved "
+                                  f"{self.run_dir}/checkpoints/last.pt; "
+                                  f"continue with: nmt train --resume --run-dir {self.run_dir}")

@@ -123,7 +123,8 @@ class Decoder(nn.Module):
         `keep` (B, T) is True: the loss skips padding, so the output projection need not compute it."""
         batch, steps = tgt_in.shape
         emb_gates = self._embedding_gates(tgt_in.t())  # (T, B, 4H), all steps at once, a step's rows together
-        # scaled dropout masks (layers, T, B, H): [l] between layers l and l + 1, [-1] on the attentional vector
+        # scaled dropout masks (layers, T, B, H): [l] between layers l and l + 1, [-1] on the attentional vector;
+        # one draw per batch costs a fraction of one bernoulli call per step
         masks = None
         if self.training and self.dropout_p != 0.0:
             masks = keep_mask((len(self.cells), steps, batch, self.hidden_size), self.dropout_p, tgt_in.device)

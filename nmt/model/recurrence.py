@@ -98,6 +98,7 @@ class Recurrence(torch.autograd.Function):
 def _forward(ctx, spec: Spec, emb_gates: Tensor, keys: Tensor, memory: Tensor, rest) -> Tensor:
     n_layers, cd = spec.layers, spec.dtype
     acc = torch.promote_types(cd, torch.float32)  # dtype of gates, cell states and softmax
+    # who does the element-wise work: the compiled steps when asked for, else the C kernels where they run
     ops = compiled_steps() if spec.compiled else kernels if kernels.usable(acc, cd, emb_gates) else TorchSteps
     h0, c0, w = rest[:n_layers], rest[n_layers:2 * n_layers], rest[2 * n_layers:]
     steps, batch, four_h = emb_gates.shape
@@ -194,8 +195,9 @@ def _backward(ctx, grad_out: Tensor):
 
 
 class TorchSteps:
-    """`kernels`' step functions, with the same signatures, in PyTorch's operations. Each computes its values and
-    then copies them into its outputs: torch.compile (`compiled_steps`) does not trace an `out=` into a strided view."""
+    """`kernels`' step functions, with the same signatures, in PyTorch's operations: for float64, a GPU, CPUs where
+    the kernels cannot be built, and torch.compile (`compiled_steps`). Each computes its values and then copies them
+    into its outputs: the compiler does not trace an `out=` into a strided view."""
 
     @staticmethod
     def cell_forward(pre, add, cell_prev, act, cell, tanh_cell, h, mask=None, above=None):

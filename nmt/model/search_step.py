@@ -2,7 +2,7 @@
 `Decoder._advance`), or `FastStep`, built from a model once per translation job, which computes the same step
 in fewer operations from the model's weights laid out once:
 
-- one product per LSTM layer on [input; h] (`layout.stacked_layers`);
+- one product per LSTM layer on [input; h] (`recurrence.stacked_layers`);
 - the cell-input gate's rows doubled, so that tanh(x) = 2 sigmoid(2x) - 1 and one sigmoid covers all four gates
   (float32 tanh is slow on the CPU; doubling is exact);
 - a token's first-layer embedding gates are a row of a (V, 4H) table, a lookup instead of a product;
