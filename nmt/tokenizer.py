@@ -111,8 +111,8 @@ def cached_model(cfg: TokenizerConfig, key: str, write_corpus) -> bytes:
     except OSError:
         lock = contextlib.nullcontext()
     with lock:
-        # found when the process this one waited for trained it
-        if (proto := _read_cached(cached)) is None:
+        proto = _read_cached(cached)  # trained by the process this one waited for
+        if proto is None:
             proto = _train_model(cfg, write_corpus)
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
