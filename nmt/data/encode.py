@@ -33,12 +33,13 @@ class ChunkEncoder:
         self.max_len, self.max_ratio = max_len, max_ratio
 
     def __call__(self, chunk: tuple[list[str], list[str]]) -> EncodedChunk:
-        kept = [(s.strip(), t.strip()) for s, t in zip(*chunk) if s.strip() and t.strip()]
+        pairs = [(s.strip(), t.strip()) for s, t in zip(*chunk)]
+        kept = [(s, t) for s, t in pairs if s and t]
         sides = [_flat(self.src, [s for s, _ in kept]), _flat(self.tgt, [t for _, t in kept])]
         src_lengths, tgt_lengths = (lengths for _, lengths, _ in sides)
         keep, dropped = filter_by_length(src_lengths, tgt_lengths, max_len=self.max_len, max_ratio=self.max_ratio)
         return EncodedChunk([(ids[np.repeat(keep, lengths)], lengths[keep], used) for ids, lengths, used in sides],
-                            offered=len(chunk[0]), empty=len(chunk[0]) - len(kept), dropped=dropped)
+                            offered=len(pairs), empty=len(pairs) - len(kept), dropped=dropped)
 
 
 def _flat(sp: spm.SentencePieceProcessor, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
